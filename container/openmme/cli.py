@@ -1,0 +1,4 @@
+"""The `openmme` command line."""
+
+def main() -> None:
+    raise SystemExit("not yet")
