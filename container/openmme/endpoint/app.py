@@ -1,0 +1,251 @@
+"""The front: SageMaker's runtime API and its multi-model container contract, over the cache and MMS.
+
+Routes
+    GET    /ping                                  200 when MMS answers its own ping
+    POST   /invocations                           TargetModel from X-Amzn-SageMaker-Target-Model
+    POST   /endpoints/{EndpointName}/invocations  what boto3's sagemaker-runtime invoke_endpoint calls
+    GET    /models                                every model known, with its state (and SageMaker's fields)
+    POST   /models                                SageMaker: {"model_name", "url"} → load a local directory
+    GET    /models/{name}                         one model, or 404
+    DELETE /models/{name}                         unload now, or 404
+    POST   /models/{name}/invoke                  SageMaker: invoke a loaded model, or 404
+
+The front imports no ML framework: it moves bytes between the client and MMS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+
+from openmme.endpoint.cache import ModelCache, State
+from openmme.endpoint.errors import (
+    EndpointError,
+    InsufficientMemory,
+    ModelError,
+    ServiceUnavailable,
+    ValidationError,
+    render,
+)
+from openmme.endpoint.mms import MmsClient, MmsResponse
+from openmme.endpoint.s3 import validate_target_model
+from openmme.endpoint.settings import MAX_BODY_BYTES, Settings
+from openmme.handlers import ERROR_HEADER
+
+__all__ = ["build_app"]
+
+log = logging.getLogger(__name__)
+access_log = logging.getLogger("openmme.access")
+
+TARGET_MODEL = "X-Amzn-SageMaker-Target-Model"
+CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
+INFERENCE_ID = "X-Amzn-SageMaker-Inference-Id"
+INVOKED_VARIANT = "x-Amzn-Invoked-Production-Variant"
+# Headers a model may see; everything else stays at the front.
+FORWARDED = ("Content-Type", "Accept", CUSTOM_ATTRIBUTES, INFERENCE_ID)
+
+CACHE: web.AppKey[ModelCache] = web.AppKey("cache", ModelCache)
+MMS: web.AppKey[MmsClient] = web.AppKey("mms", MmsClient)
+SETTINGS: web.AppKey[Settings] = web.AppKey("settings", Settings)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The one place errors become responses: SageMaker-shaped JSON, never a traceback."""
+    try:
+        return await handler(request)
+    except EndpointError as error:
+        return render(error)
+    except web.HTTPException:
+        raise
+    except Exception:
+        log.exception("unexpected failure on %s %s", request.method, request.path)
+        return render(EndpointError("the endpoint failed unexpectedly; see its log"))
+
+
+async def ping(request: web.Request) -> web.Response:
+    if await request.app[MMS].ping():
+        return web.Response(text="")
+    return render(ServiceUnavailable("the model server is not answering"))
+
+
+async def invocations(request: web.Request) -> web.Response:
+    return await _invoke(request, validate_target_model(request.headers.get(TARGET_MODEL)))
+
+
+async def endpoint_invocations(request: web.Request) -> web.Response:
+    name = request.match_info["endpoint"]
+    expected = request.app[SETTINGS].endpoint_name
+    if name != expected:
+        raise ValidationError(f"Endpoint {name} not found; this server serves endpoint {expected}.")
+    return await _invoke(request, validate_target_model(request.headers.get(TARGET_MODEL)))
+
+
+async def container_invoke(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    entry = request.app[CACHE].entries.get(name)
+    if entry is None or entry.state is not State.READY:
+        raise web.HTTPNotFound(text=json.dumps({"message": f"model {name!r} is not loaded"}))
+    return await _invoke(request, name)
+
+
+async def _read_body(request: web.Request) -> bytes:
+    """The request body, refused before it is buffered whole when it exceeds SageMaker's 6 MiB."""
+    too_large = ValidationError(f"the request body exceeds the {MAX_BODY_BYTES}-byte limit of invoke_endpoint")
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        raise too_large
+    body = await request.content.read(MAX_BODY_BYTES + 1)
+    if len(body) > MAX_BODY_BYTES or not request.content.at_eof():
+        raise too_large
+    return body
+
+
+async def _invoke(request: web.Request, target: str) -> web.Response:
+    started = time.perf_counter()
+    cache, mms, settings = request.app[CACHE], request.app[MMS], request.app[SETTINGS]
+    body = await _read_body(request)
+    headers = {key: request.headers[key] for key in FORWARDED if key in request.headers}
+    status = "error"
+    hit = cache.is_ready(target)
+    try:
+        for _attempt in range(2):
+            async with cache.use(target) as entry:
+                response = await _predict(mms, entry.name, body, headers, settings.response_timeout)
+                if response.status != 404 or response.headers.get(ERROR_HEADER):
+                    result = _answer(target, response, request.headers)
+                    status = str(result.status)
+                    return result
+            # MMS does not know the model (it was restarted, or raced an eviction): register it again.
+            cache.reset(entry)
+        raise ServiceUnavailable(f"model {target!r} could not be kept loaded; retry")
+    except EndpointError as error:
+        status = str(error.status)
+        raise
+    finally:
+        access_log.info(
+            "%s",
+            json.dumps(
+                {
+                    "target_model": target,
+                    "status": status,
+                    "cache": "hit" if hit else "miss",
+                    "inference_id": request.headers.get(INFERENCE_ID),
+                    "ms": round((time.perf_counter() - started) * 1000, 2),
+                }
+            ),
+        )
+
+
+async def _predict(mms: MmsClient, name: str, body: bytes, headers: Mapping[str, str], timeout: float) -> MmsResponse:
+    try:
+        return await mms.predict(name, body, headers, timeout)
+    except asyncio.TimeoutError as exc:
+        raise ModelError(
+            f"the model did not answer within {timeout:g} s",
+            original_status=408,
+            original_message="timed out",
+        ) from exc
+    except aiohttp.ClientError as exc:
+        raise ServiceUnavailable(f"the model server is not reachable: {exc}") from exc
+
+
+def _answer(target: str, response: MmsResponse, request_headers: Mapping[str, str]) -> web.Response:
+    """Turn MMS's answer into the runtime API's: the prediction, or the right typed error."""
+    if response.status == 200:
+        headers = {INVOKED_VARIANT: "AllTraffic"}
+        attributes = response.headers.get(CUSTOM_ATTRIBUTES) or request_headers.get(CUSTOM_ATTRIBUTES)
+        if attributes:
+            headers[CUSTOM_ATTRIBUTES] = attributes
+        if INFERENCE_ID in request_headers:
+            headers[INFERENCE_ID] = request_headers[INFERENCE_ID]
+        return web.Response(
+            body=response.body,
+            headers=headers,
+            content_type=response.headers.get("Content-Type", "application/octet-stream").split(";")[0],
+        )
+    message = _message_of(response.body)
+    if response.headers.get(ERROR_HEADER) or response.status not in (503, 507):
+        side = "client" if 400 <= response.status < 500 else "server"
+        raise ModelError(
+            f'Received {side} error ({response.status}) from model {target!r} with message "{message}".',
+            original_status=response.status,
+            original_message=message,
+        )
+    if response.status == 507:
+        raise InsufficientMemory(f"the model ran out of memory: {message}")
+    raise ServiceUnavailable(f"the endpoint is overloaded, retry: {message}")
+
+
+def _message_of(body: bytes) -> str:
+    text = body.decode(errors="replace").strip()
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        return text[:1000]
+    if isinstance(parsed, dict) and "message" in parsed:
+        return str(parsed["message"])[:1000]
+    return text[:1000]
+
+
+async def list_models(request: web.Request) -> web.Response:
+    """SageMaker's list shape (modelName, modelUrl, nextPageToken) with openmme's state and figures."""
+    cache = request.app[CACHE]
+    try:
+        start = int(request.query.get("next_page_token", "0"))
+        limit = int(request.query.get("limit", request.query.get("max_results", "1000")))
+    except ValueError as exc:
+        raise ValidationError("next_page_token and limit must be integers") from exc
+    entries = list(cache.entries.values())
+    page = entries[start : start + max(limit, 1)]
+    body: dict[str, object] = {"models": [entry.describe() for entry in page], **cache.snapshot()}
+    if start + len(page) < len(entries):
+        body["nextPageToken"] = str(start + len(page))
+    return web.json_response(body)
+
+
+async def describe_model(request: web.Request) -> web.Response:
+    entry = request.app[CACHE].entries.get(request.match_info["name"])
+    if entry is None:
+        raise web.HTTPNotFound(text=json.dumps({"message": "model not found"}), content_type="application/json")
+    return web.json_response(entry.describe())
+
+
+async def delete_model(request: web.Request) -> web.Response:
+    if not await request.app[CACHE].unload(request.match_info["name"]):
+        raise web.HTTPNotFound(text=json.dumps({"message": "model not loaded"}), content_type="application/json")
+    return web.json_response({"status": "unloaded"})
+
+
+async def add_model(request: web.Request) -> web.Response:
+    """SageMaker's ``POST /models``: load a model directory it has already downloaded."""
+    try:
+        spec = await request.json()
+        name, url = str(spec["model_name"]), Path(str(spec["url"]))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValidationError('POST /models takes JSON {"model_name": ..., "url": ...}') from exc
+    await request.app[CACHE].register_local(name, url)
+    return web.json_response({"status": f"model {name} loaded"})
+
+
+def build_app(settings: Settings, cache: ModelCache, mms: MmsClient) -> web.Application:
+    # The body limit is enforced by _read_body with SageMaker's error; aiohttp's own limit sits above it.
+    app = web.Application(middlewares=[errors_middleware], client_max_size=MAX_BODY_BYTES + 1024 * 1024)
+    app[CACHE], app[MMS], app[SETTINGS] = cache, mms, settings
+    app.router.add_get("/ping", ping)
+    app.router.add_post("/invocations", invocations)
+    app.router.add_post("/endpoints/{endpoint}/invocations", endpoint_invocations)
+    app.router.add_get("/models", list_models)
+    app.router.add_post("/models", add_model)
+    app.router.add_post("/models/{name:.+}/invoke", container_invoke)
+    app.router.add_get("/models/{name:.+}", describe_model)
+    app.router.add_delete("/models/{name:.+}", delete_model)
+    return app

@@ -1,0 +1,490 @@
+"""The model cache: which models are on disk and loaded in MMS, and the policy that moves them.
+
+A model's life: ``remote`` (only in S3) → ``downloading`` → ``on_disk`` → ``loading`` → ``ready``, and back
+through ``unloading`` → ``on_disk`` when evicted from memory, or removed when evicted from disk. Each model has
+at most one transition task at a time (single flight): however many requests miss on a model at once, it is
+downloaded once and registered once, and they all wait on the same task. Requests wait through
+``asyncio.shield``, so a client that gives up never cancels a load that the next request will use.
+
+Eviction is least-recently-used under three budgets: the count of loaded models, the memory their MMS worker
+processes hold (measured, not declared), and the bytes of extracted models on disk. A model with requests in
+flight (or waiting for it) is never evicted, and a new model is admitted before the old ones leave only when
+nothing idle can make room. Everything here runs on one event loop; bookkeeping between two awaits is atomic,
+so no lock guards it, and blocking work (S3, tar, process scans) runs in threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import hashlib
+import json
+import logging
+import re
+import shutil
+import time
+import uuid
+from collections import Counter, OrderedDict
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from openmme.endpoint.errors import Conflict, InsufficientMemory, ModelError, ModelNotReady, ValidationError
+from openmme.endpoint.extract import ArchiveRefused, ExtractLimits, extract_archive
+from openmme.endpoint.mms import MmsClient, MmsProcess, kill_processes
+from openmme.endpoint.s3 import ModelSource
+from openmme.endpoint.settings import Settings
+from openmme.handlers import UnsupportedArchive, choose_handler
+
+__all__ = ["Budgets", "Entry", "ModelCache", "State", "mms_model_name"]
+
+log = logging.getLogger(__name__)
+
+
+class State(enum.Enum):
+    REMOTE = "remote"
+    DOWNLOADING = "downloading"
+    ON_DISK = "on_disk"
+    LOADING = "loading"
+    READY = "ready"
+    UNLOADING = "unloading"
+
+
+_LOADED = {State.LOADING, State.READY}
+
+
+def mms_model_name(target: str) -> str:
+    """An MMS-safe, collision-free model name for a TargetModel: readable stem plus a hash of the whole."""
+    digest = hashlib.sha256(target.encode()).hexdigest()[:12]
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "_", target.removesuffix(".tar.gz")).strip("_")[:48]
+    return f"{stem}-{digest}" if stem else f"m-{digest}"
+
+
+@dataclass(frozen=True)
+class Budgets:
+    """Limits the cache keeps to; 0 turns one off."""
+
+    max_models: int
+    memory_bytes: int
+    disk_bytes: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Budgets:
+        memory = settings.memory_budget or int(psutil.virtual_memory().total * 0.6)
+        settings.cache_dir.mkdir(parents=True, exist_ok=True)
+        disk = settings.disk_budget or int(shutil.disk_usage(settings.cache_dir).free * 0.8)
+        return cls(settings.max_models, memory, disk)
+
+
+@dataclass(eq=False)
+class Entry:
+    """One model the endpoint knows, in whatever state."""
+
+    target: str
+    name: str
+    path: Path
+    managed: bool = True  # False: the directory was handed over by SageMaker (POST /models) and is not ours.
+    state: State = State.REMOTE
+    handler: str = ""
+    disk_bytes: int = 0
+    memory_bytes: int = 0
+    in_flight: int = 0
+    last_used: float = 0.0
+    downloads: int = 0
+    loads: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+    transition: asyncio.Task[None] | None = None
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "modelName": self.target,
+            "modelUrl": str(self.path),
+            "state": self.state.value,
+            "handler": self.handler.partition(":")[0].rpartition(".")[2] or None,
+            "diskBytes": self.disk_bytes,
+            "memoryBytes": self.memory_bytes,
+            "inFlight": self.in_flight,
+            "lastUsed": self.last_used or None,
+            "downloads": self.downloads,
+            "loads": self.loads,
+            "timingsMs": {key: round(value * 1000, 1) for key, value in self.timings.items()},
+        }
+
+
+class ModelCache:
+    """Single-flight loading and LRU eviction of models in one MMS instance."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        budgets: Budgets,
+        mms: MmsClient,
+        process: MmsProcess,
+        source: ModelSource | None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.budgets = budgets
+        self.mms = mms
+        self.process = process
+        self.source = source
+        self.clock = clock
+        self.entries: OrderedDict[str, Entry] = OrderedDict()  # least recently used first
+        self.evictions: Counter[str] = Counter()  # by reason: count, memory, disk
+        self.counters: Counter[str] = Counter()  # hits, misses, downloads, registrations
+        self._limits = ExtractLimits(settings.max_archive_bytes, settings.max_archive_members)
+
+    # ---- the request path -------------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def use(self, target: str, wait: float | None = None) -> AsyncIterator[Entry]:
+        """Hold ``target`` loaded for the duration of a request; loads it on a miss."""
+        entry = self.entries.get(target)
+        if entry is None:
+            if self.source is None:
+                raise ModelError(f"model {target!r} is not loaded", original_status=404)
+            entry = Entry(target, mms_model_name(target), self.settings.models_dir / mms_model_name(target))
+            self.entries[target] = entry
+        self.entries.move_to_end(target)
+        self.counters["hits" if entry.state is State.READY else "misses"] += 1
+        entry.in_flight += 1
+        try:
+            await self._wait_ready(entry, self.settings.wait_budget if wait is None else wait)
+            yield entry
+        finally:
+            entry.in_flight -= 1
+            entry.last_used = self.clock()
+            if entry.in_flight == 0:
+                self._forget_if_remote(entry)
+                self._enforce_budgets_soon()
+
+    async def _wait_ready(self, entry: Entry, wait: float) -> None:
+        deadline = asyncio.get_running_loop().time() + wait
+        while entry.state is not State.READY:
+            if entry.transition is None or entry.transition.done():
+                entry.transition = asyncio.create_task(self._bring_up(entry), name=f"load {entry.target}")
+                entry.transition.add_done_callback(_log_failure)
+            remaining = deadline - asyncio.get_running_loop().time()
+            try:
+                await asyncio.wait_for(asyncio.shield(entry.transition), max(remaining, 0.001))
+            except asyncio.TimeoutError as exc:
+                raise ModelNotReady(
+                    f"model {entry.target!r} is still loading ({entry.state.value}); retry shortly"
+                ) from exc
+
+    def reset(self, entry: Entry) -> None:
+        """MMS no longer has ``entry`` (it answered 404): the next request registers it again."""
+        if entry.state is State.READY:
+            entry.state = State.ON_DISK
+            entry.memory_bytes = 0
+
+    # ---- transitions ----------------------------------------------------------------------------------
+
+    async def _bring_up(self, entry: Entry) -> None:
+        if entry.state is State.REMOTE:
+            await self._fetch(entry)
+        if entry.state is State.ON_DISK:
+            await self._load(entry)
+
+    async def _fetch(self, entry: Entry) -> None:
+        assert self.source is not None
+        source = self.source
+        entry.state = State.DOWNLOADING
+        try:
+            size = await asyncio.to_thread(source.size, entry.target)
+            await self._make_disk_room(size, keep=entry)
+            staging = self.settings.staging_dir / f"{entry.name}-{uuid.uuid4().hex[:8]}"
+            entry.disk_bytes = await asyncio.to_thread(self._download_and_extract, entry, staging)
+            entry.downloads += 1
+            self.counters["downloads"] += 1
+            entry.state = State.ON_DISK
+        except BaseException:
+            entry.state = State.REMOTE
+            raise
+        log.info(
+            "fetched %s: %d bytes on disk (download %.0f ms, extract %.0f ms)",
+            entry.target,
+            entry.disk_bytes,
+            entry.timings["download"] * 1000,
+            entry.timings["extract"] * 1000,
+        )
+        await self._make_disk_room(0, keep=entry)
+
+    def _download_and_extract(self, entry: Entry, staging: Path) -> int:
+        """Blocking: archive → staging dir → one rename into the model store. Leaves nothing on failure."""
+        assert self.source is not None
+        archive = staging.with_suffix(".tar.gz")
+        staging.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            started = time.perf_counter()
+            self.source.download(entry.target, archive, self.settings.max_archive_bytes)
+            entry.timings["download"] = time.perf_counter() - started
+            started = time.perf_counter()
+            try:
+                size = extract_archive(archive, staging, self._limits)
+            except ArchiveRefused as exc:
+                raise ModelError(f"model {entry.target!r} refused: {exc}", original_status=400) from exc
+            entry.timings["extract"] = time.perf_counter() - started
+            if entry.path.exists():
+                shutil.rmtree(entry.path)
+            staging.rename(entry.path)
+            return size
+        finally:
+            archive.unlink(missing_ok=True)
+            shutil.rmtree(staging, ignore_errors=True)
+
+    async def _load(self, entry: Entry) -> None:
+        entry.state = State.LOADING
+        try:
+            try:
+                entry.handler = await asyncio.to_thread(choose_handler, entry.path)
+            except UnsupportedArchive as exc:
+                raise ModelError(f"model {entry.target!r} cannot be served: {exc}", original_status=400) from exc
+            await self._make_memory_room(keep=entry)
+            started = time.perf_counter()
+            error_file = self.process.load_errors_dir / f"{entry.name}.txt"
+            error_file.unlink(missing_ok=True)
+            response = await self.mms.register(
+                entry.name,
+                entry.path.name,
+                entry.handler,
+                self.settings.workers_per_model,
+                timeout=max(self.settings.response_timeout, 120.0),
+            )
+            self.counters["registrations"] += 1
+            if response.status == 409:  # MMS has it already (a register raced a restart): use it.
+                log.warning("MMS already had %s registered", entry.target)
+            elif response.status != 200:
+                await asyncio.to_thread(self._reap_workers, entry.name)
+                reason = _read_text(error_file) or _mms_message(response.body)
+                if response.status == 507:
+                    raise InsufficientMemory(f"not enough memory to load model {entry.target!r}: {reason}")
+                raise ModelError(f"model {entry.target!r} failed to load: {reason}", original_status=500)
+            entry.timings["register"] = time.perf_counter() - started
+            entry.loads += 1
+            entry.state = State.READY
+        except BaseException:
+            entry.state = State.ON_DISK
+            raise
+        entry.memory_bytes = await asyncio.to_thread(self._measure_one, entry.name)
+        log.info(
+            "loaded %s into MMS as %s in %.0f ms (%d MB)",
+            entry.target,
+            entry.name,
+            entry.timings["register"] * 1000,
+            entry.memory_bytes // 2**20,
+        )
+        await self._make_memory_room(keep=entry)
+
+    async def _unload(self, entry: Entry, reason: str | None) -> None:
+        """Unregister from MMS and make sure its workers are gone; ``reason`` is counted as an eviction."""
+        started = time.perf_counter()
+        try:
+            response = await self.mms.unregister(entry.name, timeout=60.0)
+            if response.status not in (200, 404):
+                log.warning("MMS refused to unload %s: %s", entry.target, _mms_message(response.body))
+        finally:
+            killed = await asyncio.to_thread(self._reap_workers, entry.name)
+            if killed:
+                log.warning("killed %d worker process(es) MMS left behind for %s", len(killed), entry.target)
+            entry.state = State.ON_DISK
+            entry.memory_bytes = 0
+            entry.timings["unload"] = time.perf_counter() - started
+            if reason:
+                self.evictions[reason] += 1
+            log.info("unloaded %s (%s)", entry.target, reason or "disk budget")
+
+    async def _remove_from_disk(self, entry: Entry) -> None:
+        if entry.managed:
+            await asyncio.to_thread(shutil.rmtree, entry.path, True)
+        entry.disk_bytes = 0
+        entry.state = State.REMOTE
+        self._forget_if_remote(entry)
+        self.evictions["disk"] += 1
+        log.info("removed %s from disk", entry.target)
+
+    def _reap_workers(self, name: str) -> list[int]:
+        """Blocking: kill any worker process still serving ``name`` (after an unregister or failed load)."""
+        leftovers = self.process.worker_processes().get(name, [])
+        return kill_processes(leftovers, grace=2.0) if leftovers else []
+
+    def _measure_one(self, name: str) -> int:
+        return _memory_of(self.process.worker_processes().get(name, []))
+
+    # ---- eviction ----------------------------------------------------------------------------------
+
+    def _idle_lru(self, states: set[State], keep: Entry) -> list[Entry]:
+        return [
+            entry
+            for entry in self.entries.values()
+            if entry.state in states and entry.in_flight == 0 and entry is not keep and entry.managed
+        ]
+
+    async def _make_memory_room(self, keep: Entry) -> None:
+        """Unload idle models, least recently used first, until ``keep`` fits the count and memory budgets."""
+        loaded = [entry for entry in self.entries.values() if entry.state in _LOADED and entry is not keep]
+        candidates = self._idle_lru({State.READY}, keep)
+        victims: list[tuple[Entry, str]] = []
+        count = len(loaded) + 1
+        memory = sum(entry.memory_bytes for entry in loaded) + keep.memory_bytes
+        for victim in candidates:
+            if self.budgets.max_models and count > self.budgets.max_models:
+                reason = "count"
+            elif self.budgets.memory_bytes and memory > self.budgets.memory_bytes:
+                reason = "memory"
+            else:
+                break
+            victims.append((victim, reason))
+            count -= 1
+            memory -= victim.memory_bytes
+        await self._run_all(self._start_unload(victim, reason) for victim, reason in victims)
+
+    async def _make_disk_room(self, incoming: int, keep: Entry) -> None:
+        """Remove idle models from disk, unloaded ones first, until ``incoming`` more bytes fit."""
+        if not self.budgets.disk_bytes:
+            return
+        used = sum(entry.disk_bytes for entry in self.entries.values())
+        candidates = self._idle_lru({State.ON_DISK}, keep) + self._idle_lru({State.READY}, keep)
+        victims = []
+        for victim in candidates:
+            if used + incoming <= self.budgets.disk_bytes:
+                break
+            victims.append(victim)
+            used -= victim.disk_bytes
+        for victim in victims:
+            if victim.state is State.READY:
+                await self._start_unload(victim, None)
+            # The victim may have been asked for again while it unloaded.
+            if victim.state is State.ON_DISK and victim.in_flight == 0:
+                await self._remove_from_disk(victim)
+
+    def _start_unload(self, entry: Entry, reason: str | None) -> asyncio.Task[None]:
+        entry.state = State.UNLOADING
+        entry.transition = asyncio.create_task(self._unload(entry, reason), name=f"unload {entry.target}")
+        return entry.transition
+
+    @staticmethod
+    async def _run_all(tasks: Any) -> None:
+        pending = list(tasks)
+        if pending:
+            await asyncio.gather(*pending)
+
+    def _forget_if_remote(self, entry: Entry) -> None:
+        if entry.state is State.REMOTE and entry.in_flight == 0 and self.entries.get(entry.target) is entry:
+            del self.entries[entry.target]
+
+    def _enforce_budgets_soon(self) -> None:
+        """After a request ends, models admitted over budget while others were busy may now leave."""
+        over_count = self.budgets.max_models and self.loaded_count() > self.budgets.max_models
+        over_memory = self.budgets.memory_bytes and self.memory_in_use() > self.budgets.memory_bytes
+        if over_count or over_memory:
+            newest = next(reversed(self.entries.values()))
+            task = asyncio.create_task(self._make_memory_room(keep=newest), name="enforce budgets")
+            task.add_done_callback(_log_failure)
+
+    # ---- housekeeping and the SageMaker container contract -----------------------------------------
+
+    async def refresh_memory(self) -> None:
+        """Measure every loaded model's workers, then enforce the memory budget with fresh figures."""
+        workers = await asyncio.to_thread(self.process.worker_processes)
+        sizes = await asyncio.to_thread(lambda: {name: _memory_of(group) for name, group in workers.items()})
+        for entry in self.entries.values():
+            if entry.state is State.READY:
+                entry.memory_bytes = sizes.get(entry.name, 0)
+        self._enforce_budgets_soon()
+
+    async def register_local(self, model_name: str, path: Path) -> Entry:
+        """SageMaker's ``POST /models``: serve a directory SageMaker already downloaded."""
+        entry = self.entries.get(model_name)
+        if entry is not None and entry.state in _LOADED:
+            raise Conflict(f"model {model_name!r} is already loaded")
+        name = mms_model_name(model_name)
+        # MMS loads only directories directly under its model store: link SageMaker's directory in.
+        link = self.settings.models_dir / name
+        await asyncio.to_thread(_link_directory, link, path)
+        entry = Entry(model_name, name, link, managed=False, state=State.ON_DISK)
+        self.entries[model_name] = entry
+        async with self.use(model_name, wait=max(self.settings.response_timeout, 120.0)):
+            return entry
+
+    async def unload(self, target: str) -> bool:
+        """SageMaker's ``DELETE /models/{name}``: unload now (and forget a model SageMaker handed over)."""
+        entry = self.entries.get(target)
+        if entry is None or entry.state not in _LOADED | {State.UNLOADING}:
+            return False
+        if entry.transition is not None and not entry.transition.done():
+            await asyncio.shield(entry.transition)
+        if entry.state is State.READY:
+            await self._start_unload(entry, "request")
+        if not entry.managed and entry.in_flight == 0:
+            del self.entries[target]
+            entry.path.unlink(missing_ok=True)
+        return True
+
+    def is_ready(self, target: str) -> bool:
+        entry = self.entries.get(target)
+        return entry is not None and entry.state is State.READY
+
+    def loaded_count(self) -> int:
+        return sum(entry.state in _LOADED for entry in self.entries.values())
+
+    def memory_in_use(self) -> int:
+        return sum(entry.memory_bytes for entry in self.entries.values() if entry.state in _LOADED)
+
+    def disk_in_use(self) -> int:
+        return sum(entry.disk_bytes for entry in self.entries.values())
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "loadedModels": self.loaded_count(),
+            "memoryBytes": self.memory_in_use(),
+            "diskBytes": self.disk_in_use(),
+            "budgets": {
+                "maxModels": self.budgets.max_models,
+                "memoryBytes": self.budgets.memory_bytes,
+                "diskBytes": self.budgets.disk_bytes,
+            },
+            "evictions": dict(self.evictions),
+            "counters": dict(self.counters),
+        }
+
+
+def _memory_of(processes: list[psutil.Process]) -> int:
+    """Proportional set size of a model's worker processes (RSS where PSS is not available)."""
+    total = 0
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            info = process.memory_full_info()
+            total += int(getattr(info, "pss", 0) or info.rss)
+    return total
+
+
+def _link_directory(link: Path, directory: Path) -> None:
+    if not directory.is_dir():
+        raise ValidationError(f"model directory {directory} does not exist")
+    link.unlink(missing_ok=True)
+    link.symlink_to(directory.resolve(), target_is_directory=True)
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+def _mms_message(body: bytes) -> str:
+    try:
+        return str(json.loads(body).get("message", "")) or body.decode(errors="replace")
+    except (ValueError, AttributeError):
+        return body.decode(errors="replace")[:500]
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    """Retrieve a background task's exception so that asyncio does not report it as lost."""
+    if not task.cancelled() and task.exception() is not None:
+        log.debug("%s failed: %s", task.get_name(), task.exception())

@@ -1,0 +1,99 @@
+"""Errors the endpoint answers with, each carrying its HTTP status and SageMaker error code.
+
+botocore turns a response into a typed exception from the ``x-amzn-ErrorType`` header (or ``__type`` in the
+body) and the body's ``message``; a ``ModelError`` also surfaces ``OriginalStatusCode`` and ``OriginalMessage``.
+``render`` is the one place that shapes an error into such a response; bodies never carry a traceback.
+
+    EndpointError                 500  InternalFailure
+    ├── ValidationError           400  bad request, unknown endpoint, unknown or invalid TargetModel
+    ├── ModelError                424  the model's handler failed, or its archive cannot be loaded
+    ├── Conflict                  409  POST /models for a model that is loaded already
+    ├── ModelNotReady             429  the model is still loading after the wait budget; retry
+    ├── ServiceUnavailable        503  overload, or MMS is not up
+    └── InsufficientMemory        507  no memory to load a model (SageMaker unloads others and retries)
+"""
+
+from __future__ import annotations
+
+import json
+
+from aiohttp import web
+
+__all__ = [
+    "Conflict",
+    "EndpointError",
+    "InsufficientMemory",
+    "ModelError",
+    "ModelNotReady",
+    "ServiceUnavailable",
+    "ValidationError",
+    "render",
+]
+
+
+class EndpointError(Exception):
+    """Base class: an unexpected failure of the endpoint itself."""
+
+    status = 500
+    code = "InternalFailure"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def body(self) -> dict[str, object]:
+        return {"__type": self.code, "message": self.message}
+
+
+class ValidationError(EndpointError):
+    status = 400
+    code = "ValidationError"
+
+
+class ModelError(EndpointError):
+    """The model failed; ``original_status`` and ``original_message`` are what the handler answered."""
+
+    status = 424
+    code = "ModelError"
+
+    def __init__(self, message: str, original_status: int = 500, original_message: str | None = None) -> None:
+        super().__init__(message)
+        self.original_status = original_status
+        self.original_message = message if original_message is None else original_message
+
+    def body(self) -> dict[str, object]:
+        return {
+            **super().body(),
+            "OriginalStatusCode": self.original_status,
+            "OriginalMessage": self.original_message,
+        }
+
+
+class Conflict(EndpointError):
+    status = 409
+    code = "ConflictException"
+
+
+class ModelNotReady(EndpointError):
+    status = 429
+    code = "ModelNotReadyException"
+
+
+class ServiceUnavailable(EndpointError):
+    status = 503
+    code = "ServiceUnavailable"
+
+
+class InsufficientMemory(EndpointError):
+    status = 507
+    code = "InsufficientMemory"
+
+
+def render(error: EndpointError) -> web.Response:
+    """The SageMaker-shaped JSON response for ``error``."""
+    return web.Response(
+        status=error.status,
+        body=json.dumps(error.body()).encode(),
+        content_type="application/json",
+        headers={"x-amzn-ErrorType": error.code},
+    )

@@ -1,0 +1,322 @@
+"""multi-model-server as a child process: its config, its start and stop, and a client for its two APIs.
+
+MMS binds 127.0.0.1 only; the front is the one door in. The Java front is started directly (not through the
+``multi-model-server`` launcher, which detaches it) so that this process owns its PID, and with ``--python``
+set to this interpreter so that its Python workers import openmme's handlers from the same environment.
+
+MMS's worker processes are found by their command line: every worker of this MMS instance names a socket in
+this instance's private temp dir, and the model it serves. That is how loaded models' memory is measured and
+how workers that outlive their model (seen with MMS) are found and killed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import psutil
+
+from openmme.endpoint.settings import MAX_BODY_BYTES, Settings
+
+__all__ = ["MmsClient", "MmsConfig", "MmsProcess", "MmsResponse", "free_port", "java_command"]
+
+log = logging.getLogger(__name__)
+
+MMS_PORT_LIMIT = 32767  # MMS refuses ports from here up.
+
+
+def free_port(exclude: Iterable[int] = ()) -> int:
+    """A free TCP port on 127.0.0.1 below the limit MMS accepts (the kernel's ephemeral range lies above it)."""
+    excluded = set(exclude)
+    for _ in range(200):
+        port = random.randrange(10_000, MMS_PORT_LIMIT)
+        if port in excluded:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port below 32767 on 127.0.0.1")
+
+
+@dataclass(frozen=True)
+class MmsConfig:
+    """What goes into MMS's config.properties."""
+
+    inference_port: int
+    management_port: int
+    model_store: Path
+    workers_per_model: int
+    job_queue_size: int
+    response_timeout_s: float
+    heap: str
+    tmp_dir: Path
+
+    def properties(self) -> str:
+        """The text of config.properties (pure: tested without starting anything)."""
+        # MMS reads its time-outs in minutes.
+        minutes = max(1, math.ceil(self.response_timeout_s / 60))
+        # A request is the 6 MiB body plus headers; the response limit matches it generously.
+        lines = {
+            "inference_address": f"http://127.0.0.1:{self.inference_port}",
+            "management_address": f"http://127.0.0.1:{self.management_port}",
+            "model_store": str(self.model_store),
+            "default_workers_per_model": str(self.workers_per_model),
+            "job_queue_size": str(self.job_queue_size),
+            "default_response_timeout": str(minutes),
+            "unregister_model_timeout": str(minutes),
+            "max_request_size": str(MAX_BODY_BYTES + 64 * 1024),
+            "max_response_size": str(4 * MAX_BODY_BYTES),
+            "decode_input_request": "false",
+            "async_logging": "true",
+        }
+        return "".join(f"{key}={value}\n" for key, value in lines.items())
+
+
+def java_command(config: MmsConfig, config_file: Path, python: str = sys.executable) -> list[str]:
+    """The command line of MMS's Java front (pure)."""
+    import mms
+
+    mms_home = Path(mms.__file__).resolve().parent.parent
+    java_home = os.environ.get("JAVA_HOME")
+    java = str(Path(java_home) / "bin" / "java") if java_home else "java"
+    return [
+        java,
+        f"-Dmodel_server_home={mms_home}",
+        f"-Djava.io.tmpdir={config.tmp_dir}",
+        f"-Xmx{config.heap}",
+        "-XX:+UseSerialGC",
+        "-cp",
+        f".:{mms_home / 'mms' / 'frontend' / '*'}",
+        "com.amazonaws.ml.mms.ModelServer",
+        "--python",
+        python,
+        "-f",
+        str(config_file),
+        "-s",
+        str(config.model_store),
+    ]
+
+
+@dataclass
+class MmsResponse:
+    status: int
+    body: bytes
+    headers: Mapping[str, str]
+
+
+class MmsClient:
+    """Async client for MMS's management and inference APIs on loopback."""
+
+    def __init__(self, inference_port: int, management_port: int) -> None:
+        self.inference_url = f"http://127.0.0.1:{inference_port}"
+        self.management_url = f"http://127.0.0.1:{management_port}"
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> MmsClient:
+        connector = aiohttp.TCPConnector(limit=256, limit_per_host=256, force_close=False)
+        self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        assert self._session is not None, "MmsClient used outside `async with`"
+        return self._session
+
+    async def _call(
+        self,
+        method: str,
+        url: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        data: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float = 60.0,
+    ) -> MmsResponse:
+        async with self.session.request(
+            method,
+            url,
+            params=params,
+            data=data,
+            headers=headers,
+            timeout=aiohttp.ClientTimeout(total=timeout),
+        ) as response:
+            body = await response.read()
+            return MmsResponse(response.status, body, dict(response.headers))
+
+    async def ping(self) -> bool:
+        try:
+            response = await self._call("GET", self.inference_url + "/ping", timeout=5)
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            return False
+        return response.status == 200
+
+    async def register(self, name: str, url: str, handler: str, workers: int, timeout: float) -> MmsResponse:
+        params = {
+            "url": url,
+            "model_name": name,
+            "handler": handler,
+            "initial_workers": str(workers),
+            "synchronous": "true",
+            "runtime": "python",
+        }
+        return await self._call("POST", self.management_url + "/models", params=params, timeout=timeout)
+
+    async def unregister(self, name: str, timeout: float) -> MmsResponse:
+        return await self._call("DELETE", f"{self.management_url}/models/{name}", timeout=timeout)
+
+    async def list_models(self) -> list[str]:
+        names: list[str] = []
+        token: str | None = None
+        while True:
+            params = {"limit": "100"} | ({"next_page_token": token} if token else {})
+            response = await self._call("GET", self.management_url + "/models", params=params)
+            page: dict[str, Any] = json.loads(response.body)
+            names.extend(model["modelName"] for model in page.get("models", []))
+            token = page.get("nextPageToken")
+            if not token:
+                return names
+
+    async def predict(self, name: str, body: bytes, headers: Mapping[str, str], timeout: float) -> MmsResponse:
+        return await self._call(
+            "POST", f"{self.inference_url}/predictions/{name}", data=body, headers=headers, timeout=timeout
+        )
+
+
+class MmsProcess:
+    """Starts, watches and stops one MMS instance and finds its worker processes."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.home = settings.cache_dir / "mms"
+        # Worker sockets live in the temp dir; a private, short one keeps instances apart and under the
+        # 108-byte limit of a unix socket path.
+        self.tmp_dir = Path(tempfile.mkdtemp(prefix="openmme-mms-"))
+        inference = settings.mms_inference_port or free_port()
+        management = settings.mms_management_port or free_port(exclude={inference})
+        self.config = MmsConfig(
+            inference_port=inference,
+            management_port=management,
+            model_store=settings.models_dir,
+            workers_per_model=settings.workers_per_model,
+            job_queue_size=settings.job_queue_size,
+            response_timeout_s=settings.response_timeout,
+            heap=settings.mms_heap,
+            tmp_dir=self.tmp_dir,
+        )
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log_path = self.home / "mms.out"
+
+    def environment(self) -> dict[str, str]:
+        env = dict(os.environ)
+        # MMS finds its workers' interpreter on PATH in places: this environment's bin goes first.
+        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+        env["TEMP"] = env["TMPDIR"] = str(self.tmp_dir)
+        env["OPENMME_ALLOW_PICKLE"] = "1" if self.settings.allow_pickle else "0"
+        env["OPENMME_LOAD_ERRORS_DIR"] = str(self.load_errors_dir)
+        return env
+
+    @property
+    def load_errors_dir(self) -> Path:
+        return self.home / "load-errors"
+
+    def start(self) -> None:
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.load_errors_dir.mkdir(exist_ok=True)
+        self.settings.models_dir.mkdir(parents=True, exist_ok=True)
+        config_file = self.home / "config.properties"
+        config_file.write_text(self.config.properties())
+        command = java_command(self.config, config_file)
+        log.info(
+            "starting MMS on 127.0.0.1:%d (inference) and :%d (management)",
+            self.config.inference_port,
+            self.config.management_port,
+        )
+        with self.log_path.open("ab") as out:
+            self.process = subprocess.Popen(
+                command,
+                cwd=self.home,
+                env=self.environment(),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def worker_processes(self) -> dict[str, list[psutil.Process]]:
+        """This instance's MMS worker processes, by the model they serve."""
+        marker = f"{self.tmp_dir}/.mms.sock."
+        workers: dict[str, list[psutil.Process]] = {}
+        for process in psutil.process_iter(["cmdline"]):
+            cmdline = process.info["cmdline"] or []
+            sock, model = _argument(cmdline, "--sock-name"), _argument(cmdline, "--model-name")
+            if sock.startswith(marker) and model:
+                workers.setdefault(model, []).append(process)
+        return workers
+
+    def stop(self, grace: float = 10.0) -> None:
+        """Stop MMS and every worker it started, including orphans of a crashed front."""
+        leftovers = [process for group in self.worker_processes().values() for process in group]
+        if self.process is not None and self.process.poll() is None:
+            with contextlib.suppress(psutil.Error):
+                leftovers.extend(psutil.Process(self.process.pid).children(recursive=True))
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(grace)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        kill_processes(leftovers, grace=2.0)
+        shutil.rmtree(self.tmp_dir, ignore_errors=True)
+
+
+def _argument(cmdline: list[str], flag: str) -> str:
+    """The value after ``flag`` in a command line, or ``""``."""
+    try:
+        return cmdline[cmdline.index(flag) + 1]
+    except (ValueError, IndexError):
+        return ""
+
+
+def kill_processes(processes: Iterable[psutil.Process], grace: float) -> list[int]:
+    """Terminate, then kill after ``grace`` seconds; returns the PIDs that had to be killed."""
+    alive = []
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            process.terminate()
+            alive.append(process)
+    _, still = psutil.wait_procs(alive, timeout=grace)
+    for process in still:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+    psutil.wait_procs(still, timeout=grace)
+    return [process.pid for process in still]

@@ -1,0 +1,103 @@
+"""``openmme serve``: start MMS, wait for it, serve the front, and stop everything on SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import signal
+
+from aiohttp import web
+
+from openmme.endpoint.app import build_app
+from openmme.endpoint.cache import Budgets, ModelCache
+from openmme.endpoint.mms import MmsClient, MmsProcess
+from openmme.endpoint.s3 import ModelSource, S3Location
+from openmme.endpoint.settings import Settings
+
+__all__ = ["run", "serve"]
+
+log = logging.getLogger(__name__)
+
+HOUSEKEEPING_INTERVAL_S = 5.0
+
+
+async def _wait_for_mms(process: MmsProcess, mms: MmsClient, timeout: float) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        if not process.running():
+            raise RuntimeError(f"MMS exited during start; see {process.log_path}")
+        if await mms.ping():
+            return
+        await asyncio.sleep(0.2)
+    raise RuntimeError(f"MMS did not answer within {timeout:g} s; see {process.log_path}")
+
+
+async def _housekeeping(cache: ModelCache, process: MmsProcess) -> None:
+    """Keep memory figures fresh (so the memory budget holds as models grow) and report MMS dying."""
+    while True:
+        await asyncio.sleep(HOUSEKEEPING_INTERVAL_S)
+        if not process.running():
+            log.error("MMS exited (code %s); see %s", process.process and process.process.poll(), process.log_path)
+            continue
+        try:
+            await cache.refresh_memory()
+        except Exception:
+            log.exception("measuring model memory failed")
+
+
+async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
+    """Serve until ``stop`` is set (or SIGTERM/SIGINT arrives)."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signum, stop.set)
+
+    # The cache is not persistent across restarts (as on a SageMaker instance): start from a clean store.
+    for directory in (settings.models_dir, settings.staging_dir):
+        shutil.rmtree(directory, ignore_errors=True)
+        directory.mkdir(parents=True, exist_ok=True)
+    budgets = Budgets.from_settings(settings)
+    source = ModelSource(S3Location.parse_prefix(settings.model_prefix)) if settings.model_prefix else None
+
+    process = MmsProcess(settings)
+    process.start()
+    try:
+        async with MmsClient(process.config.inference_port, process.config.management_port) as mms:
+            await _wait_for_mms(process, mms, settings.mms_start_timeout)
+            cache = ModelCache(settings, budgets, mms, process, source)
+            runner = web.AppRunner(build_app(settings, cache, mms), access_log=None, shutdown_timeout=30.0)
+            await runner.setup()
+            site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
+            await site.start()
+            log.info(
+                "openmme endpoint %r serving on http://%s:%d; models from %s; budgets: %s",
+                settings.endpoint_name,
+                settings.host,
+                settings.port,
+                settings.model_prefix or "SageMaker (POST /models)",
+                budgets,
+            )
+            if settings.host not in {"127.0.0.1", "localhost", "::1"}:
+                log.warning("listening on %s: the endpoint has no authentication of its own", settings.host)
+            keeper = asyncio.create_task(_housekeeping(cache, process))
+            try:
+                await stop.wait()
+                log.info("stopping: finishing requests in flight")
+            finally:
+                keeper.cancel()
+                await runner.cleanup()
+    finally:
+        await asyncio.to_thread(process.stop)
+        log.info("stopped")
+
+
+def serve(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    asyncio.run(run(settings))

@@ -1,0 +1,153 @@
+"""The endpoint's settings: one class, one env prefix (``OPENMME_``), parsed once at start.
+
+Every option of ``openmme serve`` is a field here; its command-line flag is ``--field-name`` and its environment
+variable ``OPENMME_FIELD_NAME``. The flag wins over the variable, the variable over the default. SageMaker's own
+``SAGEMAKER_BIND_TO_PORT`` is honoured for the port, so the image runs unchanged under SageMaker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["ENV_PREFIX", "MAX_BODY_BYTES", "Settings", "parse_bytes"]
+
+ENV_PREFIX = "OPENMME_"
+MAX_BODY_BYTES = 6 * 1024 * 1024  # SageMaker's invoke_endpoint payload limit: 6 MiB.
+
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "t": 1000**4,
+    "tb": 1000**4,
+    "ki": 1024,
+    "kib": 1024,
+    "mi": 1024**2,
+    "mib": 1024**2,
+    "gi": 1024**3,
+    "gib": 1024**3,
+    "ti": 1024**4,
+    "tib": 1024**4,
+}
+
+
+def parse_bytes(text: str) -> int:
+    """``"512MiB"`` → 536870912; ``"2G"`` → 2000000000; a bare number is bytes; ``0`` means "no limit"."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
+    if not match or match.group(2).lower() not in _UNITS:
+        raise ValueError(f"not a size: {text!r} (examples: 500MB, 8GiB, 1048576)")
+    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError(f"not a boolean: {text!r}")
+
+
+def _opt(default: Any, help: str, parse: Callable[[str], Any] | None = None) -> Any:
+    return field(default=default, metadata={"help": help, "parse": parse})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How one endpoint runs. Sizes accept units (``8GiB``, ``500MB``); ``0`` turns a budget off."""
+
+    model_prefix: str = _opt(
+        "",
+        "S3 URI every TargetModel is relative to, e.g. s3://models/prod/ (empty: SageMaker-hosted mode only)",
+    )
+    endpoint_name: str = _opt("openmme", "the EndpointName clients call; other names get a ValidationError")
+    host: str = _opt("127.0.0.1", "address the front binds")
+    port: int = _opt(8080, "port the front binds (SAGEMAKER_BIND_TO_PORT also sets it)", int)
+    cache_dir: Path = _opt(  # noqa: RUF009  (an immutable default)
+        Path("/tmp/openmme"), "where archives are extracted and MMS keeps its files", Path
+    )
+    max_models: int = _opt(0, "most models loaded in MMS at once (0: no count limit)", int)
+    memory_budget: int = _opt(
+        0,
+        "most memory the loaded models' worker processes may hold (0: 60%% of this machine's RAM)",
+        parse_bytes,
+    )
+    disk_budget: int = _opt(
+        0, "most bytes of extracted models kept on disk (0: 80%% of the cache disk's free space)", parse_bytes
+    )
+    max_archive_bytes: int = _opt(8 * 1024**3, "an archive whose extracted size is larger is refused", parse_bytes)
+    max_archive_members: int = _opt(100_000, "an archive with more members is refused", int)
+    wait_budget: float = _opt(
+        60.0, "seconds a request waits for its model to load before ModelNotReadyException (429)", float
+    )
+    workers_per_model: int = _opt(1, "MMS worker processes per loaded model", int)
+    job_queue_size: int = _opt(100, "requests MMS queues per model before answering 503 (overload)", int)
+    allow_pickle: bool = _opt(
+        False,
+        "let handlers unpickle model files (only for prefixes whose every writer you trust)",
+        _parse_bool,
+    )
+    mms_heap: str = _opt("512m", "maximum heap of MMS's Java front (-Xmx)")
+    mms_inference_port: int = _opt(0, "MMS inference port on 127.0.0.1 (0: pick a free one below 32767)", int)
+    mms_management_port: int = _opt(0, "MMS management port on 127.0.0.1 (0: pick a free one below 32767)", int)
+    mms_start_timeout: float = _opt(120.0, "seconds MMS may take to start", float)
+    response_timeout: float = _opt(60.0, "seconds a prediction may take inside MMS", float)
+    log_level: str = _opt("INFO", "DEBUG, INFO, WARNING or ERROR")
+
+    @property
+    def models_dir(self) -> Path:
+        """MMS's model store: one extracted model directory per loaded or cached model."""
+        return self.cache_dir / "models"
+
+    @property
+    def staging_dir(self) -> Path:
+        """Downloads and extractions in progress; renamed into ``models_dir`` when complete."""
+        return self.cache_dir / "staging"
+
+    @classmethod
+    def from_sources(cls, argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from command-line arguments over environment variables over defaults."""
+        environ = os.environ if environ is None else environ
+        parser = cls.argument_parser()
+        namespace = parser.parse_args(argv)
+        values: dict[str, Any] = {}
+        for spec in dataclasses.fields(cls):
+            raw = getattr(namespace, spec.name)
+            if raw is None:
+                raw = environ.get(ENV_PREFIX + spec.name.upper())
+            if raw is None and spec.name == "port":
+                raw = environ.get("SAGEMAKER_BIND_TO_PORT")
+            if raw is None:
+                continue
+            parse = spec.metadata["parse"]
+            try:
+                values[spec.name] = parse(raw) if parse else raw
+            except ValueError as exc:
+                parser.error(f"--{spec.name.replace('_', '-')}: {exc}")
+        return cls(**values)
+
+    @classmethod
+    def argument_parser(cls, parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+        """The ``serve`` flags, one per field; unset flags stay None so the environment can fill them."""
+        parser = parser or argparse.ArgumentParser(prog="openmme serve")
+        for spec in dataclasses.fields(cls):
+            env = ENV_PREFIX + spec.name.upper()
+            help_text = f"{spec.metadata['help']} [env {env}; default {spec.default}]"
+            flag = "--" + spec.name.replace("_", "-")
+            if isinstance(spec.default, bool):
+                parser.add_argument(flag, dest=spec.name, action="store_const", const="1", help=help_text)
+            else:
+                parser.add_argument(flag, dest=spec.name, metavar=spec.name.upper(), help=help_text)
+        return parser
