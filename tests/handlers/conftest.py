@@ -1,0 +1,21 @@
+"""Fixtures shared by the handler tests: the worker environment openmme's MMS config gives."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _mms_worker_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """What openmme's MMS config gives workers: raw bytes bodies; and no leaks of sys.path/modules."""
+    monkeypatch.setenv("MMS_DECODE_INPUT_REQUEST", "false")
+    monkeypatch.delenv("OPENMME_ALLOW_PICKLE", raising=False)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    before = set(sys.modules)
+    yield
+    for name in set(sys.modules) - before:
+        if name.startswith("openmme_user_"):
+            del sys.modules[name]
