@@ -16,6 +16,7 @@ def _mms_worker_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setattr(sys, "path", list(sys.path))
     before = set(sys.modules)
     yield
+    # User scripts and their test helpers, imported by the script service under these prefixes.
     for name in set(sys.modules) - before:
-        if name.startswith("openmme_user_"):
+        if name.startswith(("openmme_user_", "openmme_test_helper_")):
             del sys.modules[name]
