@@ -1,0 +1,203 @@
+"""Shared fixtures: a real SeaweedFS for the session, real endpoints (``openmme serve`` + MMS) per test or
+module, sample models published into per-test prefixes, and a counting proxy in front of S3 so that tests can
+assert how many times an archive was really fetched."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import boto3
+import psutil
+import pytest
+import xgboost
+
+from openmme.demo import wait_for_ping
+from openmme.publish import publish_archive
+from openmme.publish.samples import sample_archive, train_booster
+from openmme.seaweed import EmbeddedS3
+from tests.support import CountingProxy, free_port
+
+BUCKET = "models"
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedS3]:
+    server = EmbeddedS3(tmp_path_factory.mktemp("seaweed"))
+    with server, server.environ():
+        server.client().create_bucket(Bucket=BUCKET)  # type: ignore[attr-defined]
+        yield server
+    assert server.process is None
+
+
+@pytest.fixture(scope="session")
+def s3_client(s3: EmbeddedS3) -> Any:
+    return s3.client()
+
+
+@pytest.fixture
+def s3_proxy(s3: EmbeddedS3) -> Iterator[CountingProxy]:
+    proxy = CountingProxy(s3.ports["s3"])
+    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
+    thread.start()
+    yield proxy
+    proxy.shutdown()
+    proxy.server_close()
+
+
+@pytest.fixture
+def prefix(s3: EmbeddedS3) -> str:
+    """A fresh, empty model prefix for one test."""
+    return f"s3://{BUCKET}/{uuid.uuid4().hex[:10]}/"
+
+
+@dataclass
+class Endpoint:
+    url: str
+    name: str
+    prefix: str
+    cache_dir: Path
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    children: list[psutil.Process] = field(default_factory=list)
+
+    def runtime(self) -> Any:
+        """The unchanged boto3 sagemaker-runtime client, pointed at this endpoint."""
+        return boto3.client(
+            "sagemaker-runtime",
+            endpoint_url=self.url,
+            region_name="us-east-1",
+            aws_access_key_id="test",
+            aws_secret_access_key="test",
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def mms_access_log(self) -> str:
+        logs = self.cache_dir / "mms" / "logs" / "access_log.log"
+        return logs.read_text(errors="replace") if logs.exists() else ""
+
+    def worker_pids(self) -> dict[str, list[int]]:
+        """MMS worker processes of this endpoint, by MMS model name (read from their command lines)."""
+        workers: dict[str, list[int]] = {}
+        for child in psutil.Process(self.process.pid).children(recursive=True):
+            try:
+                cmdline = child.cmdline()
+            except psutil.Error:
+                continue
+            if "--model-name" in cmdline:
+                workers.setdefault(cmdline[cmdline.index("--model-name") + 1], []).append(child.pid)
+        return workers
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.children = psutil.Process(self.process.pid).children(recursive=True)
+            self.process.terminate()
+            try:
+                self.process.wait(60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+
+
+EndpointFactory = Callable[..., Endpoint]
+
+
+class Launcher:
+    """Starts ``openmme serve`` as its own process; ``close`` stops every one and checks for leftovers."""
+
+    def __init__(self, s3: EmbeddedS3, tmp_path_factory: pytest.TempPathFactory) -> None:
+        self.s3 = s3
+        self.tmp_path_factory = tmp_path_factory
+        self.started: list[Endpoint] = []
+
+    def start(self, prefix: str, *args: str, s3_url: str | None = None, name: str = "test-endpoint") -> Endpoint:
+        workdir = self.tmp_path_factory.mktemp("endpoint")
+        port = free_port()
+        env = {**os.environ, **self.s3.environment()}
+        if s3_url:
+            env["AWS_ENDPOINT_URL_S3"] = s3_url
+        log_path = workdir / "endpoint.log"
+        command = [
+            sys.executable,
+            "-m",
+            "openmme.cli",
+            "serve",
+            "--model-prefix",
+            prefix,
+            "--endpoint-name",
+            name,
+            "--port",
+            str(port),
+            "--cache-dir",
+            str(workdir / "cache"),
+            *args,
+        ]
+        with log_path.open("ab") as log:
+            process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+        endpoint = Endpoint(f"http://127.0.0.1:{port}", name, prefix, workdir / "cache", process, log_path)
+        self.started.append(endpoint)
+        try:
+            wait_for_ping(endpoint.url, process, timeout=120)
+        except RuntimeError as exc:
+            raise RuntimeError(f"{exc}\n{endpoint.log()[-4000:]}") from exc
+        return endpoint
+
+    def close(self) -> None:
+        for endpoint in self.started:
+            endpoint.stop()
+            assert endpoint.process.returncode == 0, endpoint.log()[-4000:]
+            alive = [child.pid for child in endpoint.children if _alive(child)]
+            assert alive == [], f"processes left behind by the endpoint: {alive}"
+
+
+def _alive(process: psutil.Process) -> bool:
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+@pytest.fixture
+def start_endpoint(s3: EmbeddedS3, tmp_path_factory: pytest.TempPathFactory) -> Iterator[EndpointFactory]:
+    launcher = Launcher(s3, tmp_path_factory)
+    yield launcher.start
+    launcher.close()
+
+
+@dataclass
+class Published:
+    target_model: str
+    booster: xgboost.Booster
+
+
+@pytest.fixture(scope="session")
+def boosters() -> dict[str, xgboost.Booster]:
+    """One small trained booster per objective the suite covers."""
+    return {
+        objective: train_booster(objective, seed=index)
+        for index, objective in enumerate(("binary:logistic", "multi:softmax", "reg:squarederror"))
+    }
+
+
+@pytest.fixture
+def publish(s3_client: Any) -> Callable[..., Published]:
+    """Publish a booster (or raw archive bytes) under a prefix as a TargetModel."""
+
+    def publish_model(
+        prefix: str, target: str, booster: xgboost.Booster | None = None, archive: bytes | None = None
+    ) -> Published:
+        assert (booster is None) != (archive is None)
+        data = archive if archive is not None else sample_archive(booster)  # type: ignore[arg-type]
+        publish_archive(data, prefix, target, overwrite=True, client=s3_client)
+        return Published(target, booster)  # type: ignore[arg-type]
+
+    return publish_model

@@ -1,0 +1,236 @@
+"""Invocations through the unchanged boto3 client and the sagemaker SDK against a real endpoint: real SeaweedFS,
+real MMS workers, real xgboost. Predictions must equal the same booster predicting in-process."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import numpy as np
+import pytest
+import xgboost
+
+from openmme.publish import publish_archive
+from openmme.publish.samples import make_rows, sample_archive
+from openmme.seaweed import EmbeddedS3
+from tests.conftest import Endpoint, EndpointFactory, Launcher
+
+pytestmark = pytest.mark.integration
+
+OBJECTIVES = ("binary:logistic", "multi:softmax", "reg:squarederror")
+
+
+def csv_body(rows: np.ndarray) -> str:
+    # repr() round-trips float32 values exactly, so the endpoint sees the same numbers as xgboost in-process.
+    return "\n".join(",".join(repr(float(value)) for value in row) for row in rows)
+
+
+def expected(booster: xgboost.Booster, rows: np.ndarray) -> list[float]:
+    return [float(value) for value in booster.predict(xgboost.DMatrix(rows))]
+
+
+def served_csv(body: bytes) -> list[float]:
+    return [float(line) for line in body.decode().split()]
+
+
+@pytest.fixture(scope="module")
+def module_endpoint(
+    s3: EmbeddedS3, tmp_path_factory: pytest.TempPathFactory, boosters: dict[str, xgboost.Booster]
+) -> Iterator[Endpoint]:
+    """One endpoint with one model per objective, shared by the tests that do not change its state."""
+    prefix = f"s3://models/{uuid.uuid4().hex[:10]}/"
+    for objective, booster in boosters.items():
+        publish_archive(sample_archive(booster), prefix, target_for(objective))
+    launcher = Launcher(s3, tmp_path_factory)
+    yield launcher.start(prefix)
+    launcher.close()
+
+
+def target_for(objective: str) -> str:
+    return f"{objective.replace(':', '-')}/model.tar.gz"
+
+
+@pytest.mark.parametrize("objective", OBJECTIVES)
+def test_boto3_csv_predictions_equal_in_process_xgboost(
+    module_endpoint: Endpoint, boosters: dict[str, xgboost.Booster], objective: str
+) -> None:
+    rows = make_rows(5, seed=7)
+    response = module_endpoint.runtime().invoke_endpoint(
+        EndpointName=module_endpoint.name,
+        TargetModel=target_for(objective),
+        ContentType="text/csv",
+        Body=csv_body(rows),
+    )
+    assert response["ContentType"] == "text/csv"
+    assert response["InvokedProductionVariant"] == "AllTraffic"
+    assert served_csv(response["Body"].read()) == expected(boosters[objective], rows)
+
+
+@pytest.mark.parametrize("objective", OBJECTIVES)
+def test_boto3_json_predictions_equal_in_process_xgboost(
+    module_endpoint: Endpoint, boosters: dict[str, xgboost.Booster], objective: str
+) -> None:
+    rows = make_rows(4, seed=8)
+    response = module_endpoint.runtime().invoke_endpoint(
+        EndpointName=module_endpoint.name,
+        TargetModel=target_for(objective),
+        ContentType="application/json",
+        Accept="application/json",
+        Body=json.dumps([[float(value) for value in row] for row in rows]),
+    )
+    assert response["ContentType"] == "application/json"
+    scores = [item["score"] for item in json.loads(response["Body"].read())["predictions"]]
+    assert scores == expected(boosters[objective], rows)
+
+
+def test_sagemaker_sdk_predictor_gets_the_same_answer(
+    module_endpoint: Endpoint, boosters: dict[str, xgboost.Booster]
+) -> None:
+    import sagemaker
+    from sagemaker.deserializers import CSVDeserializer
+    from sagemaker.predictor import Predictor
+    from sagemaker.serializers import CSVSerializer
+
+    session = sagemaker.Session(
+        boto_session=boto3.Session(aws_access_key_id="test", aws_secret_access_key="test", region_name="us-east-1"),
+        sagemaker_runtime_client=module_endpoint.runtime(),
+    )
+    predictor = Predictor(
+        module_endpoint.name,
+        sagemaker_session=session,
+        serializer=CSVSerializer(),
+        deserializer=CSVDeserializer(),
+    )
+    rows = make_rows(3, seed=9)
+    answer = predictor.predict(rows.tolist(), target_model=target_for("binary:logistic"))
+    assert [float(line[0]) for line in answer] == expected(boosters["binary:logistic"], rows)
+
+
+def test_plain_http_invocations_route_with_target_model_header(
+    module_endpoint: Endpoint, boosters: dict[str, xgboost.Booster]
+) -> None:
+    rows = make_rows(2, seed=10)
+    request = urllib.request.Request(
+        module_endpoint.url + "/invocations",
+        data=csv_body(rows).encode(),
+        headers={"X-Amzn-SageMaker-Target-Model": target_for("reg:squarederror"), "Content-Type": "text/csv"},
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        assert served_csv(response.read()) == expected(boosters["reg:squarederror"], rows)
+
+
+def test_custom_attributes_and_inference_id_are_echoed(module_endpoint: Endpoint) -> None:
+    response = module_endpoint.runtime().invoke_endpoint(
+        EndpointName=module_endpoint.name,
+        TargetModel=target_for("binary:logistic"),
+        ContentType="text/csv",
+        Body=csv_body(make_rows(1)),
+        CustomAttributes="trace=abc123",
+        InferenceId="request-17",
+    )
+    assert response["CustomAttributes"] == "trace=abc123"
+
+
+def test_models_listing_shows_states_in_sagemaker_shape(module_endpoint: Endpoint) -> None:
+    module_endpoint.runtime().invoke_endpoint(
+        EndpointName=module_endpoint.name,
+        TargetModel=target_for("binary:logistic"),
+        ContentType="text/csv",
+        Body=csv_body(make_rows(1)),
+    )
+    with urllib.request.urlopen(module_endpoint.url + "/models", timeout=10) as response:
+        listing = json.loads(response.read())
+    by_name = {model["modelName"]: model for model in listing["models"]}
+    entry = by_name[target_for("binary:logistic")]
+    assert entry["state"] == "ready"
+    assert entry["modelUrl"].startswith(str(module_endpoint.cache_dir))
+    assert entry["memoryBytes"] > 0 and entry["diskBytes"] > 0
+    assert listing["loadedModels"] == sum(model["state"] == "ready" for model in listing["models"])
+
+
+# ---- errors, asserted through botocore's typed exceptions -------------------------------------------------
+
+
+def _invoke(endpoint: Endpoint, **overrides: Any) -> Any:
+    arguments: dict[str, Any] = {
+        "EndpointName": endpoint.name,
+        "TargetModel": target_for("binary:logistic"),
+        "ContentType": "text/csv",
+        "Body": csv_body(make_rows(1)),
+    }
+    arguments.update(overrides)
+    arguments = {key: value for key, value in arguments.items() if value is not None}
+    return endpoint.runtime().invoke_endpoint(**arguments)
+
+
+def test_unknown_endpoint_name_is_a_validation_error(module_endpoint: Endpoint) -> None:
+    client = module_endpoint.runtime()
+    with pytest.raises(client.exceptions.ValidationError, match="not found"):
+        _invoke(module_endpoint, EndpointName="someone-elses-endpoint")
+
+
+def test_missing_target_model_is_a_validation_error(module_endpoint: Endpoint) -> None:
+    client = module_endpoint.runtime()
+    with pytest.raises(client.exceptions.ValidationError, match="Target-Model header is required"):
+        _invoke(module_endpoint, TargetModel=None)
+
+
+@pytest.mark.parametrize(
+    "target", ["../outside/model.tar.gz", "houston/../../etc/passwd", "/absolute/model.tar.gz", "a//b.tar.gz"]
+)
+def test_path_tricks_in_target_model_are_validation_errors(module_endpoint: Endpoint, target: str) -> None:
+    client = module_endpoint.runtime()
+    with pytest.raises(client.exceptions.ValidationError):
+        _invoke(module_endpoint, TargetModel=target)
+
+
+def test_target_model_not_in_prefix_is_a_validation_error(module_endpoint: Endpoint) -> None:
+    client = module_endpoint.runtime()
+    with pytest.raises(client.exceptions.ValidationError, match="not in the model prefix"):
+        _invoke(module_endpoint, TargetModel="atlantis/model.tar.gz")
+
+
+def test_body_over_six_mib_is_a_validation_error(module_endpoint: Endpoint) -> None:
+    client = module_endpoint.runtime()
+    with pytest.raises(client.exceptions.ValidationError, match="exceeds"):
+        _invoke(module_endpoint, Body=b"1," * (3 * 1024 * 1024 + 1))
+
+
+def test_bad_rows_are_a_model_error_with_the_original_status(module_endpoint: Endpoint) -> None:
+    client = module_endpoint.runtime()
+    with pytest.raises(client.exceptions.ModelError) as caught:
+        _invoke(module_endpoint, Body="1.0,2.0")
+    error = caught.value.response
+    assert error["Error"]["Code"] == "ModelError"
+    assert error["OriginalStatusCode"] == 400
+    assert "feature" in error["OriginalMessage"]
+    assert "Traceback" not in json.dumps(error, default=str)
+
+
+def test_unsupported_content_type_is_a_model_error_415(module_endpoint: Endpoint) -> None:
+    client = module_endpoint.runtime()
+    with pytest.raises(client.exceptions.ModelError) as caught:
+        _invoke(module_endpoint, ContentType="image/png", Body=b"\x89PNG")
+    assert caught.value.response["OriginalStatusCode"] == 415
+
+
+def test_endpoint_is_still_healthy_after_the_errors(module_endpoint: Endpoint) -> None:
+    with urllib.request.urlopen(module_endpoint.url + "/ping", timeout=10) as response:
+        assert response.status == 200
+
+
+def test_a_new_model_is_served_after_upload_without_restart(
+    start_endpoint: EndpointFactory, prefix: str, publish: Any, boosters: dict[str, xgboost.Booster]
+) -> None:
+    endpoint = start_endpoint(prefix)
+    client = endpoint.runtime()
+    with pytest.raises(client.exceptions.ValidationError):
+        _invoke(endpoint, TargetModel="late/model.tar.gz")
+    publish(prefix, "late/model.tar.gz", boosters["reg:squarederror"])
+    rows = make_rows(3, seed=11)
+    response = _invoke(endpoint, TargetModel="late/model.tar.gz", Body=csv_body(rows))
+    assert served_csv(response["Body"].read()) == expected(boosters["reg:squarederror"], rows)

@@ -1,0 +1,92 @@
+"""Helpers for the tests: a counting S3 proxy, hostile-archive builders, polling, free ports."""
+
+from __future__ import annotations
+
+import http.client
+import http.server
+import io
+import socket
+import tarfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class CountingProxy(http.server.ThreadingHTTPServer):
+    """A plain HTTP reverse proxy to the S3 server that counts requests by method and path."""
+
+    daemon_threads = True
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.requests: Counter[tuple[str, str]] = Counter()
+        self.lock = threading.Lock()
+        super().__init__(("127.0.0.1", 0), _ProxyHandler)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def count(self, method: str, key_suffix: str) -> int:
+        with self.lock:
+            return sum(n for (m, path), n in self.requests.items() if m == method and path.endswith(key_suffix))
+
+
+class _ProxyHandler(http.server.BaseHTTPRequestHandler):
+    server: CountingProxy
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def _forward(self) -> None:
+        length = int(self.headers.get("Content-Length", 0) or 0)
+        body = self.rfile.read(length) if length else None
+        with self.server.lock:
+            self.server.requests[(self.command, self.path.split("?")[0])] += 1
+        upstream = http.client.HTTPConnection("127.0.0.1", self.server.upstream_port, timeout=60)
+        try:
+            upstream.request(self.command, self.path, body=body, headers=dict(self.headers))
+            response = upstream.getresponse()
+            payload = response.read()
+            self.send_response(response.status)
+            for key, value in response.getheaders():
+                if key.lower() not in {"transfer-encoding", "connection", "content-length"}:
+                    self.send_header(key, value)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(payload)
+        finally:
+            upstream.close()
+
+    do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _forward
+
+
+def make_tar(members: list[tuple[tarfile.TarInfo, bytes | None]]) -> bytes:
+    """A tar.gz built member by member, for hostile archives."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for info, data in members:
+            if data is not None:
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+            else:
+                tar.addfile(info)
+    return buffer.getvalue()
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 30.0, interval: float = 0.1) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(interval)
+    return condition()
