@@ -230,8 +230,11 @@ class ScriptTransformer(Transformer):  # type: ignore[misc]  # the toolkit is un
     ) -> list[str]:
         """Answer request ``idx`` with the error's status, ERROR_HEADER and a one-line body; log the trace."""
         message = one_line(str(inference_exception.message)) or type(inference_exception).__name__
-        logger.error("request %d of the script model failed: %s\n%s", idx, message, trace)
-        return [reject(context, idx, _status_of(inference_exception), message)]
+        status = _status_of(inference_exception)
+        # A client's bad input is not the operator's problem: its trace is only worth a debug line.
+        level = logging.ERROR if status >= 500 else logging.DEBUG
+        logger.log(level, "request %d of the script model failed: %s\n%s", idx, message, trace)
+        return [reject(context, idx, status, message)]
 
 
 def _serialisable(response: Any) -> Any:
