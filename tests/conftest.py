@@ -4,10 +4,12 @@ assert how many times an archive was really fetched."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import threading
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -15,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import botocore.config
 import psutil
 import pytest
 import xgboost
@@ -68,15 +71,32 @@ class Endpoint:
     log_path: Path
     children: list[psutil.Process] = field(default_factory=list)
 
-    def runtime(self) -> Any:
+    def runtime(self, retries: int | None = None) -> Any:
         """The unchanged boto3 sagemaker-runtime client, pointed at this endpoint."""
+        config = botocore.config.Config(retries={"total_max_attempts": retries}) if retries else None
         return boto3.client(
             "sagemaker-runtime",
             endpoint_url=self.url,
             region_name="us-east-1",
             aws_access_key_id="test",
             aws_secret_access_key="test",
+            config=config,
         )
+
+    def get(self, path: str) -> Any:
+        """GET a path of the front and parse its JSON."""
+        with urllib.request.urlopen(self.url + path, timeout=30) as response:
+            return json.loads(response.read() or b"null")
+
+    def models(self) -> dict[str, dict[str, Any]]:
+        return {model["modelName"]: model for model in self.get("/models")["models"]}
+
+    def mms_models(self) -> list[str]:
+        """What MMS itself has registered, asked on its management port."""
+        properties = (self.cache_dir / "mms" / "config.properties").read_text()
+        address = next(line.split("=", 1)[1] for line in properties.splitlines() if line.startswith("management"))
+        with urllib.request.urlopen(address + "/models", timeout=30) as response:
+            return [model["modelName"] for model in json.loads(response.read())["models"]]
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -131,8 +151,7 @@ class Launcher:
             "-m",
             "openmme.cli",
             "serve",
-            "--model-prefix",
-            prefix,
+            *(["--model-prefix", prefix] if prefix else []),
             "--endpoint-name",
             name,
             "--port",

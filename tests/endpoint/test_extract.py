@@ -1,0 +1,104 @@
+"""Safe extraction against hostile archives: each is refused and nothing lands outside the destination."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from openmme.endpoint.extract import ArchiveRefused, ExtractLimits, extract_archive
+from tests.support import make_tar
+
+LIMITS = ExtractLimits(max_bytes=10_000, max_members=50)
+
+
+def member(name: str, kind: bytes = tarfile.REGTYPE, link: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.linkname = link
+    return info
+
+
+def write(tmp_path: Path, data: bytes) -> Path:
+    archive = tmp_path / "model.tar.gz"
+    archive.write_bytes(data)
+    return archive
+
+
+def files_under(root: Path) -> set[str]:
+    return {str(path.relative_to(root)) for path in root.rglob("*")}
+
+
+@pytest.mark.parametrize(
+    ("members", "reason"),
+    [
+        ([(member("../escape"), b"x")], "outside"),
+        ([(member("a/../../escape"), b"x")], "outside"),
+        ([(member("/tmp/abs-escape"), b"x")], "absolute"),
+        ([(member("link", tarfile.SYMTYPE, "../.."), None)], "symlink"),
+        ([(member("link", tarfile.SYMTYPE, "/etc"), None)], "symlink"),
+        ([(member("sub/link", tarfile.SYMTYPE, "../../x"), None)], "symlink"),
+        ([(member("hard", tarfile.LNKTYPE, "../outside"), None)], "hard link"),
+        ([(member("hard", tarfile.LNKTYPE, "/etc/passwd"), None)], "hard link"),
+        ([(member("dev", tarfile.CHRTYPE), None)], "device"),
+        ([(member("blk", tarfile.BLKTYPE), None)], "device"),
+        ([(member("fifo", tarfile.FIFOTYPE), None)], "FIFO"),
+        ([(member("big"), b"0" * 10_001)], "more than 10000 bytes"),
+        ([(member(f"f{i}"), b"") for i in range(51)], "more than 50 members"),
+        ([], "empty"),
+    ],
+)
+def test_hostile_archives_are_refused_with_nothing_written_outside(
+    tmp_path: Path, members: list[tuple[tarfile.TarInfo, bytes | None]], reason: str
+) -> None:
+    archive = write(tmp_path, make_tar(members))
+    destination = tmp_path / "out" / "model"
+    before = files_under(tmp_path)
+    with pytest.raises(ArchiveRefused, match=reason):
+        extract_archive(archive, destination, LIMITS)
+    after = files_under(tmp_path) - {str(p.relative_to(tmp_path)) for p in destination.parent.rglob("*")}
+    assert after - {"out"} == before
+    assert not Path("/tmp/abs-escape").exists()
+
+
+def test_a_decompression_bomb_is_refused_before_writing(tmp_path: Path) -> None:
+    # 10 MB of zeros compresses to a few kB; the declared member size gives it away before extraction.
+    archive = write(tmp_path, make_tar([(member("zeros"), bytes(10_000_000))]))
+    assert archive.stat().st_size < 100_000
+    with pytest.raises(ArchiveRefused, match="expands to more than"):
+        extract_archive(archive, tmp_path / "out", LIMITS)
+    assert not (tmp_path / "out").exists()
+
+
+def test_garbage_is_refused_as_unreadable(tmp_path: Path) -> None:
+    with pytest.raises(ArchiveRefused, match="not a readable"):
+        extract_archive(write(tmp_path, b"this is not a tarball"), tmp_path / "out", LIMITS)
+
+
+def test_a_normal_archive_with_internal_links_extracts(tmp_path: Path) -> None:
+    data = make_tar(
+        [
+            (member("code", tarfile.DIRTYPE), None),
+            (member("code/inference.py"), b"def model_fn(d): return d\n"),
+            (member("xgboost-model"), b"{}"),
+            (member("alias", tarfile.SYMTYPE, "xgboost-model"), None),
+            (member("code/up", tarfile.SYMTYPE, "../xgboost-model"), None),
+        ]
+    )
+    destination = tmp_path / "model"
+    size = extract_archive(write(tmp_path, data), destination, LIMITS)
+    assert size == len(b"def model_fn(d): return d\n") + 2
+    assert (destination / "alias").read_bytes() == b"{}"
+    assert (destination / "code" / "up").read_bytes() == b"{}"
+
+
+def test_plain_uncompressed_tar_is_accepted(tmp_path: Path) -> None:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        info = tarfile.TarInfo("xgboost-model")
+        info.size = 2
+        tar.addfile(info, io.BytesIO(b"{}"))
+    extract_archive(write(tmp_path, buffer.getvalue()), tmp_path / "model", LIMITS)
+    assert (tmp_path / "model" / "xgboost-model").read_bytes() == b"{}"

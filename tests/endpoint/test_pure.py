@@ -1,0 +1,132 @@
+"""Pure pieces of the endpoint, tested without starting anything: settings, names, MMS config text."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from openmme.endpoint.cache import mms_model_name
+from openmme.endpoint.errors import ValidationError
+from openmme.endpoint.mms import MMS_PORT_LIMIT, MmsConfig, free_port, java_command
+from openmme.endpoint.s3 import S3Location, validate_target_model
+from openmme.endpoint.settings import Settings, parse_bytes
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("0", 0), ("1048576", 1048576), ("512MiB", 512 * 2**20), ("2G", 2 * 10**9), ("1.5kb", 1500), ("8GiB", 8 * 2**30)],
+)
+def test_parse_bytes(text: str, size: int) -> None:
+    assert parse_bytes(text) == size
+
+
+@pytest.mark.parametrize("text", ["", "many", "-1", "5 parsecs"])
+def test_parse_bytes_refuses_nonsense(text: str) -> None:
+    with pytest.raises(ValueError, match="not a size"):
+        parse_bytes(text)
+
+
+def test_flags_win_over_environment_over_defaults() -> None:
+    env = {"OPENMME_PORT": "9000", "OPENMME_MAX_MODELS": "7", "OPENMME_ALLOW_PICKLE": "true"}
+    settings = Settings.from_sources(["--port", "9100", "--memory-budget", "2GiB"], env)
+    assert settings.port == 9100
+    assert settings.max_models == 7
+    assert settings.memory_budget == 2 * 2**30
+    assert settings.allow_pickle is True
+    assert settings.endpoint_name == "openmme"
+    assert settings.host == "127.0.0.1"
+
+
+def test_sagemaker_bind_to_port_sets_the_port_unless_openmme_port_does() -> None:
+    assert Settings.from_sources([], {"SAGEMAKER_BIND_TO_PORT": "8081"}).port == 8081
+    assert Settings.from_sources([], {"SAGEMAKER_BIND_TO_PORT": "8081", "OPENMME_PORT": "8082"}).port == 8082
+
+
+def test_boolean_flags_take_no_value() -> None:
+    assert Settings.from_sources(["--allow-pickle"], {}).allow_pickle is True
+    assert Settings.from_sources([], {}).allow_pickle is False
+
+
+def test_bad_values_exit_with_the_flag_named(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        Settings.from_sources(["--disk-budget", "lots"], {})
+    assert "--disk-budget" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("uri", "bucket", "key"),
+    [("s3://models/prod/", "models", "prod/"), ("s3://models/prod", "models", "prod/"), ("s3://models", "models", "")],
+)
+def test_prefix_parsing(uri: str, bucket: str, key: str) -> None:
+    assert S3Location.parse_prefix(uri) == S3Location(bucket, key)
+    assert S3Location.parse_prefix(uri).child("houston/model.tar.gz").key == key + "houston/model.tar.gz"
+
+
+@pytest.mark.parametrize("uri", ["models/prod/", "http://models/prod", "s3:///prod"])
+def test_bad_prefixes_are_refused(uri: str) -> None:
+    with pytest.raises(ValueError):
+        S3Location.parse_prefix(uri)
+
+
+@pytest.mark.parametrize("target", ["houston/model.tar.gz", "m-17.tar.gz", "a b/c.tar.gz", "x" * 1024])
+def test_valid_target_models(target: str) -> None:
+    assert validate_target_model(target) == target
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        None,
+        "",
+        " leading-space",
+        "x" * 1025,
+        "/abs.tar.gz",
+        "../up.tar.gz",
+        "a/../b",
+        "a//b",
+        "./a",
+        "tab\there",
+        "a\\b",
+    ],
+)
+def test_invalid_target_models(target: str | None) -> None:
+    with pytest.raises(ValidationError):
+        validate_target_model(target)
+
+
+def test_mms_names_are_safe_distinct_and_stable() -> None:
+    names = {mms_model_name(t) for t in ["a/b.tar.gz", "a_b.tar.gz", "a-b.tar.gz", "A/B.tar.gz", "a/b"]}
+    assert len(names) == 5
+    assert all(name.replace("-", "").replace("_", "").isalnum() for name in names)
+    assert mms_model_name("houston/model.tar.gz") == mms_model_name("houston/model.tar.gz")
+    assert mms_model_name("houston/model.tar.gz").startswith("houston_model-")
+    assert len(mms_model_name("y" * 1024)) <= 64
+
+
+def test_mms_config_binds_loopback_and_converts_minutes(tmp_path: Path) -> None:
+    config = MmsConfig(
+        inference_port=20001,
+        management_port=20002,
+        model_store=tmp_path,
+        workers_per_model=2,
+        job_queue_size=50,
+        response_timeout_s=90,
+        heap="256m",
+        tmp_dir=tmp_path / "tmp",
+    )
+    properties = dict(line.split("=", 1) for line in config.properties().splitlines())
+    assert properties["inference_address"] == "http://127.0.0.1:20001"
+    assert properties["management_address"] == "http://127.0.0.1:20002"
+    assert properties["default_response_timeout"] == "2"  # MMS counts minutes: 90 s rounds up
+    assert properties["default_workers_per_model"] == "2"
+    assert int(properties["max_request_size"]) > 6 * 1024 * 1024
+    command = java_command(config, tmp_path / "config.properties", python="/venv/bin/python")
+    assert command[command.index("--python") + 1] == "/venv/bin/python"
+    assert f"-Djava.io.tmpdir={tmp_path / 'tmp'}" in command
+    assert "-Xmx256m" in command
+
+
+def test_free_ports_are_below_the_mms_limit() -> None:
+    ports = {free_port() for _ in range(20)}
+    assert all(1024 < port < MMS_PORT_LIMIT for port in ports)

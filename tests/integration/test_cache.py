@@ -1,0 +1,305 @@
+"""The model cache against real processes: single flight, LRU eviction under the count, memory and disk
+budgets, no lingering MMS workers, the wait budget, hostile archives, and SageMaker's container contract."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import tarfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import xgboost
+
+from openmme.endpoint.cache import mms_model_name
+from openmme.publish import pack_directory
+from openmme.publish.samples import make_rows, sample_archive
+from tests.conftest import Endpoint, EndpointFactory
+from tests.support import CountingProxy, make_tar, wait_until
+
+pytestmark = pytest.mark.integration
+
+
+def csv_body(rows: np.ndarray) -> str:
+    return "\n".join(",".join(repr(float(value)) for value in row) for row in rows)
+
+
+def invoke(endpoint: Endpoint, target: str, rows: np.ndarray, client: Any = None) -> list[float]:
+    client = client or endpoint.runtime()
+    response = client.invoke_endpoint(
+        EndpointName=endpoint.name, TargetModel=target, ContentType="text/csv", Body=csv_body(rows)
+    )
+    return [float(line) for line in response["Body"].read().decode().split()]
+
+
+def expected(booster: xgboost.Booster, rows: np.ndarray) -> list[float]:
+    return [float(value) for value in booster.predict(xgboost.DMatrix(rows))]
+
+
+def gets(proxy: CountingProxy, prefix: str, target: str) -> int:
+    return proxy.count("GET", prefix.removeprefix("s3://") + target)
+
+
+ROWS = make_rows(3, seed=5)
+
+
+def test_max_models_evicts_the_least_recently_used_and_its_workers(
+    start_endpoint: EndpointFactory,
+    prefix: str,
+    publish: Any,
+    boosters: dict[str, xgboost.Booster],
+    s3_proxy: CountingProxy,
+) -> None:
+    booster = boosters["binary:logistic"]
+    targets = ["a/model.tar.gz", "b/model.tar.gz", "c/model.tar.gz"]
+    for target in targets:
+        publish(prefix, target, booster)
+    endpoint = start_endpoint(prefix, "--max-models", "2", s3_url=s3_proxy.url)
+    for target in targets:
+        assert invoke(endpoint, target, ROWS) == expected(booster, ROWS)
+
+    models = endpoint.models()
+    assert {name: model["state"] for name, model in models.items()} == {
+        "a/model.tar.gz": "on_disk",
+        "b/model.tar.gz": "ready",
+        "c/model.tar.gz": "ready",
+    }
+    evicted = mms_model_name("a/model.tar.gz")
+    assert sorted(endpoint.mms_models()) == sorted(mms_model_name(t) for t in targets[1:])
+    assert wait_until(lambda: evicted not in endpoint.worker_pids(), timeout=10)
+    assert len(endpoint.worker_pids()) == 2
+    assert endpoint.get("/models")["evictions"] == {"count": 1}
+
+    # Back from disk: served again, not downloaded again; now b is the least recently used.
+    assert invoke(endpoint, "a/model.tar.gz", ROWS) == expected(booster, ROWS)
+    assert gets(s3_proxy, prefix, "a/model.tar.gz") == 1
+    states = {name: model["state"] for name, model in endpoint.models().items()}
+    assert states == {"a/model.tar.gz": "ready", "b/model.tar.gz": "on_disk", "c/model.tar.gz": "ready"}
+    assert endpoint.models()["a/model.tar.gz"]["loads"] == 2
+
+
+def test_32_concurrent_first_requests_fetch_and_register_once(
+    start_endpoint: EndpointFactory,
+    prefix: str,
+    publish: Any,
+    boosters: dict[str, xgboost.Booster],
+    s3_proxy: CountingProxy,
+) -> None:
+    booster = boosters["multi:softmax"]
+    publish(prefix, "storm/model.tar.gz", booster)
+    endpoint = start_endpoint(prefix, s3_url=s3_proxy.url)
+    clients = [endpoint.runtime() for _ in range(32)]
+    with concurrent.futures.ThreadPoolExecutor(32) as pool:
+        answers = list(pool.map(lambda client: invoke(endpoint, "storm/model.tar.gz", ROWS, client), clients))
+    assert answers == [expected(booster, ROWS)] * 32
+    assert gets(s3_proxy, prefix, "storm/model.tar.gz") == 1
+    registrations = [line for line in endpoint.mms_access_log().splitlines() if '"POST /models?' in line]
+    assert len(registrations) == 1
+
+
+def test_a_load_longer_than_the_wait_budget_is_429_then_served(
+    start_endpoint: EndpointFactory, prefix: str, publish: Any, boosters: dict[str, xgboost.Booster]
+) -> None:
+    booster = boosters["reg:squarederror"]
+    publish(prefix, "slow/model.tar.gz", booster)
+    endpoint = start_endpoint(prefix, "--wait-budget", "0.05")
+    client = endpoint.runtime(retries=1)
+    with pytest.raises(client.exceptions.ModelNotReadyException):
+        invoke(endpoint, "slow/model.tar.gz", ROWS, client)
+    # The load went on without the client: once ready, the next request is served from it.
+    assert wait_until(lambda: endpoint.models()["slow/model.tar.gz"]["state"] == "ready", timeout=60)
+    assert invoke(endpoint, "slow/model.tar.gz", ROWS, client) == expected(booster, ROWS)
+    assert endpoint.models()["slow/model.tar.gz"]["loads"] == 1
+
+
+def test_memory_budget_unloads_idle_models(
+    start_endpoint: EndpointFactory, prefix: str, publish: Any, boosters: dict[str, xgboost.Booster]
+) -> None:
+    booster = boosters["binary:logistic"]
+    publish(prefix, "m1.tar.gz", booster)
+    publish(prefix, "m2.tar.gz", booster)
+    # A budget smaller than any worker: each load leaves only the newest model (never one in use) loaded.
+    endpoint = start_endpoint(prefix, "--memory-budget", "1MB")
+    assert invoke(endpoint, "m1.tar.gz", ROWS) == expected(booster, ROWS)
+    assert invoke(endpoint, "m2.tar.gz", ROWS) == expected(booster, ROWS)
+    assert wait_until(lambda: endpoint.models()["m1.tar.gz"]["state"] == "on_disk", timeout=10)
+    listing = endpoint.get("/models")
+    assert listing["evictions"].get("memory", 0) >= 1
+    assert listing["loadedModels"] == 1
+    assert endpoint.mms_models() == [mms_model_name("m2.tar.gz")]
+
+
+def test_disk_budget_removes_least_recently_used_archives(
+    start_endpoint: EndpointFactory,
+    prefix: str,
+    publish: Any,
+    boosters: dict[str, xgboost.Booster],
+    s3_proxy: CountingProxy,
+) -> None:
+    booster = boosters["binary:logistic"]
+    for name in ("d1", "d2", "d3"):
+        publish(prefix, f"{name}.tar.gz", booster)
+    size = len(sample_archive(booster)) * 0 + 22_000  # extracted size of one sample, about 22 kB
+    endpoint = start_endpoint(prefix, "--disk-budget", str(int(size * 2.5)), s3_url=s3_proxy.url)
+    for name in ("d1", "d2", "d3"):
+        assert invoke(endpoint, f"{name}.tar.gz", ROWS) == expected(booster, ROWS)
+    models = endpoint.models()
+    assert "d1.tar.gz" not in models  # gone from disk and from memory
+    assert {models["d2.tar.gz"]["state"], models["d3.tar.gz"]["state"]} == {"ready"}
+    assert not (endpoint.cache_dir / "models" / mms_model_name("d1.tar.gz")).exists()
+    assert endpoint.get("/models")["diskBytes"] <= int(size * 2.5)
+    # Needed again: downloaded again.
+    assert invoke(endpoint, "d1.tar.gz", ROWS) == expected(booster, ROWS)
+    assert gets(s3_proxy, prefix, "d1.tar.gz") == 2
+
+
+def _member(name: str, kind: bytes = tarfile.REGTYPE, link: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.linkname = link
+    return info
+
+
+HOSTILE = {
+    "dotdot": [(_member("../../escaped-dotdot"), b"owned")],
+    "absolute": [(_member("/tmp/openmme-escaped-absolute"), b"owned")],
+    "symlink": [
+        (_member("link", tarfile.SYMTYPE, "../../.."), None),
+        (_member("link/escaped-symlink"), b"owned"),
+    ],
+    "hardlink": [(_member("hard", tarfile.LNKTYPE, "/etc/passwd"), None)],
+    "device": [(_member("dev", tarfile.CHRTYPE), None)],
+}
+
+
+@pytest.mark.parametrize("kind", sorted(HOSTILE))
+def test_hostile_archives_are_refused_and_write_nothing_outside_the_cache(
+    start_endpoint: EndpointFactory, prefix: str, publish: Any, kind: str, tmp_path: Path
+) -> None:
+    publish(prefix, f"{kind}.tar.gz", archive=make_tar(HOSTILE[kind]))
+    endpoint = start_endpoint(prefix)
+    outside = endpoint.cache_dir.parent
+    before = sorted(path.name for path in outside.rglob("*") if endpoint.cache_dir not in path.parents)
+    client = endpoint.runtime()
+    with pytest.raises(client.exceptions.ModelError) as caught:
+        invoke(endpoint, f"{kind}.tar.gz", ROWS, client)
+    assert caught.value.response["OriginalStatusCode"] == 400
+    assert "refused" in caught.value.response["Error"]["Message"]
+    after = sorted(path.name for path in outside.rglob("*") if endpoint.cache_dir not in path.parents)
+    assert after == before
+    assert not Path("/tmp/openmme-escaped-absolute").exists()
+    assert not any("escaped" in path.name for path in endpoint.cache_dir.parent.parent.rglob("escaped*"))
+    staged = list((endpoint.cache_dir / "staging").iterdir())
+    assert staged == []
+    assert kind + ".tar.gz" not in endpoint.models()
+
+
+def test_an_archive_without_a_model_is_a_clear_model_error(
+    start_endpoint: EndpointFactory, prefix: str, publish: Any, tmp_path: Path
+) -> None:
+    (tmp_path / "README.txt").write_text("no model here")
+    publish(prefix, "empty.tar.gz", archive=pack_directory(tmp_path))
+    endpoint = start_endpoint(prefix)
+    client = endpoint.runtime()
+    with pytest.raises(client.exceptions.ModelError, match="xgboost-model"):
+        invoke(endpoint, "empty.tar.gz", ROWS, client)
+    assert endpoint.mms_models() == []
+
+
+def test_a_corrupt_booster_fails_to_load_with_the_handlers_reason(
+    start_endpoint: EndpointFactory, prefix: str, publish: Any, tmp_path: Path
+) -> None:
+    (tmp_path / "xgboost-model").write_bytes(b'{"learner": ')
+    publish(prefix, "corrupt.tar.gz", archive=pack_directory(tmp_path))
+    endpoint = start_endpoint(prefix)
+    client = endpoint.runtime()
+    with pytest.raises(client.exceptions.ModelError, match="failed to load") as caught:
+        invoke(endpoint, "corrupt.tar.gz", ROWS, client)
+    assert "xgboost-model" in caught.value.response["Error"]["Message"]
+    assert endpoint.mms_models() == []
+    assert wait_until(lambda: endpoint.worker_pids() == {}, timeout=10)
+
+
+INFERENCE_PY = """
+import json
+import os
+
+import numpy as np
+
+
+def model_fn(model_dir):
+    return np.load(os.path.join(model_dir, "weights.npy"))
+
+
+def input_fn(body, content_type):
+    assert content_type == "text/csv", content_type
+    text = body.decode() if isinstance(body, bytes) else body
+    return np.array([[float(v) for v in line.split(",")] for line in text.splitlines()])
+
+
+def predict_fn(rows, weights):
+    return rows @ weights
+
+
+def output_fn(prediction, accept):
+    return json.dumps({"scores": prediction.tolist()}), "application/json"
+"""
+
+
+def test_a_user_script_model_serves(start_endpoint: EndpointFactory, prefix: str, publish: Any, tmp_path: Path) -> None:
+    weights = np.array([0.5, -1.0, 2.0, 0.0, 1.0, 3.0])
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code" / "inference.py").write_text(INFERENCE_PY)
+    np.save(tmp_path / "weights.npy", weights)
+    publish(prefix, "script/model.tar.gz", archive=pack_directory(tmp_path))
+    endpoint = start_endpoint(prefix)
+    response = endpoint.runtime().invoke_endpoint(
+        EndpointName=endpoint.name, TargetModel="script/model.tar.gz", ContentType="text/csv", Body=csv_body(ROWS)
+    )
+    assert response["ContentType"] == "application/json"
+    scores = json.loads(response["Body"].read())["scores"]
+    assert scores == (np.array([[float(v) for v in row] for row in ROWS]) @ weights).tolist()
+    assert endpoint.models()["script/model.tar.gz"]["handler"] == "script_service"
+
+
+def _post(url: str, payload: dict[str, str] | None = None, method: str = "POST") -> tuple[int, bytes]:
+    data = json.dumps(payload).encode() if payload is not None else b""
+    request = urllib.request.Request(url, data=data if method == "POST" else None, method=method)
+    request.add_header("Content-Type", "application/json" if payload is not None else "text/csv")
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+def test_sagemaker_container_contract(
+    start_endpoint: EndpointFactory, tmp_path: Path, boosters: dict[str, xgboost.Booster]
+) -> None:
+    booster = boosters["binary:logistic"]
+    model_dir = tmp_path / "opt" / "ml" / "models" / "abc123" / "model"
+    model_dir.mkdir(parents=True)
+    (model_dir / "xgboost-model").write_bytes(bytes(booster.save_raw("ubj")))
+    endpoint = start_endpoint("")  # SageMaker-hosted: no prefix; SageMaker downloads and calls POST /models.
+
+    status, _ = _post(endpoint.url + "/models", {"model_name": "abc123", "url": str(model_dir)})
+    assert status == 200
+    assert _post(endpoint.url + "/models", {"model_name": "abc123", "url": str(model_dir)})[0] == 409
+    assert endpoint.get("/models/abc123")["state"] == "ready"
+
+    request = urllib.request.Request(
+        endpoint.url + "/models/abc123/invoke", data=csv_body(ROWS).encode(), headers={"Content-Type": "text/csv"}
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        assert [float(line) for line in response.read().decode().split()] == expected(booster, ROWS)
+
+    assert _post(endpoint.url + "/models/abc123", method="DELETE")[0] == 200
+    assert _post(endpoint.url + "/models/abc123", method="DELETE")[0] == 404
+    assert _post(endpoint.url + "/models/abc123", method="GET")[0] == 404
+    assert _post(endpoint.url + "/models/abc123/invoke", None)[0] == 404
+    assert endpoint.mms_models() == []
+    assert model_dir.joinpath("xgboost-model").exists()  # SageMaker's files are SageMaker's to delete
