@@ -28,12 +28,14 @@ def _serve(argv: Sequence[str]) -> int:
 
 
 def _publish(args: argparse.Namespace) -> int:
-    from openmme.publish import ArtifactExists, pack_directory, publish_archive
+    from openmme.publish import ArtifactExists, create_bucket, pack_directory, publish_archive
 
     try:
         if args.what == "samples":
             from openmme.publish.samples import SAMPLES, sample_archive, train_booster
 
+            if args.create_bucket:
+                create_bucket(args.prefix)
             for sample in SAMPLES:
                 archive = sample_archive(train_booster(sample.objective, sample.seed))
                 publish_archive(archive, args.prefix, sample.target_model, overwrite=args.overwrite)
@@ -83,6 +85,7 @@ def parser() -> argparse.ArgumentParser:
     path.add_argument("local")
     path.add_argument("--name", required=True, help="the TargetModel, e.g. houston/model.tar.gz")
     samples = what.add_parser("samples", help="train and publish the quick start's sample models")
+    samples.add_argument("--create-bucket", action="store_true", help="create the prefix's bucket if missing")
     for sub in (path, samples):
         sub.add_argument("--prefix", required=True, help="the endpoint's model prefix, s3://bucket/prefix/")
         sub.add_argument("--overwrite", action="store_true", help="replace an existing artifact")

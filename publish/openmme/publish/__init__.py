@@ -20,6 +20,7 @@ import botocore.exceptions
 __all__ = [
     "ArtifactExists",
     "PublishedModel",
+    "create_bucket",
     "list_models",
     "pack_directory",
     "publish_archive",
@@ -50,6 +51,16 @@ def _split(prefix: str) -> tuple[str, str]:
     if not bucket:
         raise ValueError(f"no bucket in S3 URI: {prefix!r}")
     return bucket, key if not key or key.endswith("/") else key + "/"
+
+
+def create_bucket(prefix: str, *, client: Any | None = None) -> None:
+    """Create the bucket of ``prefix`` unless it exists (for local S3 servers; real buckets are provisioned)."""
+    client = client or s3_client()
+    bucket, _ = _split(prefix)
+    try:
+        client.head_bucket(Bucket=bucket)
+    except botocore.exceptions.ClientError:
+        client.create_bucket(Bucket=bucket)
 
 
 def pack_directory(directory: Path) -> bytes:

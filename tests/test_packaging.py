@@ -1,0 +1,106 @@
+"""What can be checked of the image and the compose file without a Docker engine: they parse, and their
+commands, ports and environment are ones the CLI accepts and means."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from openmme.cli import parser
+from openmme.endpoint.settings import ENV_PREFIX, Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+SETTING_ENV = {ENV_PREFIX + field.name.upper() for field in dataclasses.fields(Settings)}
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    loaded = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    assert isinstance(loaded, dict)
+    return loaded
+
+
+@pytest.fixture(scope="module")
+def dockerfile() -> str:
+    return (ROOT / "container" / "Dockerfile").read_text()
+
+
+def test_compose_has_endpoint_s3_and_sample_publisher(compose: dict[str, Any]) -> None:
+    assert set(compose["services"]) == {"s3", "publish-samples", "endpoint"}
+
+
+def test_endpoint_command_is_a_valid_serve_invocation(compose: dict[str, Any]) -> None:
+    endpoint = compose["services"]["endpoint"]
+    command = endpoint["command"]
+    assert command[0] == "serve"
+    settings = Settings.from_sources(command[1:], {k: str(v) for k, v in endpoint["environment"].items()})
+    assert settings.model_prefix == "s3://models/demo/"
+    # The published port is the one the front listens on, and only on the host's loopback.
+    host_ip, _host_port, container_port = endpoint["ports"][0].split(":")
+    assert host_ip == "127.0.0.1"
+    assert int(container_port) == settings.port
+    assert settings.memory_budget == 2 * 2**30
+
+
+def test_every_openmme_variable_in_compose_is_a_setting(compose: dict[str, Any]) -> None:
+    for service in compose["services"].values():
+        for name in service.get("environment", {}):
+            if name.startswith(ENV_PREFIX):
+                assert name in SETTING_ENV, f"{name} is not an openmme setting"
+
+
+def test_publisher_command_parses_and_targets_the_endpoints_prefix(compose: dict[str, Any]) -> None:
+    publisher = compose["services"]["publish-samples"]
+    args = parser().parse_args(publisher["command"])
+    assert (args.command, args.what) == ("publish", "samples")
+    assert args.prefix == "s3://models/demo/"
+    endpoint_env = compose["services"]["endpoint"]["environment"]
+    assert publisher["environment"]["AWS_ENDPOINT_URL_S3"] == endpoint_env["AWS_ENDPOINT_URL_S3"]
+    s3_port = compose["services"]["s3"]["command"]
+    assert "-s3.port=8333" in s3_port
+    assert endpoint_env["AWS_ENDPOINT_URL_S3"] == "http://s3:8333"
+
+
+def test_s3_credentials_match_the_s3_servers_identities(compose: dict[str, Any]) -> None:
+    import json
+
+    identities = json.loads(compose["configs"]["s3-identities"]["content"])
+    credentials = identities["identities"][0]["credentials"][0]
+    env = compose["services"]["endpoint"]["environment"]
+    assert (env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]) == (
+        credentials["accessKey"],
+        credentials["secretKey"],
+    )
+
+
+def test_dockerfile_is_a_sagemaker_multi_model_container(dockerfile: str) -> None:
+    assert "com.amazonaws.sagemaker.capabilities.multi-models=true" in dockerfile
+    assert "com.amazonaws.sagemaker.capabilities.accept-bind-to-port=true" in dockerfile
+    assert 'ENTRYPOINT ["openmme"]' in dockerfile
+    assert 'CMD ["serve"]' in dockerfile
+    assert re.search(r"^EXPOSE 8080$", dockerfile, re.MULTILINE)
+    assert Settings.from_sources([], {}).port == 8080
+
+
+def test_dockerfile_installs_with_the_script_ci_runs(dockerfile: str) -> None:
+    assert re.search(r"^RUN /src/scripts/install\b", dockerfile, re.MULTILINE)
+    ci = (ROOT / ".ci" / "run").read_text()
+    test_script = (ROOT / "scripts" / "test").read_text()
+    assert "scripts/test" in ci
+    assert "scripts/install" in test_script
+    # Everything the install script needs is copied into the image before it runs.
+    for needed in ("pyproject.toml", "scripts/", "container/", "handlers/", "publish/"):
+        assert re.search(rf"^COPY {re.escape(needed)}", dockerfile, re.MULTILINE), needed
+
+
+def test_dockerfile_env_names_are_settings(dockerfile: str) -> None:
+    names = set(re.findall(r"\b(OPENMME_[A-Z_]+)=", dockerfile))
+    install_only = {"OPENMME_VENV", "OPENMME_EXTRAS", "OPENMME_EDITABLE"}
+    assert names - install_only <= SETTING_ENV
+    install = (ROOT / "scripts" / "install").read_text()
+    assert all(name in install for name in install_only)
