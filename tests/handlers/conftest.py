@@ -10,9 +10,10 @@ import pytest
 
 @pytest.fixture(autouse=True)
 def _mms_worker_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """What openmme's MMS config gives workers: raw bytes bodies; and no leaks of sys.path/modules."""
+    """What openmme's MMS config gives workers (raw bytes bodies, no opt-ins); no leaks of sys.path/modules."""
     monkeypatch.setenv("MMS_DECODE_INPUT_REQUEST", "false")
     monkeypatch.delenv("OPENMME_ALLOW_PICKLE", raising=False)
+    monkeypatch.delenv("OPENMME_LOAD_ERRORS_DIR", raising=False)
     monkeypatch.setattr(sys, "path", list(sys.path))
     before = set(sys.modules)
     yield

@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+import pathlib
 from typing import Any
 
 import pytest
 from mms.context import Context, RequestProcessor
 
-from openmme.handlers import ERROR_HEADER
-from openmme.handlers._mms import accepted_types, one_line, reject, request_content_type, request_header
+from openmme.handlers import ERROR_HEADER, UnsupportedArchive
+from openmme.handlers._mms import (
+    LoadError,
+    accepted_types,
+    one_line,
+    record_load_error,
+    reject,
+    request_content_type,
+    request_header,
+)
 
 
-def context_with(*request_headers: dict[str, Any]) -> Context:
-    context = Context("model", "/models/model", None, len(request_headers), None, "1.1.11")
+def context_with(*request_headers: dict[str, Any], model_name: str = "model") -> Context:
+    context = Context(model_name, "/models/model", None, len(request_headers), None, "1.1.11")
     context.request_processor = [RequestProcessor(headers) for headers in request_headers]
     return context
 
@@ -59,3 +68,47 @@ def test_reject_sets_status_header_and_type_of_only_its_request() -> None:
     assert context.get_response_headers(1) == {ERROR_HEADER: "1", "content-type": "text/plain"}
     assert context.get_response_status(0) == (200, None)
     assert context.get_response_headers(0) == {}
+
+
+@pytest.mark.parametrize(
+    ("error", "recorded"),
+    [
+        (LoadError("xgboost-model is a Python pickle\nmore"), "xgboost-model is a Python pickle"),
+        (UnsupportedArchive("no XGBoost model file"), "no XGBoost model file"),
+        (KeyError("model_dir"), "KeyError: 'model_dir'"),
+        (MemoryError(), "MemoryError"),
+    ],
+)
+def test_load_errors_are_recorded_for_the_front_as_one_line(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, error: BaseException, recorded: str
+) -> None:
+    monkeypatch.setenv("OPENMME_LOAD_ERRORS_DIR", str(tmp_path))
+    record_load_error(context_with(model_name="m-17"), error)
+    assert (tmp_path / "m-17.txt").read_text() == recorded + "\n"
+
+
+@pytest.mark.parametrize("model_name", ["../escape", "a/b", "..", ""])
+def test_load_errors_are_never_written_outside_the_directory(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, model_name: str
+) -> None:
+    errors_dir = tmp_path / "errors"
+    errors_dir.mkdir()
+    monkeypatch.setenv("OPENMME_LOAD_ERRORS_DIR", str(errors_dir))
+    record_load_error(context_with(model_name=model_name), LoadError("nope"))
+    assert list(tmp_path.rglob("*.txt")) == []
+
+
+def test_without_the_directory_setting_nothing_is_recorded(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OPENMME_LOAD_ERRORS_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)
+    record_load_error(context_with(), LoadError("nope"))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_unwritable_directory_does_not_hide_the_load_error(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENMME_LOAD_ERRORS_DIR", str(tmp_path / "absent"))
+    record_load_error(context_with(), LoadError("nope"))  # logs, does not raise

@@ -338,12 +338,14 @@ def test_no_requirements_warning_without_requirements_txt(
     ids=["no-model_fn", "transform_fn-and-predict_fn", "import-error", "model_fn-raises"],
 )
 def test_a_script_that_cannot_load_fails_registration_clearly(
-    tmp_path: pathlib.Path, source: str, message: str
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, source: str, message: str
 ) -> None:
-    model_dir = write_model(tmp_path, source)
+    monkeypatch.setenv("OPENMME_LOAD_ERRORS_DIR", str(tmp_path))
+    model_dir = write_model(tmp_path / "model", source)
     with pytest.raises(ScriptLoadError, match=message) as caught:
         worker_for(model_dir)
     assert "\n" not in str(caught.value)
+    assert (tmp_path / "model.txt").read_text() == str(caught.value) + "\n"
 
 
 def test_mms_model_loader_registers_and_serves_the_script_handler(

@@ -328,11 +328,19 @@ def test_json_and_any_suffix_load(binary: Trained, tmp_path: pathlib.Path) -> No
     np.testing.assert_array_equal(parse_csv_predictions(reply.text).ravel(), expected(booster, rows))
 
 
-def test_pickled_booster_is_refused_by_default(binary: Trained, tmp_path: pathlib.Path) -> None:
-    (tmp_path / "xgboost-model").write_bytes(pickle.dumps(binary[0]))
+def test_pickled_booster_is_refused_by_default(
+    binary: Trained, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model_dir, errors_dir = tmp_path / "model", tmp_path / "load-errors"
+    model_dir.mkdir()
+    errors_dir.mkdir()
+    monkeypatch.setenv("OPENMME_LOAD_ERRORS_DIR", str(errors_dir))
+    (model_dir / "xgboost-model").write_bytes(pickle.dumps(binary[0]))
     with pytest.raises(ModelLoadError, match=r"is a Python pickle.*OPENMME_ALLOW_PICKLE=1") as caught:
-        worker_for(tmp_path)
+        MmsWorker(XGBoostService().handle, model_dir, model_name="m-17")
     assert "\n" not in str(caught.value)
+    # The front reads the reason here, since MMS only answers "Failed to start workers".
+    assert (errors_dir / "m-17.txt").read_text() == str(caught.value) + "\n"
 
 
 def test_a_refused_pickle_is_never_unpickled(tmp_path: pathlib.Path) -> None:

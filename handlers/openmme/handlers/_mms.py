@@ -8,22 +8,30 @@ JSON for ``application/json``), and ``context.get_all_request_header(idx)`` hold
 where mime has its parameters stripped). Hence the case-insensitive lookups here.
 
 Errors are rendered in one place, ``reject``: status, ``ERROR_HEADER`` and a one-line body.
+
+A model that fails to load cannot answer anyone: MMS's registration API only says "Failed to start
+workers". So ``record_load_error`` also writes the one-line reason to
+``$OPENMME_LOAD_ERRORS_DIR/<model name>.txt``, where the front that registered the model reads it.
 """
 
 from __future__ import annotations
 
 import http
 import logging
+import os
+import pathlib
 from typing import Any, Protocol
 
-from openmme.handlers import ERROR_HEADER
+from openmme.handlers import ERROR_HEADER, UnsupportedArchive
 
 __all__ = [
     "HandlerError",
+    "LoadError",
     "MmsContext",
     "accepted_types",
     "media_type",
     "one_line",
+    "record_load_error",
     "reject",
     "request_body",
     "request_content_type",
@@ -35,9 +43,14 @@ logger = logging.getLogger(__name__)
 # Long enough for any useful message, short enough that a runaway repr cannot flood a response.
 _MAX_MESSAGE_CHARS = 1000
 
+# Set by the front in MMS's environment (so in every worker's): where load failures are reported.
+LOAD_ERRORS_DIR_ENV = "OPENMME_LOAD_ERRORS_DIR"
+
 
 class MmsContext(Protocol):
     """The part of ``mms.context.Context`` the handler services use."""
+
+    model_name: str
 
     @property
     def system_properties(self) -> dict[str, Any]: ...
@@ -49,6 +62,10 @@ class MmsContext(Protocol):
     def set_response_header(self, idx: int, key: str, value: str) -> None: ...
 
     def set_response_content_type(self, idx: int, value: str) -> None: ...
+
+
+class LoadError(RuntimeError):
+    """A model the handler cannot load, with a one-line message written for the operator."""
 
 
 class HandlerError(Exception):
@@ -129,3 +146,24 @@ def reject(context: MmsContext, idx: int, status: int, message: str) -> str:
     context.set_response_header(idx, ERROR_HEADER, "1")
     context.set_response_content_type(idx, "text/plain")
     return body
+
+
+def load_error_message(exc: BaseException) -> str:
+    """The one-line reason a model failed to load: openmme's own errors say it all, others get their type."""
+    message = one_line(str(exc))
+    if isinstance(exc, (UnsupportedArchive, LoadError)) and message:
+        return message
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+
+
+def record_load_error(context: MmsContext, exc: BaseException) -> None:
+    """Write why the model failed to load where the front looks for it (if it said where); never raises."""
+    directory = os.environ.get(LOAD_ERRORS_DIR_ENV)
+    name = str(getattr(context, "model_name", "") or "")
+    # A model name is one path component; anything else would write outside the directory.
+    if not directory or not name or pathlib.PurePath(name).name != name or name in (".", ".."):
+        return
+    try:
+        pathlib.Path(directory, f"{name}.txt").write_text(load_error_message(exc) + "\n", encoding="utf-8")
+    except OSError:
+        logger.warning("could not record the load error of model %s in %s", name, directory, exc_info=True)

@@ -46,10 +46,12 @@ from sagemaker_inference.transformer import Transformer
 from openmme.handlers._decoding import body_bytes, body_text, parse_csv, parse_json, parse_npy
 from openmme.handlers._mms import (
     HandlerError,
+    LoadError,
     MmsContext,
     accepted_types,
     media_type,
     one_line,
+    record_load_error,
     reject,
     request_body,
     request_content_type,
@@ -70,7 +72,7 @@ REQUIREMENTS_WARNING = (
 _USER_FUNCTIONS = ("input_fn", "predict_fn", "output_fn")
 
 
-class ScriptLoadError(RuntimeError):
+class ScriptLoadError(LoadError):
     """``code/inference.py`` cannot serve the model; the one-line message says why."""
 
 
@@ -281,13 +283,21 @@ class ScriptService:
         self._transformer = transformer
         logger.info("loaded script model %s as module %s", model_dir, module.__name__)
 
+    def _load(self, context: MmsContext) -> None:
+        try:
+            self.initialize(context)
+        except Exception as exc:
+            # MMS answers the registration with "Failed to start workers" only: tell the front why.
+            record_load_error(context, exc)
+            raise
+
     def handle(self, data: list[dict[str, Any]] | None, context: MmsContext) -> list[Any] | None:
         """MMS's entry point: ``None`` loads the model, a batch gets one response per request."""
         if data is None:
-            self.initialize(context)
+            self._load(context)
             return None
         if self._transformer is None:
-            self.initialize(context)
+            self._load(context)
         return self._loaded().transform(data, context)
 
     def _loaded(self) -> ScriptTransformer:

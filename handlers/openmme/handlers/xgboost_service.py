@@ -41,9 +41,11 @@ from openmme.handlers._decoding import (
 )
 from openmme.handlers._mms import (
     HandlerError,
+    LoadError,
     MmsContext,
     accepted_types,
     one_line,
+    record_load_error,
     reject,
     request_body,
     request_content_type,
@@ -76,7 +78,7 @@ _RESPONSE_TYPES = (CSV, JSON)
 _PICKLE_PREFIXES = (b"\x80", b"ccopy_reg\n", b"cxgboost")
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(LoadError):
     """The booster file cannot be served; the one-line message says why and what to do."""
 
 
@@ -141,13 +143,21 @@ class XGBoostService:
         self._booster = booster
         logger.info("loaded XGBoost model %s (%d features)", path, booster.num_features())
 
+    def _load(self, context: MmsContext) -> None:
+        try:
+            self.initialize(context)
+        except Exception as exc:
+            # MMS answers the registration with "Failed to start workers" only: tell the front why.
+            record_load_error(context, exc)
+            raise
+
     def handle(self, data: list[dict[str, Any]] | None, context: MmsContext) -> list[str] | None:
         """MMS's entry point: ``None`` loads the model, a batch gets one response per request."""
         if data is None:
-            self.initialize(context)
+            self._load(context)
             return None
         if self._booster is None:
-            self.initialize(context)
+            self._load(context)
         return [self._respond(idx, request, context) for idx, request in enumerate(data)]
 
     def predict(self, rows: npt.NDArray[Any] | scipy.sparse.csr_matrix) -> npt.NDArray[np.float32]:
