@@ -18,7 +18,8 @@ toolkit (1.10.1) falls short, this module steps in:
 
 The Content-Type handed to ``input_fn``/``transform_fn`` is the bare media type (``text/csv``, never
 ``text/csv; charset=utf-8``); bodies of ``text/csv`` and ``application/json`` arrive as ``str``, others as
-``bytes``, as with the toolkit. ``code/requirements.txt`` is not installed.
+``bytes``, as with the toolkit. ``code/requirements.txt`` is not installed. A script that cannot load
+the model raises ``ScriptLoadError`` (reported like the XGBoost service's load failures).
 """
 
 from __future__ import annotations

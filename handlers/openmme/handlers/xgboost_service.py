@@ -7,7 +7,8 @@ to this process's instance.
 
 Model files: JSON and UBJSON load; XGBoost's legacy binary format does not (xgboost 3.x cannot read it);
 a Python pickle is refused unless the worker's environment has ``OPENMME_ALLOW_PICKLE=1``, because
-unpickling runs whatever code the file names.
+unpickling runs whatever code the file names. A model that cannot load raises, so MMS fails its
+registration, and the one-line reason goes to ``$OPENMME_LOAD_ERRORS_DIR/<model name>.txt`` for the front.
 
 Requests: ``text/csv`` (the default), ``text/libsvm``, ``application/json`` and ``application/x-npy``
 in; ``text/csv`` (the default) or ``application/json`` (``{"predictions": [{"score": ...}]}``) out.
