@@ -117,9 +117,7 @@ def _unpickle_booster(raw: bytes, name: str, *, allow_pickle: bool) -> xgboost.B
         raise ModelLoadError(f"{name} could not be unpickled: {type(exc).__name__}: {one_line(str(exc))}") from exc
     if isinstance(loaded, xgboost.Booster):
         return loaded
-    if isinstance(loaded, xgboost.XGBModel):
-        return loaded.get_booster()
-    raise ModelLoadError(f"{name} unpickled to a {type(loaded).__name__}, not an XGBoost Booster or XGB* model")
+    raise ModelLoadError(f"{name} unpickled to a {type(loaded).__name__}, not an XGBoost Booster")
 
 
 class XGBoostService:
@@ -215,7 +213,11 @@ def _response_type(accept: str | None) -> str:
 
 
 def encode_predictions(predictions: npt.NDArray[np.float32], response_type: str) -> str:
-    """CSV (a line per row, outputs of a row comma-separated) or SageMaker XGBoost's JSON shape.
+    """CSV as the SageMaker XGBoost container writes it, or its JSON shape.
+
+    CSV: one output per row (binary, regression, softmax) is ONE line of comma-separated values, one per
+    row, so that clients written for SageMaker (``np.fromstring(body, sep=",")``) work unchanged; several
+    outputs per row (softprob, multi-target) are a line per row.
 
     Values are written as ``repr(float(value))``: parsing them gives back exactly the float32 predictions.
     """
@@ -224,7 +226,7 @@ def encode_predictions(predictions: npt.NDArray[np.float32], response_type: str)
     if response_type == JSON:
         return json.dumps({"predictions": [{"score": value} for value in values]})
     if predictions.ndim == 1:
-        return "\n".join(map(repr, values))
+        return ",".join(map(repr, values))
     return "\n".join(",".join(map(repr, row)) for row in values)
 
 
