@@ -115,7 +115,7 @@ def run_demo(keep_running: bool = False, port: int = 0, workdir: Path | None = N
                     EndpointName=ENDPOINT, TargetModel=sample.target_model, ContentType="text/csv", Body=body
                 )
                 warm_ms = (time.perf_counter() - started) * 1000
-                served = [float(line) for line in response["Body"].read().decode().split()]
+                served = [float(value) for value in response["Body"].read().decode().split(",")]
                 parsed = [[float(value) for value in line.split(",")] for line in body.splitlines()]
                 local = boosters[sample.target_model].predict(xgboost.DMatrix(parsed)).tolist()
                 same = served == local

@@ -33,7 +33,7 @@ def invoke(endpoint: Endpoint, target: str, rows: np.ndarray, client: Any = None
     response = client.invoke_endpoint(
         EndpointName=endpoint.name, TargetModel=target, ContentType="text/csv", Body=csv_body(rows)
     )
-    return [float(line) for line in response["Body"].read().decode().split()]
+    return [float(value) for value in response["Body"].read().decode().split(",")]
 
 
 def expected(booster: xgboost.Booster, rows: np.ndarray) -> list[float]:
@@ -295,7 +295,7 @@ def test_sagemaker_container_contract(
         endpoint.url + "/models/abc123/invoke", data=csv_body(ROWS).encode(), headers={"Content-Type": "text/csv"}
     )
     with urllib.request.urlopen(request, timeout=60) as response:
-        assert [float(line) for line in response.read().decode().split()] == expected(booster, ROWS)
+        assert [float(value) for value in response.read().decode().split(",")] == expected(booster, ROWS)
 
     assert _post(endpoint.url + "/models/abc123", method="DELETE")[0] == 200
     assert _post(endpoint.url + "/models/abc123", method="DELETE")[0] == 404
