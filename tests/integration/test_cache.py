@@ -303,3 +303,33 @@ def test_sagemaker_container_contract(
     assert _post(endpoint.url + "/models/abc123/invoke", None)[0] == 404
     assert endpoint.mms_models() == []
     assert model_dir.joinpath("xgboost-model").exists()  # SageMaker's files are SageMaker's to delete
+
+
+def test_worker_processes_left_behind_by_mms_are_stopped(
+    start_endpoint: EndpointFactory, prefix: str, publish: Any, boosters: dict[str, xgboost.Booster]
+) -> None:
+    import subprocess
+    import sys
+
+    import psutil
+
+    booster = boosters["binary:logistic"]
+    publish(prefix, "live.tar.gz", booster)
+    endpoint = start_endpoint(prefix)
+    assert invoke(endpoint, "live.tar.gz", ROWS) == expected(booster, ROWS)
+    java = next(
+        child
+        for child in psutil.Process(endpoint.process.pid).children()
+        if any(arg.startswith("-Djava.io.tmpdir=") for arg in child.cmdline())
+    )
+    tmp_dir = next(arg for arg in java.cmdline() if arg.startswith("-Djava.io.tmpdir=")).split("=", 1)[1]
+    # A process that looks to openmme exactly like a worker MMS failed to stop for a model it no longer has.
+    looks_like_a_worker = ["--sock-name", f"{tmp_dir}/.mms.sock.9999", "--model-name", "ghost-model"]
+    ghost = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", *looks_like_a_worker])
+    try:
+        assert ghost.wait(timeout=30) is not None  # stopped by the endpoint's housekeeping, within seconds
+    finally:
+        if ghost.poll() is None:
+            ghost.kill()
+    assert mms_model_name("live.tar.gz") in endpoint.worker_pids()  # the live model's workers are untouched
+    assert invoke(endpoint, "live.tar.gz", ROWS) == expected(booster, ROWS)

@@ -395,6 +395,12 @@ class ModelCache:
         for entry in self.entries.values():
             if entry.state is State.READY:
                 entry.memory_bytes = sizes.get(entry.name, 0)
+        # Workers of a model that is not (being) loaded are ones MMS failed to stop: they only hold memory.
+        owned = {entry.name for entry in self.entries.values() if entry.state in _LOADED | {State.UNLOADING}}
+        orphans = [process for name, group in workers.items() if name not in owned for process in group]
+        if orphans:
+            await asyncio.to_thread(kill_processes, orphans, 2.0)
+            log.warning("stopped %d MMS worker process(es) of models no longer loaded", len(orphans))
         self._enforce_budgets_soon()
 
     async def register_local(self, model_name: str, path: Path) -> Entry:
