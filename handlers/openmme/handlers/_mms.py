@@ -26,6 +26,7 @@ from openmme.handlers import ERROR_HEADER, UnsupportedArchive
 
 __all__ = [
     "HandlerError",
+    "HandlerService",
     "LoadError",
     "MmsContext",
     "accepted_types",
@@ -167,3 +168,31 @@ def record_load_error(context: MmsContext, exc: BaseException) -> None:
         pathlib.Path(directory, f"{name}.txt").write_text(load_error_message(exc) + "\n", encoding="utf-8")
     except OSError:
         logger.warning("could not record the load error of model %s in %s", name, directory, exc_info=True)
+
+
+class HandlerService:
+    """MMS's ``handle(data, context)`` contract, shared by the handler services.
+
+    MMS calls ``handle`` with ``data=None`` once to load the model, then with a batch of requests. A model
+    that fails to load records why (see ``record_load_error``) and raises, which fails the registration.
+    """
+
+    def initialize(self, context: MmsContext) -> None:
+        raise NotImplementedError
+
+    def is_loaded(self) -> bool:
+        raise NotImplementedError
+
+    def serve(self, data: list[dict[str, Any]], context: MmsContext) -> list[Any]:
+        raise NotImplementedError
+
+    def handle(self, data: list[dict[str, Any]] | None, context: MmsContext) -> list[Any] | None:
+        """MMS's entry point: ``None`` loads the model, a batch gets one response per request."""
+        if data is None or not self.is_loaded():
+            try:
+                self.initialize(context)
+            except Exception as exc:
+                # MMS answers the registration with "Failed to start workers" only: tell the front why.
+                record_load_error(context, exc)
+                raise
+        return None if data is None else self.serve(data, context)

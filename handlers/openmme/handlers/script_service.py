@@ -47,12 +47,12 @@ from sagemaker_inference.transformer import Transformer
 from openmme.handlers._decoding import body_bytes, body_text, parse_csv, parse_json, parse_npy
 from openmme.handlers._mms import (
     HandlerError,
+    HandlerService,
     LoadError,
     MmsContext,
     accepted_types,
     media_type,
     one_line,
-    record_load_error,
     reject,
     request_body,
     request_content_type,
@@ -258,7 +258,7 @@ def _to_list(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
-class ScriptService:
+class ScriptService(HandlerService):
     """One user-script model: its imported ``inference.py`` and the transformer that calls it."""
 
     def __init__(self) -> None:
@@ -284,21 +284,10 @@ class ScriptService:
         self._transformer = transformer
         logger.info("loaded script model %s as module %s", model_dir, module.__name__)
 
-    def _load(self, context: MmsContext) -> None:
-        try:
-            self.initialize(context)
-        except Exception as exc:
-            # MMS answers the registration with "Failed to start workers" only: tell the front why.
-            record_load_error(context, exc)
-            raise
+    def is_loaded(self) -> bool:
+        return self._transformer is not None
 
-    def handle(self, data: list[dict[str, Any]] | None, context: MmsContext) -> list[Any] | None:
-        """MMS's entry point: ``None`` loads the model, a batch gets one response per request."""
-        if data is None:
-            self._load(context)
-            return None
-        if self._transformer is None:
-            self._load(context)
+    def serve(self, data: list[dict[str, Any]], context: MmsContext) -> list[Any]:
         return self._loaded().transform(data, context)
 
     def _loaded(self) -> ScriptTransformer:

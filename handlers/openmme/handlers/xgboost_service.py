@@ -42,11 +42,11 @@ from openmme.handlers._decoding import (
 )
 from openmme.handlers._mms import (
     HandlerError,
+    HandlerService,
     LoadError,
     MmsContext,
     accepted_types,
     one_line,
-    record_load_error,
     reject,
     request_body,
     request_content_type,
@@ -120,7 +120,7 @@ def _unpickle_booster(raw: bytes, name: str, *, allow_pickle: bool) -> xgboost.B
     raise ModelLoadError(f"{name} unpickled to a {type(loaded).__name__}, not an XGBoost Booster")
 
 
-class XGBoostService:
+class XGBoostService(HandlerService):
     """One loaded booster, and how its requests are decoded, predicted and encoded."""
 
     def __init__(self) -> None:
@@ -142,21 +142,10 @@ class XGBoostService:
         self._booster = booster
         logger.info("loaded XGBoost model %s (%d features)", path, booster.num_features())
 
-    def _load(self, context: MmsContext) -> None:
-        try:
-            self.initialize(context)
-        except Exception as exc:
-            # MMS answers the registration with "Failed to start workers" only: tell the front why.
-            record_load_error(context, exc)
-            raise
+    def is_loaded(self) -> bool:
+        return self._booster is not None
 
-    def handle(self, data: list[dict[str, Any]] | None, context: MmsContext) -> list[str] | None:
-        """MMS's entry point: ``None`` loads the model, a batch gets one response per request."""
-        if data is None:
-            self._load(context)
-            return None
-        if self._booster is None:
-            self._load(context)
+    def serve(self, data: list[dict[str, Any]], context: MmsContext) -> list[Any]:
         return [self._respond(idx, request, context) for idx, request in enumerate(data)]
 
     def predict(self, rows: npt.NDArray[Any] | scipy.sparse.csr_matrix) -> npt.NDArray[np.float32]:
