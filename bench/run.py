@@ -29,6 +29,7 @@ import xgboost
 
 from openmme.demo import wait_for_ping
 from openmme.endpoint.cache import mms_model_name
+from openmme.endpoint.mms import free_port
 from openmme.publish import publish_archive
 from openmme.publish.samples import make_rows, sample_archive, train_booster
 from openmme.seaweed import EmbeddedS3
@@ -147,7 +148,7 @@ def run(smoke: bool, workdir: Path) -> dict[str, Any]:
         targets = [f"model-{index}/model.tar.gz" for index in range(sizes.cold_models + 1)]
         for target in targets:
             publish_archive(archive, PREFIX, target)
-        port = 18080 if not smoke else 18081
+        port = free_port()
         cache_dir = workdir / "cache"
         command = [
             sys.executable, "-m", "openmme.cli", "serve", "--model-prefix", PREFIX, "--endpoint-name", "bench",
@@ -160,6 +161,8 @@ def run(smoke: bool, workdir: Path) -> dict[str, Any]:
             wait_for_ping(front, endpoint, timeout=180)
             results["cold_start"] = cold_start(front, targets[1:], body)
             results["reload_from_disk"] = reload_from_disk(front, targets[1], body)
+            loaded = [model for model in get_json(front + "/models")["models"] if model["state"] == "ready"]
+            results["memory_per_model_mb"] = statistics.median(model["memoryBytes"] for model in loaded) / 2**20
             warm_target = targets[0]
             status, _ = post(front + "/invocations", body, invoke_headers(warm_target))
             assert status == 200, status
@@ -231,6 +234,9 @@ def markdown(results: dict[str, Any], command: str) -> str:
         *(f"| {phase} | {cold[phase]:.1f} |" for phase in ("download", "extract", "register", "other", "total")),
         f"| reload of an unloaded model still on disk (total / MMS register) | {reload['total']:.1f} / "
         f"{reload['register']:.1f} |",
+        "",
+        f"Memory of one loaded model (PSS of its MMS worker processes, median): "
+        f"{results['memory_per_model_mb']:.0f} MiB.",
         "",
         "`register` is MMS starting a worker process that imports xgboost and loads the booster; `other` is the "
         "first prediction plus the front's bookkeeping and the HTTP round trip.",
