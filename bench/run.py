@@ -29,7 +29,7 @@ import xgboost
 
 from openmme.demo import wait_for_ping
 from openmme.endpoint.cache import mms_model_name
-from openmme.endpoint.mms import free_port
+from openmme.ports import free_port
 from openmme.publish import publish_archive
 from openmme.publish.samples import make_rows, sample_archive, train_booster
 from openmme.seaweed import EmbeddedS3

@@ -23,10 +23,11 @@ import pytest
 import xgboost
 
 from openmme.demo import wait_for_ping
+from openmme.ports import free_port
 from openmme.publish import publish_archive
 from openmme.publish.samples import sample_archive, train_booster
 from openmme.seaweed import EmbeddedS3
-from tests.support import CountingProxy, free_port
+from tests.support import CountingProxy
 
 BUCKET = "models"
 

@@ -5,18 +5,11 @@ from __future__ import annotations
 import http.client
 import http.server
 import io
-import socket
 import tarfile
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class CountingProxy(http.server.ThreadingHTTPServer):

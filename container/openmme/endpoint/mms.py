@@ -17,10 +17,8 @@ import json
 import logging
 import math
 import os
-import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,28 +31,11 @@ import aiohttp
 import psutil
 
 from openmme.endpoint.settings import MAX_BODY_BYTES, Settings
+from openmme.ports import free_port
 
-__all__ = ["MmsClient", "MmsConfig", "MmsProcess", "MmsResponse", "free_port", "java_command"]
+__all__ = ["MmsClient", "MmsConfig", "MmsProcess", "MmsResponse", "java_command"]
 
 log = logging.getLogger(__name__)
-
-MMS_PORT_LIMIT = 32767  # MMS refuses ports from here up.
-
-
-def free_port(exclude: Iterable[int] = ()) -> int:
-    """A free TCP port on 127.0.0.1 below the limit MMS accepts (the kernel's ephemeral range lies above it)."""
-    excluded = set(exclude)
-    for _ in range(200):
-        port = random.randrange(10_000, MMS_PORT_LIMIT)
-        if port in excluded:
-            continue
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no free port below 32767 on 127.0.0.1")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,40 @@
+"""Free TCP ports on 127.0.0.1 for the servers openmme starts (MMS, SeaweedFS, test endpoints).
+
+Ports are drawn below the kernel's ephemeral range (32768 and up on Linux): a port picked there could be
+taken by some client's outgoing connection between the check and the server's bind. MMS also refuses
+ports from 32767 up.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+from collections.abc import Iterable
+
+__all__ = ["PORT_CEILING", "free_port", "free_ports"]
+
+PORT_CEILING = 32767
+
+
+def free_port(exclude: Iterable[int] = ()) -> int:
+    """A port on 127.0.0.1 that nothing listens on now, in 10000 to 32766."""
+    excluded = set(exclude)
+    for _ in range(500):
+        port = random.randrange(10_000, PORT_CEILING)
+        if port in excluded:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError(f"no free port below {PORT_CEILING} on 127.0.0.1")
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free ports."""
+    ports: list[int] = []
+    while len(ports) < count:
+        ports.append(free_port(exclude=ports))
+    return ports
