@@ -25,6 +25,7 @@ from openmme.ports import free_ports
 
 __all__ = ["EmbeddedS3", "find_weed"]
 
+_BUCKET_EXISTS = {"BucketAlreadyOwnedByYou", "BucketAlreadyExists"}
 _PORT_NAMES = ("master", "master_grpc", "volume", "volume_grpc", "filer", "filer_grpc", "s3", "s3_grpc")
 
 
@@ -137,18 +138,23 @@ class EmbeddedS3:
                 raise RuntimeError(f"SeaweedFS exited during start; see {self.directory / 'weed.log'}")
             try:
                 # Ready means a bucket can be made and an object written: the volume server is up too.
-                client.create_bucket(Bucket=probe)  # type: ignore[attr-defined]
+                # Each step must be repeatable: a try can make the bucket and then fail to write to it.
+                try:
+                    client.create_bucket(Bucket=probe)  # type: ignore[attr-defined]
+                except botocore.exceptions.ClientError as exc:
+                    if exc.response.get("Error", {}).get("Code") not in _BUCKET_EXISTS:
+                        raise
                 client.put_object(Bucket=probe, Key="probe", Body=b"ok")  # type: ignore[attr-defined]
                 client.delete_object(Bucket=probe, Key="probe")  # type: ignore[attr-defined]
                 client.delete_bucket(Bucket=probe)  # type: ignore[attr-defined]
                 return
-            except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError):
+            except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
                 if time.monotonic() > deadline:
                     self.stop()
                     log_tail = (self.directory / "weed.log").read_text(errors="replace")[-2000:]
                     raise RuntimeError(
-                        f"SeaweedFS was not ready within {timeout:g} s; its log ends:\n{log_tail}"
-                    ) from None
+                        f"SeaweedFS was not ready within {timeout:g} s ({exc}); its log ends:\n{log_tail}"
+                    ) from exc
                 time.sleep(0.3)
 
     def stop(self, grace: float = 3.0) -> None:
