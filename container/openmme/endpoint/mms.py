@@ -29,6 +29,7 @@ from typing import Any
 
 import aiohttp
 import psutil
+from multidict import CIMultiDict
 
 from openmme.endpoint.settings import MAX_BODY_BYTES, Settings
 from openmme.ports import free_port
@@ -145,7 +146,8 @@ class MmsClient:
             timeout=aiohttp.ClientTimeout(total=timeout),
         ) as response:
             body = await response.read()
-            return MmsResponse(response.status, body, dict(response.headers))
+            # Header names as MMS spells them vary in case: keep the case-insensitive mapping.
+            return MmsResponse(response.status, body, CIMultiDict(response.headers))
 
     async def ping(self) -> bool:
         try:
