@@ -108,6 +108,9 @@ class EmbeddedS3:
         with (self.directory / "weed.log").open("ab") as log:
             self.process = subprocess.Popen(
                 self.command(),
+                # weed turns inherited AWS_* credentials into an S3 identity of its own, which would
+                # replace this server's (seen when a process pointed at another SeaweedFS starts one).
+                env={key: value for key, value in os.environ.items() if not key.startswith("AWS_")},
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
