@@ -204,6 +204,18 @@ def test_body_over_six_mib_is_a_validation_error(module_endpoint: Endpoint) -> N
         _invoke(module_endpoint, Body=b"1," * (3 * 1024 * 1024 + 1))
 
 
+def test_a_body_just_under_six_mib_is_served_whole(
+    module_endpoint: Endpoint, boosters: dict[str, xgboost.Booster]
+) -> None:
+    row = csv_body(make_rows(1, seed=12))
+    copies = (6 * 1024 * 1024 - 1) // (len(row) + 1)
+    body = "\n".join([row] * copies)
+    assert 5 * 1024 * 1024 < len(body) <= 6 * 1024 * 1024
+    response = _invoke(module_endpoint, TargetModel=target_for("reg:squarederror"), Body=body)
+    served = served_csv(response["Body"].read())
+    assert served == expected(boosters["reg:squarederror"], make_rows(1, seed=12)) * copies
+
+
 def test_bad_rows_are_a_model_error_with_the_original_status(module_endpoint: Endpoint) -> None:
     client = module_endpoint.runtime()
     with pytest.raises(client.exceptions.ModelError) as caught:

@@ -103,10 +103,14 @@ async def _read_body(request: web.Request) -> bytes:
     too_large = ValidationError(f"the request body exceeds the {MAX_BODY_BYTES}-byte limit of invoke_endpoint")
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
         raise too_large
-    body = await request.content.read(MAX_BODY_BYTES + 1)
-    if len(body) > MAX_BODY_BYTES or not request.content.at_eof():
-        raise too_large
-    return body
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_chunked(256 * 1024):
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 async def _invoke(request: web.Request, target: str) -> web.Response:
