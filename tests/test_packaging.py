@@ -31,7 +31,23 @@ def dockerfile() -> str:
 
 
 def test_compose_has_endpoint_s3_and_sample_publisher(compose: dict[str, Any]) -> None:
-    assert set(compose["services"]) == {"s3", "publish-samples", "endpoint"}
+    default = {name for name, service in compose["services"].items() if "profiles" not in service}
+    assert default == {"s3", "publish-samples", "endpoint"}
+
+
+def test_observability_profile_scrapes_the_endpoint_and_provisions_the_dashboard(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert services["prometheus"]["profiles"] == services["grafana"]["profiles"] == ["observability"]
+    scrape = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
+    endpoint_port = compose["services"]["endpoint"]["ports"][0].split(":")[-1]
+    job = scrape["scrape_configs"][0]
+    assert job["metrics_path"] == "/metrics"
+    assert job["static_configs"][0]["targets"] == [f"endpoint:{endpoint_port}"]
+    mounted = {volume.split(":")[0] for volume in services["grafana"]["volumes"]}
+    assert {"./deploy/grafana/provisioning", "./deploy/grafana/dashboards"} <= mounted
+    for volume in services["grafana"]["volumes"] + services["prometheus"]["volumes"]:
+        assert (ROOT / volume.split(":")[0]).exists(), volume
+    assert all(port.startswith("127.0.0.1:") for s in services.values() for port in s.get("ports", []))
 
 
 def test_endpoint_command_is_a_valid_serve_invocation(compose: dict[str, Any]) -> None:

@@ -2,6 +2,7 @@
 
 Routes
     GET    /ping                                  200 when MMS answers its own ping
+    GET    /metrics                               Prometheus metrics (see metrics.py)
     POST   /invocations                           TargetModel from X-Amzn-SageMaker-Target-Model
     POST   /endpoints/{EndpointName}/invocations  what boto3's sagemaker-runtime invoke_endpoint calls
     GET    /models                                every model known, with its state (and SageMaker's fields)
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import aiohttp
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from openmme.endpoint.cache import ModelCache, State
 from openmme.endpoint.errors import (
@@ -34,6 +36,8 @@ from openmme.endpoint.errors import (
     ValidationError,
     render,
 )
+from openmme.endpoint.logs import access_log, log_json
+from openmme.endpoint.metrics import Metrics
 from openmme.endpoint.mms import MmsClient, MmsResponse
 from openmme.endpoint.s3 import validate_target_model
 from openmme.endpoint.settings import MAX_BODY_BYTES, Settings
@@ -42,7 +46,6 @@ from openmme.handlers import ERROR_HEADER
 __all__ = ["build_app"]
 
 log = logging.getLogger(__name__)
-access_log = logging.getLogger("openmme.access")
 
 TARGET_MODEL = "X-Amzn-SageMaker-Target-Model"
 CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
@@ -54,6 +57,7 @@ FORWARDED = ("Content-Type", "Accept", CUSTOM_ATTRIBUTES, INFERENCE_ID)
 CACHE: web.AppKey[ModelCache] = web.AppKey("cache", ModelCache)
 MMS: web.AppKey[MmsClient] = web.AppKey("mms", MmsClient)
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings", Settings)
+METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -79,15 +83,11 @@ async def ping(request: web.Request) -> web.Response:
 
 
 async def invocations(request: web.Request) -> web.Response:
-    return await _invoke(request, validate_target_model(request.headers.get(TARGET_MODEL)))
+    return await _invoke(request, request.headers.get(TARGET_MODEL))
 
 
 async def endpoint_invocations(request: web.Request) -> web.Response:
-    name = request.match_info["endpoint"]
-    expected = request.app[SETTINGS].endpoint_name
-    if name != expected:
-        raise ValidationError(f"Endpoint {name} not found; this server serves endpoint {expected}.")
-    return await _invoke(request, validate_target_model(request.headers.get(TARGET_MODEL)))
+    return await _invoke(request, request.headers.get(TARGET_MODEL), endpoint=request.match_info["endpoint"])
 
 
 async def container_invoke(request: web.Request) -> web.Response:
@@ -113,40 +113,59 @@ async def _read_body(request: web.Request) -> bytes:
     return b"".join(chunks)
 
 
-async def _invoke(request: web.Request, target: str) -> web.Response:
+async def _invoke(request: web.Request, target: str | None, endpoint: str | None = None) -> web.Response:
+    """One invocation: validate, hold the model loaded (loading it on a miss), predict, answer; logged and
+    counted whatever the outcome."""
     started = time.perf_counter()
     cache, mms, settings = request.app[CACHE], request.app[MMS], request.app[SETTINGS]
-    body = await _read_body(request)
-    headers = {key: request.headers[key] for key in FORWARDED if key in request.headers}
-    status = "error"
-    hit = cache.is_ready(target)
+    record: dict[str, object] = {
+        "event": "invocation",
+        "inference_id": request.headers.get(INFERENCE_ID),
+        "target_model": target,
+    }
+    status = 500
+    valid_target: str | None = None
     try:
+        if endpoint is not None and endpoint != settings.endpoint_name:
+            raise ValidationError(
+                f"Endpoint {endpoint} not found; this server serves endpoint {settings.endpoint_name}."
+            )
+        valid_target = validate_target_model(target)
+        body = await _read_body(request)
+        headers = {key: request.headers[key] for key in FORWARDED if key in request.headers}
+        hit = cache.is_ready(valid_target)
+        record["cache"] = "hit" if hit else "miss"
         for _attempt in range(2):
-            async with cache.use(target) as entry:
+            waiting = time.perf_counter()
+            async with cache.use(valid_target) as entry:
+                record["wait_ms"] = _ms_since(waiting)
+                if not hit:
+                    for phase, key in (("download", "download_ms"), ("extract", "extract_ms"), ("register", "load_ms")):
+                        if phase in entry.timings:
+                            record[key] = round(entry.timings[phase] * 1000, 2)
+                predicting = time.perf_counter()
                 response = await _predict(mms, entry.name, body, headers, settings.response_timeout)
+                record["predict_ms"] = _ms_since(predicting)
                 if response.status != 404 or response.headers.get(ERROR_HEADER):
-                    result = _answer(target, response, request.headers)
-                    status = str(result.status)
+                    result = _answer(valid_target, response, request.headers)
+                    status = result.status
                     return result
             # MMS does not know the model (it was restarted, or raced an eviction): register it again.
             cache.reset(entry)
-        raise ServiceUnavailable(f"model {target!r} could not be kept loaded; retry")
+        raise ServiceUnavailable(f"model {valid_target!r} could not be kept loaded; retry")
     except EndpointError as error:
-        status = str(error.status)
+        status = error.status
+        record["error"] = error.code
         raise
     finally:
-        access_log.info(
-            "%s",
-            json.dumps(
-                {
-                    "target_model": target,
-                    "status": status,
-                    "cache": "hit" if hit else "miss",
-                    "inference_id": request.headers.get(INFERENCE_ID),
-                    "ms": round((time.perf_counter() - started) * 1000, 2),
-                }
-            ),
-        )
+        record["status"] = status
+        record["total_ms"] = _ms_since(started)
+        request.app[METRICS].invocation(valid_target, status, time.perf_counter() - started)
+        log_json(access_log, record)
+
+
+def _ms_since(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 2)
 
 
 async def _predict(mms: MmsClient, name: str, body: bytes, headers: Mapping[str, str], timeout: float) -> MmsResponse:
@@ -240,11 +259,17 @@ async def add_model(request: web.Request) -> web.Response:
     return web.json_response({"status": f"model {name} loaded"})
 
 
-def build_app(settings: Settings, cache: ModelCache, mms: MmsClient) -> web.Application:
+async def metrics(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[METRICS].registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def build_app(settings: Settings, cache: ModelCache, mms: MmsClient, metrics_: Metrics) -> web.Application:
     # The body limit is enforced by _read_body with SageMaker's error; aiohttp's own limit sits above it.
     app = web.Application(middlewares=[errors_middleware], client_max_size=MAX_BODY_BYTES + 1024 * 1024)
-    app[CACHE], app[MMS], app[SETTINGS] = cache, mms, settings
+    app[CACHE], app[MMS], app[SETTINGS], app[METRICS] = cache, mms, settings, metrics_
     app.router.add_get("/ping", ping)
+    app.router.add_get("/metrics", metrics)
     app.router.add_post("/invocations", invocations)
     app.router.add_post("/endpoints/{endpoint}/invocations", endpoint_invocations)
     app.router.add_get("/models", list_models)

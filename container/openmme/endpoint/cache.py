@@ -26,7 +26,7 @@ import shutil
 import time
 import uuid
 from collections import Counter, OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,7 @@ from openmme.endpoint.s3 import ModelSource
 from openmme.endpoint.settings import Settings
 from openmme.handlers import UnsupportedArchive, choose_handler
 
-__all__ = ["Budgets", "Entry", "ModelCache", "State", "mms_model_name"]
+__all__ = ["Budgets", "CacheEvents", "Entry", "ModelCache", "State", "mms_model_name"]
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,24 @@ def mms_model_name(target: str) -> str:
     digest = hashlib.sha256(target.encode()).hexdigest()[:12]
     stem = re.sub(r"[^A-Za-z0-9_-]+", "_", target.removesuffix(".tar.gz")).strip("_")[:48]
     return f"{stem}-{digest}" if stem else f"m-{digest}"
+
+
+class CacheEvents:
+    """What the cache reports as it works; metrics and the event log subclass it (all no-ops here)."""
+
+    def lookup(self, entry: Entry, hit: bool) -> None: ...
+
+    def waited(self, entry: Entry, seconds: float) -> None: ...
+
+    def fetched(self, entry: Entry) -> None: ...
+
+    def loaded(self, entry: Entry) -> None: ...
+
+    def load_failed(self, entry: Entry, error: BaseException) -> None: ...
+
+    def unloaded(self, entry: Entry, reason: str | None) -> None: ...
+
+    def removed(self, entry: Entry) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -125,6 +143,7 @@ class ModelCache:
         mms: MmsClient,
         process: MmsProcess,
         source: ModelSource | None,
+        events: Sequence[CacheEvents] = (),
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
@@ -132,6 +151,7 @@ class ModelCache:
         self.mms = mms
         self.process = process
         self.source = source
+        self.events = tuple(events)
         self.clock = clock
         self.entries: OrderedDict[str, Entry] = OrderedDict()  # least recently used first
         self.evictions: Counter[str] = Counter()  # by reason: count, memory, disk
@@ -150,10 +170,19 @@ class ModelCache:
             entry = Entry(target, mms_model_name(target), self.settings.models_dir / mms_model_name(target))
             self.entries[target] = entry
         self.entries.move_to_end(target)
-        self.counters["hits" if entry.state is State.READY else "misses"] += 1
+        hit = entry.state is State.READY
+        self.counters["hits" if hit else "misses"] += 1
+        for events in self.events:
+            events.lookup(entry, hit)
         entry.in_flight += 1
         try:
-            await self._wait_ready(entry, self.settings.wait_budget if wait is None else wait)
+            if not hit:
+                started = time.perf_counter()
+                try:
+                    await self._wait_ready(entry, self.settings.wait_budget if wait is None else wait)
+                finally:
+                    for events in self.events:
+                        events.waited(entry, time.perf_counter() - started)
             yield entry
         finally:
             entry.in_flight -= 1
@@ -185,10 +214,15 @@ class ModelCache:
     # ---- transitions ----------------------------------------------------------------------------------
 
     async def _bring_up(self, entry: Entry) -> None:
-        if entry.state is State.REMOTE:
-            await self._fetch(entry)
-        if entry.state is State.ON_DISK:
-            await self._load(entry)
+        try:
+            if entry.state is State.REMOTE:
+                await self._fetch(entry)
+            if entry.state is State.ON_DISK:
+                await self._load(entry)
+        except Exception as exc:
+            for events in self.events:
+                events.load_failed(entry, exc)
+            raise
 
     async def _fetch(self, entry: Entry) -> None:
         assert self.source is not None
@@ -205,13 +239,8 @@ class ModelCache:
         except BaseException:
             entry.state = State.REMOTE
             raise
-        log.info(
-            "fetched %s: %d bytes on disk (download %.0f ms, extract %.0f ms)",
-            entry.target,
-            entry.disk_bytes,
-            entry.timings["download"] * 1000,
-            entry.timings["extract"] * 1000,
-        )
+        for events in self.events:
+            events.fetched(entry)
         await self._make_disk_room(0, keep=entry)
 
     def _download_and_extract(self, entry: Entry, staging: Path) -> int:
@@ -271,13 +300,8 @@ class ModelCache:
             entry.state = State.ON_DISK
             raise
         entry.memory_bytes = await asyncio.to_thread(self._measure_one, entry.name)
-        log.info(
-            "loaded %s into MMS as %s in %.0f ms (%d MB)",
-            entry.target,
-            entry.name,
-            entry.timings["register"] * 1000,
-            entry.memory_bytes // 2**20,
-        )
+        for events in self.events:
+            events.loaded(entry)
         await self._make_memory_room(keep=entry)
 
     async def _unload(self, entry: Entry, reason: str | None) -> None:
@@ -296,7 +320,8 @@ class ModelCache:
             entry.timings["unload"] = time.perf_counter() - started
             if reason:
                 self.evictions[reason] += 1
-            log.info("unloaded %s (%s)", entry.target, reason or "disk budget")
+            for events in self.events:
+                events.unloaded(entry, reason)
 
     async def _remove_from_disk(self, entry: Entry) -> None:
         if entry.managed:
@@ -305,7 +330,8 @@ class ModelCache:
         entry.state = State.REMOTE
         self._forget_if_remote(entry)
         self.evictions["disk"] += 1
-        log.info("removed %s from disk", entry.target)
+        for events in self.events:
+            events.removed(entry)
 
     def _reap_workers(self, name: str) -> list[int]:
         """Blocking: kill any worker process still serving ``name`` (after an unregister or failed load)."""

@@ -12,6 +12,8 @@ from aiohttp import web
 
 from openmme.endpoint.app import build_app
 from openmme.endpoint.cache import Budgets, ModelCache
+from openmme.endpoint.logs import EventLog, configure_logging
+from openmme.endpoint.metrics import Metrics
 from openmme.endpoint.mms import MmsClient, MmsProcess
 from openmme.endpoint.s3 import ModelSource, S3Location
 from openmme.endpoint.settings import Settings
@@ -68,8 +70,11 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     try:
         async with MmsClient(process.config.inference_port, process.config.management_port) as mms:
             await _wait_for_mms(process, mms, settings.mms_start_timeout)
-            cache = ModelCache(settings, budgets, mms, process, source)
-            runner = web.AppRunner(build_app(settings, cache, mms), access_log=None, shutdown_timeout=30.0)
+            metrics = Metrics(model_labels=settings.metrics_model_labels)
+            cache = ModelCache(settings, budgets, mms, process, source, events=(metrics, EventLog()))
+            metrics.watch(cache)
+            app = build_app(settings, cache, mms, metrics)
+            runner = web.AppRunner(app, access_log=None, shutdown_timeout=30.0)
             await runner.setup()
             site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
             await site.start()
@@ -96,10 +101,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
 
 
 def serve(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(settings.log_level)
     try:
         import uvloop  # a dependency where it builds (not on Windows)
     except ImportError:

@@ -104,7 +104,10 @@ class Settings:
     mms_management_port: int = _opt(0, "MMS management port on 127.0.0.1 (0: pick a free one below 32767)", int)
     mms_start_timeout: float = _opt(120.0, "seconds MMS may take to start", float)
     response_timeout: float = _opt(60.0, "seconds a prediction may take inside MMS", float)
-    log_level: str = _opt("INFO", "DEBUG, INFO, WARNING or ERROR")
+    metrics_model_labels: int = _opt(
+        50, 'models that get their own label in per-model metrics; later ones count as model="other"', int
+    )
+    log_level: str = _opt("INFO", "DEBUG, INFO, WARNING or ERROR (JSON request and event lines go to stdout)")
 
     @property
     def models_dir(self) -> Path:

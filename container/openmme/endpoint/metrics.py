@@ -1,0 +1,176 @@
+"""Prometheus metrics of the endpoint (``GET /metrics``), in its own registry.
+
+SageMaker's endpoint-level MME metrics under openmme names (ModelCacheHit → hits and misses,
+ModelDownloadingTime, ModelLoadingTime, ModelLoadingWaitTime, ModelUnloadingTime, LoadedModelCount), plus
+what SageMaker does not show: extraction time, cache memory and disk, evictions by reason, invocations by
+status.
+
+Per-model series carry a ``model`` label, but only for a bounded set of models: the first
+``model_labels`` TargetModels seen get their own label, every later one is counted under ``model="other"``.
+So a prefix of a million models costs at most ``model_labels`` series per metric, and the models a dashboard
+is usually asked about (the early, busy ones) keep names. ``GET /models`` has every model's figures.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from openmme.endpoint.cache import CacheEvents, Entry, ModelCache, State
+
+__all__ = ["OTHER_MODELS", "Metrics"]
+
+OTHER_MODELS = "other"
+EVICTION_REASONS = ("count", "memory", "disk", "request")
+# Loads take from tens of milliseconds (a file) to minutes (a large archive over a slow link).
+_LOAD_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, float("inf"))
+# Invocations: sub-millisecond to the 60 s a client waits.
+_REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0, float("inf"))
+
+
+class _CacheState(Collector):
+    """Gauges read from the cache at scrape time, so they can never drift from it."""
+
+    def __init__(self, cache: ModelCache) -> None:
+        self.cache = cache
+
+    def collect(self) -> Iterator[Metric]:
+        cache = self.cache
+        on_disk = sum(entry.disk_bytes > 0 for entry in cache.entries.values())
+        budgets = cache.budgets
+        for name, documentation, value in (
+            ("openmme_loaded_models", "Models loaded in MMS (loading or ready).", cache.loaded_count()),
+            ("openmme_cached_models_on_disk", "Models extracted on the cache disk.", on_disk),
+            ("openmme_model_memory_bytes", "Memory held by loaded models' MMS workers (PSS).", cache.memory_in_use()),
+            ("openmme_cache_disk_bytes", "Bytes of extracted models on the cache disk.", cache.disk_in_use()),
+            ("openmme_max_models", "The loaded-model count budget (0: none).", budgets.max_models),
+            ("openmme_memory_budget_bytes", "The memory budget for loaded models.", budgets.memory_bytes),
+            ("openmme_disk_budget_bytes", "The disk budget for extracted models.", budgets.disk_bytes),
+        ):
+            yield GaugeMetricFamily(name, documentation, value=value)
+        states = GaugeMetricFamily("openmme_models", "Models the endpoint knows, by state.", labels=["state"])
+        for state in State:
+            states.add_metric([state.value], sum(entry.state is state for entry in cache.entries.values()))
+        yield states
+
+
+class Metrics(CacheEvents):
+    """The endpoint's metrics: fed by the cache's events and by the front for each invocation."""
+
+    def __init__(self, model_labels: int = 50) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.model_labels = model_labels
+        self._labelled: set[str] = set()
+        registry = self.registry
+        self.hits = Counter("openmme_model_cache_hits", "Requests whose model was loaded.", registry=registry)
+        self.misses = Counter(
+            "openmme_model_cache_misses", "Requests that had to wait for a download or load.", registry=registry
+        )
+        self.download = Histogram(
+            "openmme_model_download_seconds", "Archive download time.", buckets=_LOAD_BUCKETS, registry=registry
+        )
+        self.extract = Histogram(
+            "openmme_model_extract_seconds", "Archive extraction time.", buckets=_LOAD_BUCKETS, registry=registry
+        )
+        self.load = Histogram(
+            "openmme_model_load_seconds", "MMS registration time.", buckets=_LOAD_BUCKETS, registry=registry
+        )
+        self.unload = Histogram(
+            "openmme_model_unload_seconds", "MMS unregistration time.", buckets=_LOAD_BUCKETS, registry=registry
+        )
+        self.loading_wait = Histogram(
+            "openmme_model_loading_wait_seconds",
+            "Time a request waited for its model to download and load.",
+            buckets=_LOAD_BUCKETS,
+            registry=registry,
+        )
+        self.load_failures = Counter(
+            "openmme_model_load_failures", "Downloads or loads that failed.", registry=registry
+        )
+        self.evictions = Counter(
+            "openmme_model_evictions", "Models evicted, by the budget that needed room.", ["reason"], registry=registry
+        )
+        for reason in EVICTION_REASONS:
+            self.evictions.labels(reason)
+        self.invocations = Counter(
+            "openmme_invocations", "Invocations, by HTTP status answered.", ["status"], registry=registry
+        )
+        self.invocation_seconds = Histogram(
+            "openmme_invocation_seconds",
+            "Invocation latency at the front, waits and loads included, by HTTP status.",
+            ["status"],
+            buckets=_REQUEST_BUCKETS,
+            registry=registry,
+        )
+        self.model_invocations = Counter(
+            "openmme_model_invocations",
+            f"Invocations by model (first {model_labels} models by name, the rest as '{OTHER_MODELS}') and status.",
+            ["model", "status"],
+            registry=registry,
+        )
+        self.model_invocation_seconds = Histogram(
+            "openmme_model_invocation_seconds",
+            "Invocation latency by model (bounded labels, as above).",
+            ["model"],
+            buckets=(0.005, 0.025, 0.1, 0.5, 2.5, float("inf")),
+            registry=registry,
+        )
+        self.model_loads = Counter(
+            "openmme_model_loads", "Loads into MMS by model (bounded labels): a high rate is thrashing.", ["model"],
+            registry=registry,
+        )  # fmt: skip
+
+    def watch(self, cache: ModelCache) -> None:
+        """Export the cache's gauges from now on."""
+        self.registry.register(_CacheState(cache))
+
+    def model_label(self, target: str) -> str:
+        if target in self._labelled:
+            return target
+        if len(self._labelled) < self.model_labels:
+            self._labelled.add(target)
+            return target
+        return OTHER_MODELS
+
+    def invocation(self, target: str | None, status: int, seconds: float) -> None:
+        self.invocations.labels(str(status)).inc()
+        self.invocation_seconds.labels(str(status)).observe(seconds)
+        if target is not None:
+            label = self.model_label(target)
+            self.model_invocations.labels(label, str(status)).inc()
+            self.model_invocation_seconds.labels(label).observe(seconds)
+
+    # ---- CacheEvents -------------------------------------------------------------------------------
+
+    def lookup(self, entry: Entry, hit: bool) -> None:
+        (self.hits if hit else self.misses).inc()
+
+    def waited(self, entry: Entry, seconds: float) -> None:
+        self.loading_wait.observe(seconds)
+
+    def fetched(self, entry: Entry) -> None:
+        self.download.observe(entry.timings.get("download", 0.0))
+        self.extract.observe(entry.timings.get("extract", 0.0))
+
+    def loaded(self, entry: Entry) -> None:
+        self.load.observe(entry.timings.get("register", 0.0))
+        self.model_loads.labels(self.model_label(entry.target)).inc()
+
+    def load_failed(self, entry: Entry, error: BaseException) -> None:
+        self.load_failures.inc()
+
+    def unloaded(self, entry: Entry, reason: str | None) -> None:
+        self.unload.observe(entry.timings.get("unload", 0.0))
+        if reason:
+            self.evictions.labels(reason).inc()
+
+    def removed(self, entry: Entry) -> None:
+        self.evictions.labels("disk").inc()
+
+
+def metric_names(lines: Iterable[str]) -> set[str]:
+    """Sample names in a Prometheus text exposition (for tests and the dashboard check)."""
+    return {line.split("{")[0].split(" ")[0] for line in lines if line and not line.startswith("#")}
