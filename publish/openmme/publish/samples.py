@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import xgboost
 
-from openmme.publish import pack_directory
+from openmme.publish.local import pack_directory
 
 __all__ = ["SAMPLES", "Sample", "make_rows", "sample_archive", "train_booster"]
 
