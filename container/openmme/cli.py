@@ -2,9 +2,11 @@
 
     openmme serve   [--model-prefix s3://bucket/prefix/] [--endpoint-name NAME] [--port 8080] …
     openmme demo    [--keep-running]           embedded S3 + sample models + endpoint + real invocations
-    openmme publish path ARCHIVE_OR_DIR --prefix s3://… --name TARGET_MODEL [--overwrite]
+    openmme publish training-job JOB [JOB …] --prefix s3://… [--name NAME] [--overwrite]
+    openmme publish path LOCAL --prefix s3://… --name NAME [--sample rows.csv] [--skip-check] [--overwrite]
     openmme publish samples --prefix s3://…    the quick start's sample models
     openmme models list --prefix s3://…        the TargetModel names a prefix holds
+    openmme models remove NAME --prefix s3://…
 
 ``serve`` also runs as a bare ``serve`` (the container entrypoint SageMaker calls).
 """
@@ -15,6 +17,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from openmme.publish import ProgressLine
 
 __all__ = ["main"]
 
@@ -27,37 +33,118 @@ def _serve(argv: Sequence[str]) -> int:
     return 0
 
 
+def _progress() -> ProgressLine | None:
+    from openmme.publish import ProgressLine
+
+    # A redrawn line only makes sense on a terminal; in logs and pipes the final "published" line says it all.
+    return ProgressLine(sys.stderr) if sys.stderr.isatty() else None
+
+
 def _publish(args: argparse.Namespace) -> int:
-    from openmme.publish import ArtifactExists, create_bucket, pack_directory, publish_archive
+    from openmme.publish import PublishError
 
     try:
-        if args.what == "samples":
-            from openmme.publish.samples import SAMPLES, sample_archive, train_booster
-
-            if args.create_bucket:
-                create_bucket(args.prefix)
-            for sample in SAMPLES:
-                archive = sample_archive(train_booster(sample.objective, sample.seed))
-                publish_archive(archive, args.prefix, sample.target_model, overwrite=args.overwrite)
-                print(f"published {sample.target_model} ({sample.objective})")
-            return 0
-        local = Path(args.local)
-        archive = pack_directory(local) if local.is_dir() else local.read_bytes()
-        target = publish_archive(archive, args.prefix, args.name, overwrite=args.overwrite)
-    except (ArtifactExists, ValueError, OSError) as exc:
+        if args.what == "training-job":
+            return _publish_training_jobs(args)
+        if args.what == "path":
+            return _publish_path(args)
+        return _publish_samples(args)
+    except PublishError as exc:
         print(f"openmme publish: {exc}", file=sys.stderr)
         return 1
-    print(f"published {args.prefix}{target}\nTargetModel: {target}")
+    except KeyboardInterrupt:
+        # boto3 aborts the multipart upload or copy it was running, so nothing is left half-written.
+        print("openmme publish: interrupted; the transfer in progress was aborted", file=sys.stderr)
+        return 130
+
+
+def _publish_training_jobs(args: argparse.Namespace) -> int:
+    from openmme.publish import TrainingJobError, publish_training_job, publish_training_jobs, target_model_for
+
+    if args.name is not None:
+        publication = publish_training_job(
+            args.jobs[0],
+            args.prefix,
+            target_model=target_model_for(args.name),
+            overwrite=args.overwrite,
+            progress=_progress(),
+        )
+        print(f"published training job {args.jobs[0]} as {publication.uri}\nTargetModel: {publication.target_model}")
+        return 0
+    outcomes = publish_training_jobs(args.jobs, args.prefix, overwrite=args.overwrite, progress=_progress())
+    for outcome in outcomes:
+        if outcome.publication is not None:
+            print(f"published training job {outcome.job_name} as {outcome.publication.uri}")
+            print(f"TargetModel: {outcome.publication.target_model}")
+        elif isinstance(outcome.error, TrainingJobError):
+            print(f"openmme publish: {outcome.error}", file=sys.stderr)
+        else:
+            print(f"openmme publish: training job {outcome.job_name!r}: {outcome.error}", file=sys.stderr)
+    failed = sum(outcome.error is not None for outcome in outcomes)
+    if failed and len(outcomes) > 1:
+        print(f"openmme publish: {failed} of {len(outcomes)} training jobs were not published", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _publish_path(args: argparse.Namespace) -> int:
+    from openmme.publish import ModelCheckFailed, publish_path, target_model_for
+    from openmme.publish.check import content_type_for
+
+    sample = None
+    if args.sample is not None:
+        try:
+            sample = args.sample.read_bytes()
+        except OSError as exc:
+            raise ModelCheckFailed(f"cannot read the sample {args.sample}: {exc}") from exc
+    publication = publish_path(
+        args.local,
+        args.prefix,
+        target_model_for(args.name),
+        overwrite=args.overwrite,
+        check=not args.skip_check,
+        sample=sample,
+        sample_content_type=args.sample_content_type or (content_type_for(args.sample) if args.sample else "text/csv"),
+        progress=_progress(),
+    )
+    if publication.check is not None:
+        for warning in publication.check.warnings:
+            print(f"openmme publish: warning: {warning}", file=sys.stderr)
+        print(f"checked {args.local}: {publication.check.summary()}")
+    print(f"published {publication.uri}\nTargetModel: {publication.target_model}")
+    return 0
+
+
+def _publish_samples(args: argparse.Namespace) -> int:
+    from openmme.publish import create_bucket, publish_archive
+    from openmme.publish.samples import SAMPLES, sample_archive, train_booster
+
+    if args.create_bucket:
+        create_bucket(args.prefix)
+    for sample in SAMPLES:
+        archive = sample_archive(train_booster(sample.objective, sample.seed))
+        publish_archive(archive, args.prefix, sample.target_model, overwrite=args.overwrite)
+        print(f"published {sample.target_model} ({sample.objective})")
     return 0
 
 
 def _models(args: argparse.Namespace) -> int:
-    from openmme.publish import list_models
+    from openmme.publish import PublishError, list_models, remove_model
 
     try:
+        if args.action == "remove":
+            size = remove_model(args.prefix, args.name)
+            print(
+                f"removed {args.prefix.rstrip('/')}/{args.name} ({size} bytes); endpoints that loaded it keep "
+                "serving their cached copy until they evict it"
+            )
+            return 0
+        listed = 0
         for model in list_models(args.prefix):
             print(f"{model.target_model}\t{model.size}\t{model.last_modified.isoformat()}")
-    except ValueError as exc:
+            listed += 1
+        if not listed:
+            print(f"openmme models: {args.prefix} holds no models", file=sys.stderr)
+    except PublishError as exc:
         print(f"openmme models: {exc}", file=sys.stderr)
         return 1
     return 0
@@ -81,19 +168,39 @@ def parser() -> argparse.ArgumentParser:
 
     publish = commands.add_parser("publish", help="put models into an endpoint's S3 prefix")
     what = publish.add_subparsers(dest="what", required=True)
-    path = what.add_parser("path", help="a model.tar.gz, or a directory to pack as one")
-    path.add_argument("local")
-    path.add_argument("--name", required=True, help="the TargetModel, e.g. houston/model.tar.gz")
+    jobs = what.add_parser(
+        "training-job",
+        help="copy SageMaker training jobs' model.tar.gz into the prefix, as <job>/model.tar.gz",
+        description="For each job: DescribeTrainingJob, then a server-side S3 copy of its model artifact to "
+        "<prefix><NAME>/model.tar.gz. A job that cannot be published does not stop the others; the exit code is "
+        "1 if any failed.",
+    )
+    jobs.add_argument("jobs", nargs="+", metavar="JOB", help="training job name")
+    jobs.add_argument("--name", help="publish as NAME/model.tar.gz (or NAME, if it ends in .tar.gz); one job only")
+    path = what.add_parser(
+        "path",
+        help="a model.tar.gz, a model directory or a model file: packed, checked, uploaded",
+        description="Packs LOCAL (a directory's contents, or a bare model file, at the archive root), checks it "
+        "by loading it with the handler openmme will use, and uploads it to <prefix><NAME>/model.tar.gz.",
+    )
+    path.add_argument("local", type=Path, metavar="LOCAL")
+    path.add_argument("--name", required=True, help="NAME/model.tar.gz is the TargetModel (NAME if it ends in .tar.gz)")
+    path.add_argument("--sample", type=Path, help="request rows to predict on as part of the check (e.g. rows.csv)")
+    path.add_argument("--sample-content-type", help="the sample's Content-Type (default: from its suffix, else CSV)")
+    path.add_argument("--skip-check", action="store_true", help="upload without loading the model here first")
     samples = what.add_parser("samples", help="train and publish the quick start's sample models")
     samples.add_argument("--create-bucket", action="store_true", help="create the prefix's bucket if missing")
-    for sub in (path, samples):
+    for sub in (jobs, path, samples):
         sub.add_argument("--prefix", required=True, help="the endpoint's model prefix, s3://bucket/prefix/")
         sub.add_argument("--overwrite", action="store_true", help="replace an existing artifact")
 
     models = commands.add_parser("models", help="what an endpoint's prefix holds")
     action = models.add_subparsers(dest="action", required=True)
-    listing = action.add_parser("list", help="TargetModel, size and last-modified of every archive")
-    listing.add_argument("--prefix", required=True)
+    listing = action.add_parser("list", help="TargetModel, size and last-modified of every model (tab-separated)")
+    remove = action.add_parser("remove", help="delete one model from the prefix")
+    remove.add_argument("name", metavar="NAME", help="the TargetModel, as `openmme models list` shows it")
+    for sub in (listing, remove):
+        sub.add_argument("--prefix", required=True, help="the endpoint's model prefix, s3://bucket/prefix/")
     return root
 
 
@@ -101,7 +208,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "serve":
         return _serve(argv[1:])
-    args = parser().parse_args(argv)
+    root = parser()
+    args = root.parse_args(argv)
+    if args.command == "publish" and args.what == "training-job" and args.name is not None and len(args.jobs) > 1:
+        root.error("--name applies to a single training job")
     if args.command == "publish":
         return _publish(args)
     if args.command == "models":
