@@ -11,6 +11,7 @@ Routes
     DELETE /models/{name}                         unload now, or 404
     POST   /models/{name}/invoke                  SageMaker: invoke a loaded model, or 404
 
+With ``--auth sigv4`` every route but ``/ping`` needs an AWS SigV4 signature (see auth.py).
 The front imports no ML framework: it moves bytes between the client and MMS.
 """
 
@@ -25,8 +26,10 @@ from pathlib import Path
 
 import aiohttp
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from openmme.endpoint.auth import KeyStore, sigv4_middleware
 from openmme.endpoint.cache import ModelCache, State
 from openmme.endpoint.errors import (
     EndpointError,
@@ -58,6 +61,7 @@ CACHE: web.AppKey[ModelCache] = web.AppKey("cache", ModelCache)
 MMS: web.AppKey[MmsClient] = web.AppKey("mms", MmsClient)
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings", Settings)
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
+BODY: web.RequestKey[bytes] = web.RequestKey("body", bytes)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -99,7 +103,10 @@ async def container_invoke(request: web.Request) -> web.Response:
 
 
 async def _read_body(request: web.Request) -> bytes:
-    """The request body, refused before it is buffered whole when it exceeds SageMaker's 6 MiB."""
+    """The request body, refused before it is buffered whole when it exceeds SageMaker's 6 MiB. Read once and kept
+    on the request: with --auth the middleware reads it first, to check the signature over it."""
+    if BODY in request:
+        return request[BODY]
     too_large = ValidationError(f"the request body exceeds the {MAX_BODY_BYTES}-byte limit of invoke_endpoint")
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
         raise too_large
@@ -110,7 +117,8 @@ async def _read_body(request: web.Request) -> bytes:
         if size > MAX_BODY_BYTES:
             raise too_large
         chunks.append(chunk)
-    return b"".join(chunks)
+    request[BODY] = b"".join(chunks)
+    return request[BODY]
 
 
 async def _invoke(request: web.Request, target: str | None, endpoint: str | None = None) -> web.Response:
@@ -251,7 +259,7 @@ async def delete_model(request: web.Request) -> web.Response:
 async def add_model(request: web.Request) -> web.Response:
     """SageMaker's ``POST /models``: load a model directory it has already downloaded."""
     try:
-        spec = await request.json()
+        spec = json.loads(await _read_body(request))
         name, url = str(spec["model_name"]), Path(str(spec["url"]))
     except (ValueError, KeyError, TypeError) as exc:
         raise ValidationError('POST /models takes JSON {"model_name": ..., "url": ...}') from exc
@@ -264,9 +272,15 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-def build_app(settings: Settings, cache: ModelCache, mms: MmsClient, metrics_: Metrics) -> web.Application:
+def build_app(
+    settings: Settings, cache: ModelCache, mms: MmsClient, metrics_: Metrics, keys: KeyStore | None = None
+) -> web.Application:
+    """The front; ``keys`` are what ``--auth sigv4`` checks signatures against (see auth.py)."""
+    middlewares: list[Middleware] = [errors_middleware]
+    if settings.auth:
+        middlewares.append(sigv4_middleware(settings, keys, _read_body))
     # The body limit is enforced by _read_body with SageMaker's error; aiohttp's own limit sits above it.
-    app = web.Application(middlewares=[errors_middleware], client_max_size=MAX_BODY_BYTES + 1024 * 1024)
+    app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY_BYTES + 1024 * 1024)
     app[CACHE], app[MMS], app[SETTINGS], app[METRICS] = cache, mms, settings, metrics_
     app.router.add_get("/ping", ping)
     app.router.add_get("/metrics", metrics)

@@ -6,6 +6,12 @@ body) and the body's ``message``; a ``ModelError`` also surfaces ``OriginalStatu
 
     EndpointError                 500  InternalFailure
     ├── ValidationError           400  bad request, unknown endpoint, unknown or invalid TargetModel
+    ├── Forbidden                 403  not authenticated or not authorized (auth.py, with --auth sigv4)
+    │   ├── InvalidSignature             InvalidSignatureException: the signature is wrong, expired or replayed
+    │   ├── MissingAuthenticationToken   MissingAuthenticationTokenException: no Authorization header
+    │   ├── IncompleteSignature          IncompleteSignatureException: malformed, or leaves out what must be signed
+    │   ├── UnrecognizedClient           UnrecognizedClientException: unknown access key id
+    │   └── AccessDenied                 AccessDeniedException: the key may not invoke that TargetModel (or route)
     ├── ModelError                424  the model's handler failed, or its archive cannot be loaded
     ├── Conflict                  409  POST /models for a model that is loaded already
     ├── ModelNotReady             429  the model is still loading after the wait budget; retry
@@ -20,12 +26,18 @@ import json
 from aiohttp import web
 
 __all__ = [
+    "AccessDenied",
     "Conflict",
     "EndpointError",
+    "Forbidden",
+    "IncompleteSignature",
     "InsufficientMemory",
+    "InvalidSignature",
+    "MissingAuthenticationToken",
     "ModelError",
     "ModelNotReady",
     "ServiceUnavailable",
+    "UnrecognizedClient",
     "ValidationError",
     "render",
 ]
@@ -67,6 +79,35 @@ class ModelError(EndpointError):
             "OriginalStatusCode": self.original_status,
             "OriginalMessage": self.original_message,
         }
+
+
+class Forbidden(EndpointError):
+    """Refused by authentication (see auth.py); the subclasses carry the codes AWS answers with."""
+
+    status = 403
+    code = "InvalidSignatureException"
+
+
+class InvalidSignature(Forbidden):
+    code = "InvalidSignatureException"
+
+
+class MissingAuthenticationToken(Forbidden):
+    code = "MissingAuthenticationTokenException"
+
+
+class IncompleteSignature(Forbidden):
+    code = "IncompleteSignatureException"
+
+
+class UnrecognizedClient(Forbidden):
+    code = "UnrecognizedClientException"
+
+
+class AccessDenied(Forbidden):
+    """Authenticated, but the key's allow patterns do not cover the request."""
+
+    code = "AccessDeniedException"
 
 
 class Conflict(EndpointError):

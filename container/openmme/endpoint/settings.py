@@ -60,6 +60,15 @@ def _parse_bool(text: str) -> bool:
     raise ValueError(f"not a boolean: {text!r}")
 
 
+def _parse_auth(text: str) -> str:
+    scheme = text.strip().lower()
+    if scheme in {"", "none"}:
+        return ""
+    if scheme == "sigv4":
+        return scheme
+    raise ValueError(f"not an authentication scheme: {text!r} (sigv4, or none)")
+
+
 def _opt(default: Any, help: str, parse: Callable[[str], Any] | None = None) -> Any:
     return field(default=default, metadata={"help": help, "parse": parse})
 
@@ -97,6 +106,27 @@ class Settings:
     allow_pickle: bool = _opt(
         False,
         "let handlers unpickle model files (only for prefixes whose every writer you trust)",
+        _parse_bool,
+    )
+    auth: str = _opt(
+        "",
+        "sigv4: every request but GET /ping must carry an AWS Signature V4 made with a key from --auth-keys-file"
+        " or OPENMME_AUTH_ACCESS_KEY_ID/OPENMME_AUTH_SECRET_ACCESS_KEY (empty: no authentication)",
+        _parse_auth,
+    )
+    auth_keys_file: Path | None = _opt(  # noqa: RUF009  (an immutable default)
+        None,
+        'JSON {"keys": [{"access_key_id", "secret_access_key", "allow": ["houston/*"]}]}: the keys --auth sigv4'
+        " accepts and the TargetModels each may invoke",
+        Path,
+    )
+    auth_exempt_metrics: bool = _opt(
+        False, "with --auth, serve GET /metrics unsigned (Prometheus cannot sign; metrics name models)", _parse_bool
+    )
+    allow_unauthenticated_remote: bool = _opt(
+        False,
+        "listen on a non-loopback --host without --auth (only behind something that authenticates callers, as"
+        " SageMaker does)",
         _parse_bool,
     )
     mms_heap: str = _opt("512m", "maximum heap of MMS's Java front (-Xmx)")

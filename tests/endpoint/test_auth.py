@@ -1,0 +1,602 @@
+"""SigV4 verification without an endpoint: requests signed by botocore exactly as boto3's sagemaker-runtime client
+signs them (captured from a real client just before it would send), checked by openmme's own verifier; key files,
+the exposure rule, and the middleware on a small aiohttp app with the front's routes."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import re
+import stat
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+import boto3
+import botocore.auth
+import botocore.awsrequest
+import botocore.credentials
+import pytest
+import yarl
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from multidict import CIMultiDict
+
+from openmme.endpoint.app import _read_body, errors_middleware
+from openmme.endpoint.auth import (
+    AccessKey,
+    AuthConfigError,
+    KeyStore,
+    ReplayCache,
+    SigV4Verifier,
+    canonical_query,
+    canonical_request,
+    canonical_uri,
+    check_exposure,
+    describe,
+    is_loopback,
+    load_keys,
+    signature,
+    sigv4_middleware,
+)
+from openmme.endpoint.errors import (
+    AccessDenied,
+    Forbidden,
+    IncompleteSignature,
+    InvalidSignature,
+    MissingAuthenticationToken,
+    ServiceUnavailable,
+    UnrecognizedClient,
+    render,
+)
+from openmme.endpoint.settings import Settings
+
+HOUSTON = AccessKey("AKIDHOUSTON", "houston-secret/+=", ("houston/*",))
+ADMIN = AccessKey("AKIDADMIN", "admin-secret", ("*",))
+KEYS = KeyStore([HOUSTON, ADMIN])
+URL = "http://127.0.0.1:8080"
+
+
+@dataclass(frozen=True)
+class Sent:
+    """A request as it goes over the wire: method, request target (still percent-encoded), headers, body."""
+
+    method: str
+    target: str
+    headers: CIMultiDict[str]
+    body: bytes
+
+    def with_header(self, name: str, value: str | None, add: bool = False) -> Sent:
+        headers = CIMultiDict(self.headers)
+        if add:
+            headers.add(name, value or "")
+        elif value is None:
+            del headers[name]
+        else:
+            headers[name] = value
+        return replace(self, headers=headers)
+
+
+def on_the_wire(request: Any) -> Sent:
+    """What urllib3 sends for a botocore request: its headers plus Host (urllib3 adds it, botocore signs it)."""
+    parts = urlsplit(request.url)
+    headers: CIMultiDict[str] = CIMultiDict(Host=parts.netloc)
+    for name, value in request.headers.items():
+        headers.add(name, value.decode() if isinstance(value, bytes) else value)
+    body = request.body or b""
+    return Sent(request.method, parts.path + (f"?{parts.query}" if parts.query else ""), headers, body)
+
+
+@pytest.fixture(scope="module")
+def boto3_sends() -> Iterator[Callable[..., Sent]]:
+    """invoke_endpoint through the unchanged boto3 client; the request is captured instead of sent."""
+    captured: list[Sent] = []
+
+    def capture(request: Any, **_: Any) -> botocore.awsrequest.AWSResponse:
+        captured.append(on_the_wire(request))
+        return botocore.awsrequest.AWSResponse(request.url, 200, {}, None)
+
+    def invoke(key: AccessKey = HOUSTON, **params: Any) -> Sent:
+        client = boto3.client(
+            "sagemaker-runtime",
+            endpoint_url=URL,
+            region_name="eu-west-3",
+            aws_access_key_id=key.access_key_id,
+            aws_secret_access_key=key.secret_access_key,
+        )
+        client.meta.events.register("before-send", capture)
+        defaults = {"EndpointName": "prod", "TargetModel": "houston/model.tar.gz", "ContentType": "text/csv"}
+        client.invoke_endpoint(**{**defaults, "Body": b"0.3,-1.0,0.75", **params})
+        return captured.pop()
+
+    yield invoke
+
+
+def sign(method: str, path: str, key: AccessKey, body: bytes = b"", headers: dict[str, str] | None = None) -> Sent:
+    """A request to a route boto3 has no operation for, signed by botocore's SigV4Auth (what clients run)."""
+    request = botocore.awsrequest.AWSRequest(method, URL + path, headers=headers or {}, data=body)
+    credentials = botocore.credentials.Credentials(key.access_key_id, key.secret_access_key)
+    botocore.auth.SigV4Auth(credentials, "sagemaker", "us-east-1").add_auth(request)
+    return on_the_wire(request.prepare())
+
+
+def verify(sent: Sent, verifier: SigV4Verifier | None = None) -> AccessKey:
+    return (verifier or SigV4Verifier(KEYS)).verify(sent.method, sent.target, sent.headers, sent.body).key
+
+
+# The algorithm against AWS's own example and botocore's encoding.
+
+
+def test_signature_matches_aws_published_example() -> None:
+    """AWS's SigV4 test suite, "get-vanilla": a known answer independent of botocore."""
+    headers = CIMultiDict({"Host": "example.amazonaws.com", "X-Amz-Date": "20150830T123600Z"})
+    canonical = canonical_request("GET", "/", headers, ["host", "x-amz-date"], hashlib.sha256(b"").hexdigest())
+    scope = "20150830/us-east-1/service/aws4_request"
+    secret = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"
+    expected = "5fa00fa31553b73ebf1942676e86291e8372ff2a2260956d9b8aae1d763fbf31"
+    assert signature(secret, "20150830T123600Z", scope, canonical) == expected
+
+
+@pytest.mark.parametrize(
+    ("sent", "signed"),
+    [
+        ("/endpoints/prod/invocations", "/endpoints/prod/invocations"),
+        # Segments travel encoded once and are signed encoded twice (every service but S3).
+        ("/endpoints/a%20b%2Fc%25d~e/invocations", "/endpoints/a%2520b%252Fc%2525d~e/invocations"),
+        ("/endpoints/caf%C3%A9/invocations", "/endpoints/caf%25C3%25A9/invocations"),
+        ("/models/a//b/./c/../invoke", "/models/a/b/invoke"),
+        ("", "/"),
+        ("/models/", "/models/"),
+    ],
+)
+def test_canonical_uri_encodes_the_sent_path_again(sent: str, signed: str) -> None:
+    assert canonical_uri(sent) == signed
+
+
+def test_canonical_query_is_sorted_and_encoded_one_way() -> None:
+    assert canonical_query("limit=5&next_page_token=2") == "limit=5&next_page_token=2"
+    assert canonical_query("b=2&a=x%20y&a=+&c") == "a=%2B&a=x%20y&b=2&c="
+    assert canonical_query("") == ""
+
+
+# boto3's own requests pass; every kind of tampering does not.
+
+
+@pytest.mark.parametrize(
+    ("endpoint_name", "target"),
+    [
+        ("prod", "houston/model.tar.gz"),
+        ("a b/c%d~e+f=g:h&i?j#k", "houston/model a+b%.tar.gz"),
+        ("café", "houston/v2/naïve model.tar.gz"),
+    ],
+)
+def test_boto3_invoke_endpoint_passes(boto3_sends: Callable[..., Sent], endpoint_name: str, target: str) -> None:
+    sent = boto3_sends(EndpointName=endpoint_name, TargetModel=target, CustomAttributes="trace=1")
+    if endpoint_name != "prod":
+        assert "%" in sent.target  # the name travels percent-encoded, and is signed encoded once more
+    assert verify(sent) == HOUSTON
+
+
+def test_botocore_signed_get_with_query_passes() -> None:
+    sent = sign("GET", "/models?next_page_token=2&limit=5", ADMIN)
+    assert verify(sent) == ADMIN
+    reordered = replace(sent, target="/models?limit=5&next_page_token=2")
+    assert verify(reordered) == ADMIN  # the query is canonicalised, not compared as sent
+
+
+def test_botocore_signed_post_with_content_sha256_header_passes() -> None:
+    body = b'{"model_name": "m", "url": "/opt/ml/models/m/model"}'
+    sent = sign("POST", "/models", ADMIN, body, {"X-Amz-Content-SHA256": hashlib.sha256(body).hexdigest()})
+    assert verify(sent) == ADMIN
+
+
+def refused(sent: Sent, verifier: SigV4Verifier | None = None) -> Forbidden:
+    with pytest.raises(Forbidden) as raised:
+        verify(sent, verifier)
+    return raised.value
+
+
+def test_wrong_secret_is_an_invalid_signature(boto3_sends: Callable[..., Sent]) -> None:
+    error = refused(boto3_sends(AccessKey(HOUSTON.access_key_id, "not-the-secret")))
+    assert type(error) is InvalidSignature
+    assert "does not match" in error.message
+
+
+def test_unknown_access_key_is_an_unrecognized_client(boto3_sends: Callable[..., Sent]) -> None:
+    assert type(refused(boto3_sends(AccessKey("AKIDSTRANGER", "secret")))) is UnrecognizedClient
+
+
+def test_tampered_body_is_an_invalid_signature(boto3_sends: Callable[..., Sent]) -> None:
+    sent = boto3_sends()
+    assert type(refused(replace(sent, body=b"9,9,9"))) is InvalidSignature
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "add"),
+    [
+        ("X-Amzn-SageMaker-Target-Model", "chicago/model.tar.gz", False),  # another model with the same signature
+        ("X-Amzn-SageMaker-Target-Model", "chicago/model.tar.gz", True),  # a second value appended
+        ("Content-Type", "application/json", False),
+        ("Host", "127.0.0.1:9090", False),
+        ("X-Amz-Date", "20200101T000000Z", False),
+    ],
+)
+def test_tampered_header_is_an_invalid_signature(
+    boto3_sends: Callable[..., Sent], name: str, value: str, add: bool
+) -> None:
+    sent = boto3_sends().with_header(name, value, add)
+    assert type(refused(sent)) is InvalidSignature
+
+
+def test_tampered_method_or_path_is_an_invalid_signature(boto3_sends: Callable[..., Sent]) -> None:
+    sent = boto3_sends()
+    assert type(refused(replace(sent, target="/endpoints/other/invocations"))) is InvalidSignature
+    assert type(refused(replace(sent, method="PUT"))) is InvalidSignature
+
+
+def test_missing_authorization_is_a_missing_token(boto3_sends: Callable[..., Sent]) -> None:
+    error = refused(boto3_sends().with_header("Authorization", None))
+    assert type(error) is MissingAuthenticationToken
+    assert render(error).headers["x-amzn-ErrorType"] == "MissingAuthenticationTokenException"
+
+
+@pytest.mark.parametrize("name", ["X-Amz-Date", "Content-Type", "Host"])
+def test_missing_signed_header_is_an_incomplete_signature(boto3_sends: Callable[..., Sent], name: str) -> None:
+    assert type(refused(boto3_sends().with_header(name, None))) is IncompleteSignature
+
+
+def test_unsigned_sagemaker_header_is_refused(boto3_sends: Callable[..., Sent]) -> None:
+    """A header that changes what runs (here the one echoed to the model) must be covered by the signature."""
+    sent = boto3_sends().with_header("X-Amzn-SageMaker-Custom-Attributes", "injected=1")
+    error = refused(sent)
+    assert type(error) is IncompleteSignature
+    assert "x-amzn-sagemaker-custom-attributes" in error.message
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [
+        "Bearer abc",
+        "AWS4-HMAC-SHA256 Credential=AKIDHOUSTON/20240101/us-east-1/sagemaker/aws4_request",
+        "AWS4-HMAC-SHA256 Credential=AKIDHOUSTON/20240101/us-east-1/s3/aws4_request, SignedHeaders=host;x-amz-date, "
+        "Signature=" + "0" * 64,
+        "AWS4-HMAC-SHA256 Credential=AKIDHOUSTON/20240101/us-east-1/sagemaker/aws4_request, "
+        "SignedHeaders=host;x-amz-date, Signature=xyz",
+    ],
+)
+def test_malformed_authorization_is_an_incomplete_signature(
+    boto3_sends: Callable[..., Sent], authorization: str
+) -> None:
+    assert type(refused(boto3_sends().with_header("Authorization", authorization))) is IncompleteSignature
+
+
+def test_signature_older_or_newer_than_five_minutes_is_expired(boto3_sends: Callable[..., Sent]) -> None:
+    sent = boto3_sends()
+    signed_at = datetime.strptime(sent.headers["X-Amz-Date"], "%Y%m%dT%H%M%S%z").timestamp()
+    assert verify(sent, SigV4Verifier(KEYS, clock=lambda: signed_at + 299)) == HOUSTON
+    assert verify(sent, SigV4Verifier(KEYS, clock=lambda: signed_at - 299)) == HOUSTON
+    late = refused(sent, SigV4Verifier(KEYS, clock=lambda: signed_at + 301))
+    assert type(late) is InvalidSignature
+    assert late.message.startswith("Signature expired")
+    early = refused(sent, SigV4Verifier(KEYS, clock=lambda: signed_at - 301))
+    assert type(early) is InvalidSignature
+    assert early.message.startswith("Signature not yet current")
+
+
+def test_replayed_signature_is_refused(boto3_sends: Callable[..., Sent]) -> None:
+    sent = boto3_sends()
+    verifier = SigV4Verifier(KEYS)
+    grant = verifier.verify(sent.method, sent.target, sent.headers, sent.body)
+    error = refused(sent, verifier)
+    assert type(error) is InvalidSignature
+    assert "used already" in error.message
+    # A request the endpoint failed to serve gives its signature back: botocore's retry may carry the same one.
+    verifier.replay.give_back(grant.signature)
+    assert verify(sent, verifier) == HOUSTON
+
+
+def test_payload_hash_header_must_match_and_be_signed_content() -> None:
+    body = b"1,2,3"
+    sent = sign("POST", "/invocations", ADMIN, body, {"X-Amz-Content-SHA256": hashlib.sha256(b"other").hexdigest()})
+    assert "x-amz-content-sha256" in refused(sent).message
+    unsigned = sign("POST", "/invocations", ADMIN, body, {"X-Amz-Content-SHA256": "UNSIGNED-PAYLOAD"})
+    assert type(refused(unsigned)) is IncompleteSignature
+
+
+def test_every_refusal_is_a_403_in_sagemakers_error_shape() -> None:
+    for error in (InvalidSignature("x"), IncompleteSignature("x"), UnrecognizedClient("x"), AccessDenied("x")):
+        response = render(error)
+        assert response.status == 403
+        assert response.headers["x-amzn-ErrorType"] == error.code
+        assert response.body is not None
+        assert json.loads(bytes(response.body)) == {"__type": error.code, "message": "x"}
+
+
+# Replay memory.
+
+
+def test_replay_cache_forgets_expired_signatures_and_stays_bounded() -> None:
+    cache = ReplayCache(capacity=3)
+    assert cache.spend("a", expires_at=100.0, now=0.0)
+    assert not cache.spend("a", expires_at=100.0, now=50.0)
+    assert cache.spend("a", expires_at=300.0, now=101.0)  # expired, so forgotten: usable again
+    for name, expiry in (("b", 200.0), ("c", 250.0), ("d", 400.0)):
+        assert cache.spend(name, expires_at=expiry, now=102.0)
+    assert len(cache) == 3
+    assert cache.forgotten == 1
+    assert cache.spend("b", expires_at=200.0, now=103.0)  # the soonest to expire was the one forgotten
+    assert not cache.spend("d", expires_at=400.0, now=103.0)
+
+
+def test_replay_cache_keeps_its_heap_bounded_when_signatures_are_given_back() -> None:
+    cache = ReplayCache(capacity=10)
+    for index in range(1000):
+        assert cache.spend(f"s{index}", expires_at=1e9, now=0.0)
+        cache.give_back(f"s{index}")
+    assert len(cache) == 0
+    assert len(cache._heap) <= 20
+
+
+# Allow patterns.
+
+
+@pytest.mark.parametrize(
+    ("target", "allowed"),
+    [
+        ("houston/model.tar.gz", True),
+        ("houston/v2/model.tar.gz", True),  # * spans /
+        ("houstonia/model.tar.gz", False),
+        ("Houston/model.tar.gz", False),  # case matters, as S3 keys do
+        ("chicago/model.tar.gz", False),
+        ("houston", False),
+    ],
+)
+def test_allow_patterns_are_globs_over_the_target_model(target: str, allowed: bool) -> None:
+    assert HOUSTON.may_invoke(target) is allowed
+    assert ADMIN.may_invoke(target)
+
+
+def test_several_patterns_any_may_match() -> None:
+    key = AccessKey("AKID", "s", ("houston/*", "m-1?.tar.gz", "exact.tar.gz"))
+    assert [key.may_invoke(t) for t in ("houston/a", "m-17.tar.gz", "m-170.tar.gz", "exact.tar.gz")] == [
+        True,
+        True,
+        False,
+        True,
+    ]
+    assert not key.unrestricted and ADMIN.unrestricted
+
+
+# Keys from a file or the environment; the exposure rule.
+
+
+def settings(*argv: str) -> Settings:
+    return Settings.from_sources(list(argv), {})
+
+
+def write_keys(tmp_path: Path, document: object) -> Path:
+    path = tmp_path / "keys.json"
+    path.write_text(json.dumps(document))
+    path.chmod(stat.S_IRUSR | stat.S_IWUSR)
+    return path
+
+
+def test_keys_file_is_loaded_with_allow_patterns(tmp_path: Path) -> None:
+    path = write_keys(
+        tmp_path,
+        {
+            "keys": [
+                {"access_key_id": "AKIDHOUSTON", "secret_access_key": "s1", "allow": ["houston/*"]},
+                {"access_key_id": "AKIDADMIN", "secret_access_key": "s2", "allow": ["*"]},
+            ]
+        },
+    )
+    keys = load_keys(settings("--auth", "sigv4", "--auth-keys-file", str(path)), {})
+    assert keys is not None and len(keys) == 2
+    assert keys.get("AKIDHOUSTON") == AccessKey("AKIDHOUSTON", "s1", ("houston/*",))
+    assert keys.get("AKIDNOBODY") is None
+
+
+def test_environment_key_may_invoke_everything() -> None:
+    environ = {"OPENMME_AUTH_ACCESS_KEY_ID": "AKIDENV", "OPENMME_AUTH_SECRET_ACCESS_KEY": "env-secret"}
+    keys = load_keys(Settings.from_sources([], {"OPENMME_AUTH": "SIGV4"}), environ)
+    assert keys is not None
+    assert keys.get("AKIDENV") == AccessKey("AKIDENV", "env-secret", ("*",))
+
+
+def test_secrets_never_appear_in_reprs() -> None:
+    assert "houston-secret" not in repr(HOUSTON)
+    assert "houston-secret" not in repr(KEYS.get("AKIDHOUSTON"))
+
+
+@pytest.mark.parametrize(
+    ("document", "message"),
+    [
+        ([], "must be a JSON object"),
+        ({"keys": []}, "no access keys"),
+        ({"keys": [{"access_key_id": "A", "secret_access_key": "TOPSECRET"}]}, "exactly the fields"),
+        ({"keys": [{"access_key_id": "A", "secret_access_key": "TOPSECRET", "allow": []}]}, "non-empty list"),
+        ({"keys": [{"access_key_id": "A", "secret_access_key": "TOPSECRET", "alow": ["*"]}]}, "exactly the fields"),
+        ({"keys": [{"access_key_id": "A/B", "secret_access_key": "TOPSECRET", "allow": ["*"]}]}, "access_key_id"),
+        ({"keys": [{"access_key_id": "A", "secret_access_key": "", "allow": ["*"]}]}, "secret_access_key"),
+        ({"keys": [{"access_key_id": "A", "secret_access_key": "TOPSECRET", "allow": ["*"]}] * 2}, "given twice"),
+    ],
+)
+def test_bad_keys_files_are_refused_without_showing_secrets(tmp_path: Path, document: object, message: str) -> None:
+    path = write_keys(tmp_path, document)
+    with pytest.raises(AuthConfigError, match=message) as raised:
+        load_keys(settings("--auth", "sigv4", "--auth-keys-file", str(path)), {})
+    assert "TOPSECRET" not in str(raised.value)
+
+
+def test_keys_file_that_is_not_json_or_missing_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "keys.json"
+    path.write_text('{"keys": [{"secret_access_key": "TOPSECRET",}]}')
+    with pytest.raises(AuthConfigError, match="not JSON") as raised:
+        load_keys(settings("--auth", "sigv4", "--auth-keys-file", str(path)), {})
+    assert "TOPSECRET" not in str(raised.value)
+    with pytest.raises(AuthConfigError, match="cannot read"):
+        load_keys(settings("--auth", "sigv4", "--auth-keys-file", str(tmp_path / "absent.json")), {})
+
+
+def test_auth_needs_keys_and_keys_need_auth(tmp_path: Path) -> None:
+    assert load_keys(settings(), {}) is None
+    with pytest.raises(AuthConfigError, match="needs keys"):
+        load_keys(settings("--auth", "sigv4"), {})
+    with pytest.raises(AuthConfigError, match="set together"):
+        load_keys(settings("--auth", "sigv4"), {"OPENMME_AUTH_ACCESS_KEY_ID": "AKID"})
+    with pytest.raises(AuthConfigError, match="--auth is not"):
+        load_keys(settings("--auth-keys-file", str(tmp_path / "keys.json")), {})
+    with pytest.raises(AuthConfigError, match="--auth is not"):
+        load_keys(settings(), {"OPENMME_AUTH_ACCESS_KEY_ID": "AKID", "OPENMME_AUTH_SECRET_ACCESS_KEY": "s"})
+
+
+def test_auth_setting_takes_only_known_schemes(capsys: pytest.CaptureFixture[str]) -> None:
+    assert settings("--auth", "sigv4").auth == "sigv4"
+    assert settings("--auth", "none").auth == ""
+    with pytest.raises(SystemExit):
+        settings("--auth", "basic")
+    assert "--auth" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("host", "loopback"), [("127.0.0.1", True), ("127.0.0.2", True), ("::1", True),
+                                                ("[::1]", True), ("localhost", True), ("0.0.0.0", False),
+                                                ("", False), ("::", False), ("10.0.0.5", False),
+                                                ("myhost", False)])  # fmt: skip
+def test_loopback_addresses(host: str, loopback: bool) -> None:
+    assert is_loopback(host) is loopback
+
+
+def test_non_loopback_without_auth_needs_the_explicit_flag() -> None:
+    check_exposure(settings())
+    check_exposure(settings("--host", "::1"))
+    with pytest.raises(AuthConfigError, match=re.escape("refusing to listen on 0.0.0.0 without authentication")):
+        check_exposure(settings("--host", "0.0.0.0"))
+    check_exposure(settings("--host", "0.0.0.0", "--allow-unauthenticated-remote"))
+    check_exposure(Settings.from_sources(["--host", "0.0.0.0"], {"OPENMME_ALLOW_UNAUTHENTICATED_REMOTE": "true"}))
+    check_exposure(settings("--host", "0.0.0.0", "--auth", "sigv4"))
+
+
+def test_start_message_says_how_the_endpoint_is_protected() -> None:
+    level, message = describe(settings(), None)
+    assert "no authentication" in message and "127.0.0.1" in message and "only this machine" in message
+    level, message = describe(settings("--host", "0.0.0.0", "--allow-unauthenticated-remote"), None)
+    assert level >= 30 and "something in front must authenticate" in message
+    assert "2 key(s)" in describe(settings("--auth", "sigv4"), KEYS)[1]
+
+
+# The middleware, on a real aiohttp server with the front's routes and stub handlers.
+
+
+def signed_app(replies: dict[str, Callable[[], web.StreamResponse]], exempt_metrics: bool = False) -> web.Application:
+    configured = settings("--auth", "sigv4", *(["--auth-exempt-metrics"] if exempt_metrics else []))
+    app = web.Application(middlewares=[errors_middleware, sigv4_middleware(configured, KEYS, _read_body)])
+
+    def route(name: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        async def handle(request: web.Request) -> web.StreamResponse:
+            body = await _read_body(request)  # the handler still gets the body the middleware read
+            reply = replies.get(name)
+            return reply() if reply else web.json_response({"route": name, "body": body.decode()})
+
+        return handle
+
+    app.router.add_get("/ping", route("ping"))
+    app.router.add_get("/metrics", route("metrics"))
+    app.router.add_post("/invocations", route("invocations"))
+    app.router.add_post("/endpoints/{endpoint}/invocations", route("endpoint_invocations"))
+    app.router.add_get("/models", route("list"))
+    app.router.add_post("/models/{name:.+}/invoke", route("invoke"))
+    app.router.add_delete("/models/{name:.+}", route("delete"))
+    return app
+
+
+def exchange(app: web.Application, requests: list[Sent]) -> list[tuple[int, dict[str, Any]]]:
+    """Send pre-built requests byte for byte (the path is not re-encoded) and collect status and JSON body."""
+
+    async def run() -> list[tuple[int, dict[str, Any]]]:
+        answers = []
+        async with TestServer(app, host="127.0.0.1") as server, aiohttp.ClientSession() as session:
+            base = f"http://127.0.0.1:{server.port}"
+            for sent in requests:
+                headers = CIMultiDict(sent.headers)
+                headers["Host"] = urlsplit(URL).netloc  # what was signed; the server is elsewhere
+                url = yarl.URL(base + sent.target, encoded=True)
+                async with session.request(sent.method, url, headers=headers, data=sent.body) as response:
+                    text = await response.text()
+                    is_json = response.content_type == "application/json"
+                    answers.append((response.status, json.loads(text) if is_json else {"text": text}))
+        return answers
+
+    return asyncio.run(run())
+
+
+def test_middleware_passes_boto3_and_hands_the_body_to_the_handler(boto3_sends: Callable[..., Sent]) -> None:
+    sent = boto3_sends(EndpointName="a b/c", TargetModel="houston/x y.tar.gz", Body=b"1,2")
+    [(status, body)] = exchange(signed_app({}), [sent])
+    assert (status, body) == (200, {"route": "endpoint_invocations", "body": "1,2"})
+
+
+def test_middleware_refuses_unsigned_and_replayed_but_not_ping(boto3_sends: Callable[..., Sent]) -> None:
+    sent = boto3_sends()
+    unsigned = sent.with_header("Authorization", None)
+    ping = Sent("GET", "/ping", CIMultiDict(), b"")
+    metrics = Sent("GET", "/metrics", CIMultiDict(), b"")
+    answers = exchange(signed_app({}), [ping, metrics, unsigned, sent, sent])
+    assert [status for status, _ in answers] == [200, 403, 403, 200, 403]
+    assert answers[1][1]["__type"] == answers[2][1]["__type"] == "MissingAuthenticationTokenException"
+    assert answers[4][1]["__type"] == "InvalidSignatureException"
+    assert [status for status, _ in exchange(signed_app({}, exempt_metrics=True), [metrics])] == [200]
+
+
+def test_middleware_checks_the_target_model_against_the_keys_patterns(boto3_sends: Callable[..., Sent]) -> None:
+    denied = boto3_sends(TargetModel="chicago/model.tar.gz")
+    requests = [
+        boto3_sends(TargetModel="houston/model.tar.gz"),
+        denied,
+        boto3_sends(ADMIN, TargetModel="chicago/model.tar.gz"),
+        sign("POST", "/models/houston/m.tar.gz/invoke", HOUSTON, b"1"),
+        sign("POST", "/models/chicago/m.tar.gz/invoke", HOUSTON, b"1"),
+        sign("GET", "/models", HOUSTON),  # management needs an unrestricted key
+        sign("DELETE", "/models/houston/m.tar.gz", HOUSTON),
+        sign("GET", "/models", ADMIN),
+        sign("GET", "/metrics", HOUSTON),
+        sign("GET", "/metrics", ADMIN),
+        sign("GET", "/nowhere", ADMIN),
+        denied,  # a refused request did not use up its signature: refused again for the same reason
+    ]
+    answers = exchange(signed_app({}), requests)
+    assert [status for status, _ in answers] == [200, 403, 200, 200, 403, 403, 403, 200, 403, 200, 404, 403]
+    assert answers[1][1]["__type"] == answers[-1][1]["__type"] == "AccessDeniedException"
+    assert "chicago/model.tar.gz" in answers[1][1]["message"]
+
+
+def test_a_request_the_endpoint_failed_gives_its_signature_back(boto3_sends: Callable[..., Sent]) -> None:
+    """botocore retries a 503 and, within the same second, sends the identical signature: it must be served."""
+    failures = iter([True, False])
+
+    def flaky() -> web.StreamResponse:
+        if next(failures):
+            raise ServiceUnavailable("overloaded")
+        return web.json_response({"route": "invocations"})
+
+    sent = boto3_sends()
+    answers = exchange(signed_app({"endpoint_invocations": flaky}), [sent, sent, sent])
+    assert [status for status, _ in answers] == [503, 200, 403]
+
+
+def test_replay_window_starts_at_the_signature_date(boto3_sends: Callable[..., Sent]) -> None:
+    sent = boto3_sends()
+    signed_at = datetime.strptime(sent.headers["X-Amz-Date"], "%Y%m%dT%H%M%S%z").timestamp()
+    now = [time.time()]
+    verifier = SigV4Verifier(KEYS, clock=lambda: now[0])
+    verify(sent, verifier)
+    now[0] = signed_at + 300  # still valid, still remembered
+    assert "used already" in refused(sent, verifier).message
+    now[0] = signed_at + 301  # expired: refused as such, whatever the replay memory holds
+    assert refused(sent, verifier).message.startswith("Signature expired")
