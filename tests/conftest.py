@@ -72,15 +72,16 @@ class Endpoint:
     log_path: Path
     children: list[psutil.Process] = field(default_factory=list)
 
-    def runtime(self, retries: int | None = None) -> Any:
-        """The unchanged boto3 sagemaker-runtime client, pointed at this endpoint."""
+    def runtime(self, retries: int | None = None, credentials: tuple[str, str] = ("test", "test")) -> Any:
+        """The unchanged boto3 sagemaker-runtime client, pointed at this endpoint, signing with ``credentials``
+        (access key id, secret access key)."""
         config = botocore.config.Config(retries={"total_max_attempts": retries}) if retries else None
         return boto3.client(
             "sagemaker-runtime",
             endpoint_url=self.url,
             region_name="us-east-1",
-            aws_access_key_id="test",
-            aws_secret_access_key="test",
+            aws_access_key_id=credentials[0],
+            aws_secret_access_key=credentials[1],
             config=config,
         )
 

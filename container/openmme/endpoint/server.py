@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import shutil
 import signal
 
 from aiohttp import web
 
 from openmme.endpoint.app import build_app
+from openmme.endpoint.auth import AuthConfigError, KeyStore, check_exposure, describe, load_keys
 from openmme.endpoint.cache import Budgets, ModelCache
 from openmme.endpoint.logs import EventLog, configure_logging
 from openmme.endpoint.metrics import Metrics
@@ -50,8 +52,8 @@ async def _housekeeping(cache: ModelCache, process: MmsProcess) -> None:
             log.exception("measuring model memory failed")
 
 
-async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
-    """Serve until ``stop`` is set (or SIGTERM/SIGINT arrives)."""
+async def run(settings: Settings, stop: asyncio.Event | None = None, keys: KeyStore | None = None) -> None:
+    """Serve until ``stop`` is set (or SIGTERM/SIGINT arrives); ``keys`` are those ``--auth sigv4`` accepts."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -73,7 +75,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
             metrics = Metrics(model_labels=settings.metrics_model_labels)
             cache = ModelCache(settings, budgets, mms, process, source, events=(metrics, EventLog()))
             metrics.watch(cache)
-            app = build_app(settings, cache, mms, metrics)
+            app = build_app(settings, cache, mms, metrics, keys)
             runner = web.AppRunner(app, access_log=None, shutdown_timeout=30.0)
             await runner.setup()
             site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
@@ -86,8 +88,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
                 settings.model_prefix or "SageMaker (POST /models)",
                 budgets,
             )
-            if settings.host not in {"127.0.0.1", "localhost", "::1"}:
-                log.warning("listening on %s: the endpoint has no authentication of its own", settings.host)
+            log.log(*describe(settings, keys))
             keeper = asyncio.create_task(_housekeeping(cache, process))
             try:
                 await stop.wait()
@@ -103,8 +104,14 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
 def serve(settings: Settings) -> None:
     configure_logging(settings.log_level)
     try:
+        # Before anything starts or binds: an endpoint that would be open to the network does not come up at all.
+        keys = load_keys(settings, os.environ)
+        check_exposure(settings)
+    except AuthConfigError as exc:
+        raise SystemExit(f"openmme serve: {exc}") from None
+    try:
         import uvloop  # a dependency where it builds (not on Windows)
     except ImportError:
-        asyncio.run(run(settings))
+        asyncio.run(run(settings, keys=keys))
     else:
-        uvloop.run(run(settings))
+        uvloop.run(run(settings, keys=keys))

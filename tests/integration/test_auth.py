@@ -1,0 +1,214 @@
+"""``--auth sigv4`` against a real endpoint (SeaweedFS, MMS, xgboost): the unchanged boto3 client with a right key
+gets the same predictions as xgboost in-process; a wrong, unknown, missing or replayed signature and a TargetModel
+outside the key's patterns get botocore ClientErrors with AWS's codes; /ping stays open. And ``openmme serve``
+refuses to start on a non-loopback address without authentication, before it binds or starts anything."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import botocore.auth
+import botocore.awsrequest
+import botocore.credentials
+import botocore.exceptions
+import pytest
+import xgboost
+
+from openmme.publish import publish_archive
+from openmme.publish.samples import make_rows, sample_archive
+from openmme.seaweed import EmbeddedS3
+from tests.conftest import Endpoint, Launcher
+from tests.integration.test_invoke import csv_body, expected, served_csv
+
+pytestmark = pytest.mark.integration
+
+HOUSTON = ("AKIDHOUSTON", "houston-secret")
+ADMIN = ("AKIDADMIN", "admin-secret")
+ODD_TARGET = "houston/v 2+b%ï/model.tar.gz"  # a space, '+', '%' and a non-ASCII letter, in a header
+
+
+@pytest.fixture(scope="module")
+def secured(
+    s3: EmbeddedS3, tmp_path_factory: pytest.TempPathFactory, boosters: dict[str, xgboost.Booster]
+) -> Iterator[Endpoint]:
+    """One endpoint with --auth sigv4, a key for houston/* and an unrestricted key; four models."""
+    prefix = f"s3://models/{uuid.uuid4().hex[:10]}/"
+    for target, objective in (
+        ("houston/model.tar.gz", "binary:logistic"),
+        (ODD_TARGET, "reg:squarederror"),
+        ("chicago/model.tar.gz", "multi:softmax"),
+        ("dallas/model.tar.gz", "multi:softmax"),
+    ):
+        publish_archive(sample_archive(boosters[objective]), prefix, target)
+    keys = tmp_path_factory.mktemp("auth") / "keys.json"
+    keys.write_text(
+        json.dumps(
+            {
+                "keys": [
+                    {"access_key_id": HOUSTON[0], "secret_access_key": HOUSTON[1], "allow": ["houston/*"]},
+                    {"access_key_id": ADMIN[0], "secret_access_key": ADMIN[1], "allow": ["*"]},
+                ]
+            }
+        )
+    )
+    keys.chmod(0o600)
+    launcher = Launcher(s3, tmp_path_factory)
+    yield launcher.start(prefix, "--auth", "sigv4", "--auth-keys-file", str(keys))
+    launcher.close()
+
+
+def invoke(endpoint: Endpoint, credentials: tuple[str, str], target: str, body: str) -> Any:
+    return endpoint.runtime(credentials=credentials).invoke_endpoint(
+        EndpointName=endpoint.name, TargetModel=target, ContentType="text/csv", Body=body
+    )
+
+
+def client_error(endpoint: Endpoint, credentials: tuple[str, str], target: str) -> dict[str, Any]:
+    with pytest.raises(botocore.exceptions.ClientError) as raised:
+        invoke(endpoint, credentials, target, "1,2,3,4,5,6")
+    response: dict[str, Any] = raised.value.response
+    return response
+
+
+def signed(endpoint: Endpoint, method: str, path: str, credentials: tuple[str, str], body: bytes = b"") -> Any:
+    """A urllib request signed by botocore's SigV4Auth, for routes boto3 has no operation for. Its own inference id
+    keeps two such requests in one second from having the same signature (which would be refused as a replay)."""
+    headers = {"X-Amzn-SageMaker-Inference-Id": uuid.uuid4().hex}
+    request = botocore.awsrequest.AWSRequest(method, endpoint.url + path, data=body, headers=headers)
+    botocore.auth.SigV4Auth(botocore.credentials.Credentials(*credentials), "sagemaker", "us-east-1").add_auth(request)
+    prepared = request.prepare()
+    return urllib.request.Request(prepared.url, data=body or None, headers=dict(prepared.headers), method=method)
+
+
+def answer(request: urllib.request.Request | str) -> tuple[int, bytes, dict[str, str]]:
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, response.read(), dict(response.headers)
+    except urllib.error.HTTPError as error:
+        return error.code, error.read(), dict(error.headers)
+
+
+def test_right_keys_get_xgboosts_predictions(secured: Endpoint, boosters: dict[str, xgboost.Booster]) -> None:
+    rows = make_rows(4, seed=31)
+    for credentials, target, objective in (
+        (HOUSTON, "houston/model.tar.gz", "binary:logistic"),
+        (HOUSTON, ODD_TARGET, "reg:squarederror"),
+        (ADMIN, "chicago/model.tar.gz", "multi:softmax"),
+        (ADMIN, "houston/model.tar.gz", "binary:logistic"),
+    ):
+        response = invoke(secured, credentials, target, csv_body(rows))
+        assert served_csv(response["Body"].read()) == expected(boosters[objective], rows), target
+
+
+def test_target_model_outside_the_keys_patterns_is_access_denied(secured: Endpoint) -> None:
+    for _ in range(2):  # a refused request does not use up its signature: the same one is refused the same way
+        response = client_error(secured, HOUSTON, "dallas/model.tar.gz")
+        assert response["Error"]["Code"] == "AccessDeniedException"
+        assert response["ResponseMetadata"]["HTTPStatusCode"] == 403
+        assert "dallas/model.tar.gz" in response["Error"]["Message"]
+    status, body, _ = answer(signed(secured, "GET", "/models", ADMIN))
+    assert status == 200
+    assert "dallas/model.tar.gz" not in {model["modelName"] for model in json.loads(body)["models"]}
+
+
+def test_wrong_secret_and_unknown_key_are_refused(secured: Endpoint) -> None:
+    wrong = client_error(secured, (HOUSTON[0], "guessed"), "houston/model.tar.gz")
+    assert (wrong["Error"]["Code"], wrong["ResponseMetadata"]["HTTPStatusCode"]) == ("InvalidSignatureException", 403)
+    unknown = client_error(secured, ("AKIDSTRANGER", "secret"), "houston/model.tar.gz")
+    assert unknown["Error"]["Code"] == "UnrecognizedClientException"
+
+
+def test_an_odd_endpoint_name_is_signed_as_botocore_encodes_it(secured: Endpoint) -> None:
+    """The signature over ``/endpoints/a%20b%2Fc/invocations`` holds; the name itself is then not this endpoint's."""
+    with pytest.raises(botocore.exceptions.ClientError) as raised:
+        secured.runtime(credentials=ADMIN).invoke_endpoint(
+            EndpointName="a b/c%d", TargetModel="houston/model.tar.gz", ContentType="text/csv", Body="1"
+        )
+    assert raised.value.response["Error"]["Code"] == "ValidationError"
+    assert "a b/c%d" in raised.value.response["Error"]["Message"]
+
+
+def test_unsigned_requests_get_403_in_sagemakers_shape_but_ping_is_open(secured: Endpoint) -> None:
+    for path, data in (("/invocations", b"1,2"), ("/models", None), ("/metrics", None)):
+        request = urllib.request.Request(
+            secured.url + path, data=data, headers={"X-Amzn-SageMaker-Target-Model": "houston/model.tar.gz"}
+        )
+        status, body, headers = answer(request)
+        assert status == 403, path
+        assert headers["x-amzn-ErrorType"] == "MissingAuthenticationTokenException"
+        assert set(json.loads(body)) == {"__type", "message"}
+    assert answer(secured.url + "/ping")[0] == 200
+
+
+def test_management_and_metrics_need_an_unrestricted_key(secured: Endpoint) -> None:
+    assert answer(signed(secured, "GET", "/models", HOUSTON))[0] == 403
+    status, body, _ = answer(signed(secured, "GET", "/models", ADMIN))
+    assert status == 200 and "models" in json.loads(body)
+    assert answer(signed(secured, "GET", "/metrics", HOUSTON))[0] == 403
+    status, body, _ = answer(signed(secured, "GET", "/metrics", ADMIN))
+    assert status == 200 and b"openmme_loaded_models" in body
+
+
+def test_a_replayed_request_is_refused(secured: Endpoint) -> None:
+    request = botocore.awsrequest.AWSRequest(
+        "POST",
+        secured.url + "/invocations",
+        data=b"0.1,0.2,0.3,0.4,0.5,0.6",
+        headers={"X-Amzn-SageMaker-Target-Model": "houston/model.tar.gz", "Content-Type": "text/csv"},
+    )
+    botocore.auth.SigV4Auth(botocore.credentials.Credentials(*HOUSTON), "sagemaker", "us-east-1").add_auth(request)
+    prepared = request.prepare()
+    first = answer(urllib.request.Request(prepared.url, prepared.body, dict(prepared.headers), method="POST"))
+    again = answer(urllib.request.Request(prepared.url, prepared.body, dict(prepared.headers), method="POST"))
+    assert first[0] == 200
+    assert again[0] == 403
+    assert json.loads(again[1])["__type"] == "InvalidSignatureException"
+    assert "used already" in json.loads(again[1])["message"]
+
+
+def test_refusals_are_logged_without_secrets(secured: Endpoint) -> None:
+    client_error(secured, (HOUSTON[0], "guessed-secret"), "houston/model.tar.gz")
+    lines = [json.loads(line) for line in secured.log().splitlines() if line.startswith('{"time"')]
+    refusals = [line for line in lines if line.get("event") == "refused"]
+    assert any(r["access_key_id"] == HOUSTON[0] and r["error"] == "InvalidSignatureException" for r in refusals)
+    for secret in ("guessed-secret", HOUSTON[1], ADMIN[1]):
+        assert secret not in secured.log()
+
+
+# Starting: what `openmme serve` refuses before it starts or binds anything.
+
+
+def serve(tmp_path: Path, *args: str, environ: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    env = {name: value for name, value in os.environ.items() if not name.startswith("OPENMME_")}
+    command = [sys.executable, "-m", "openmme.cli", "serve", "--cache-dir", str(tmp_path / "cache"), *args]
+    # --mms-start-timeout 0: should the check ever fail, start-up still ends before the front could bind.
+    command += ["--mms-start-timeout", "0"]
+    return subprocess.run(command, env={**env, **(environ or {})}, capture_output=True, text=True, timeout=60)
+
+
+def test_serve_on_every_interface_without_auth_exits_with_one_line(tmp_path: Path) -> None:
+    result = serve(tmp_path, "--host", "0.0.0.0")
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("openmme serve: refusing to listen on 0.0.0.0 without authentication")
+    assert "--auth sigv4" in lines[0] and "--allow-unauthenticated-remote" in lines[0]
+    assert not (tmp_path / "cache").exists()  # nothing was started
+
+
+def test_serve_with_auth_but_no_keys_exits_with_one_line(tmp_path: Path) -> None:
+    result = serve(tmp_path, "--auth", "sigv4", environ={"OPENMME_AUTH_ACCESS_KEY_ID": "AKID"})
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines() == [
+        "openmme serve: OPENMME_AUTH_ACCESS_KEY_ID and OPENMME_AUTH_SECRET_ACCESS_KEY must be set together"
+    ]
+    assert not (tmp_path / "cache").exists()
