@@ -1,4 +1,4 @@
-"""The benchmark's smoke mode, so that bench/run.py keeps working: tiny sizes, real processes."""
+"""The benchmark's smoke mode, so that bench/run.py keeps working: tiny sizes, real processes, every section."""
 
 from __future__ import annotations
 
@@ -13,8 +13,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 pytestmark = pytest.mark.integration
 
+SECTIONS = ("## 1. Warm path", "## 2. Cold start", "## 3. Many models", "## 4. Load storm", "## 5. Density")
 
-def test_bench_smoke_runs_and_reports_every_table(tmp_path: Path) -> None:
+
+def test_bench_smoke_runs_and_reports_every_section(tmp_path: Path) -> None:
     report = tmp_path / "report.md"
     completed = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "run.py"), "--smoke", "--output", str(report)],
@@ -25,8 +27,30 @@ def test_bench_smoke_runs_and_reports_every_table(tmp_path: Path) -> None:
     )
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     text = report.read_text()
-    for heading in ("## Cold start", "## Warm path", "| openmme | 8 |", "| mms direct | 8 |", "inplace_predict"):
+    for heading in (*SECTIONS, "| openmme | 8 |", "| mms direct | 8 |", "inplace_predict", "Belady", "Machine:"):
         assert heading in text
+    # Every section states its goal and whether it was met (computed, so either mark may appear in a smoke run).
+    sections = text.split("\n## ")[1:]
+    assert len(sections) == len(SECTIONS)
+    for section in sections[:4]:
+        assert "- Goal:" in section and ("✅" in section or "❌" in section), section[:200]
+    assert "- Goal: none set" in sections[4]
+
     results = json.loads((ROOT / "bench" / "results" / "smoke.json").read_text())
     assert results["cold_start"]["register"] > 0
+    assert results["mms_alone"]["register"] > 0
     assert all(results["warm"][key]["errors"] == 0 for key in ("openmme_c1", "openmme_c8", "mms_direct_c8"))
+
+    # Single flight under the storm: the endpoint's own counters say one download and one registration.
+    storm = results["storm"]
+    assert (storm["downloads"], storm["registrations"]) == (1, 1)
+    assert (storm["model_downloads"], storm["model_loads"]) == (1, 1)
+    assert storm["ok"] == storm["clients"] == 64
+    assert all(goal["met"] for goal in results["goals"] if goal["section"] == "storm")
+
+    many = results["many_models"]
+    assert many["endpoint"]["statuses"] == {"200": many["counted_requests"]}
+    assert many["belady_offline"]["hit_ratio"] >= many["lru_offline"]["hit_ratio"]
+
+    density = results["density"]
+    assert len(density["points"]) == 3 and density["per_model_mib"] > 0
