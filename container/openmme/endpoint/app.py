@@ -17,7 +17,6 @@ The front imports no ML framework: it moves bytes between the client and MMS.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
@@ -152,8 +151,10 @@ async def _invoke(request: web.Request, target: str | None, endpoint: str | None
                         if phase in entry.timings:
                             record[key] = round(entry.timings[phase] * 1000, 2)
                 predicting = time.perf_counter()
-                response = await _predict(mms, entry.name, body, headers, settings.response_timeout)
+                response = await cache.call(entry, _predict(mms, entry.name, body, headers, settings.response_timeout))
                 record["predict_ms"] = _ms_since(predicting)
+                if response is None:
+                    continue  # the model's workers died and are being replaced: wait for them, then retry
                 if response.status != 404 or response.headers.get(ERROR_HEADER):
                     result = _answer(valid_target, response, request.headers)
                     status = result.status
@@ -179,7 +180,7 @@ def _ms_since(started: float) -> float:
 async def _predict(mms: MmsClient, name: str, body: bytes, headers: Mapping[str, str], timeout: float) -> MmsResponse:
     try:
         return await mms.predict(name, body, headers, timeout)
-    except asyncio.TimeoutError as exc:
+    except TimeoutError as exc:
         raise ModelError(
             f"the model did not answer within {timeout:g} s",
             original_status=408,

@@ -26,16 +26,25 @@ import shutil
 import time
 import uuid
 from collections import Counter, OrderedDict
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import aiohttp
 import psutil
 
-from openmme.endpoint.errors import Conflict, InsufficientMemory, ModelError, ModelNotReady, ValidationError
+from openmme.endpoint.errors import (
+    Conflict,
+    InsufficientMemory,
+    ModelError,
+    ModelNotReady,
+    ServiceUnavailable,
+    ValidationError,
+)
 from openmme.endpoint.extract import ArchiveRefused, ExtractLimits, extract_archive
 from openmme.endpoint.mms import MmsClient, MmsProcess, kill_processes
+from openmme.endpoint.policy import Slot, disk_victims, memory_victims
 from openmme.endpoint.s3 import ModelSource
 from openmme.endpoint.settings import Settings
 from openmme.handlers import UnsupportedArchive, choose_handler
@@ -43,6 +52,8 @@ from openmme.handlers import UnsupportedArchive, choose_handler
 __all__ = ["Budgets", "CacheEvents", "Entry", "ModelCache", "State", "mms_model_name"]
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class State(enum.Enum):
@@ -115,6 +126,8 @@ class Entry:
     downloads: int = 0
     loads: int = 0
     timings: dict[str, float] = field(default_factory=dict)
+    ready_at: float = 0.0  # monotonic time of the last load
+    calls: set[asyncio.Future[Any]] = field(default_factory=set)  # requests in MMS right now
     transition: asyncio.Task[None] | None = None
 
     def describe(self) -> dict[str, Any]:
@@ -156,7 +169,9 @@ class ModelCache:
         self.entries: OrderedDict[str, Entry] = OrderedDict()  # least recently used first
         self.evictions: Counter[str] = Counter()  # by reason: count, memory, disk
         self.counters: Counter[str] = Counter()  # hits, misses, downloads, registrations
-        self._limits = ExtractLimits(settings.max_archive_bytes, settings.max_archive_members)
+        self._limits = ExtractLimits(
+            settings.max_archive_bytes, settings.max_archive_members, settings.max_archive_ratio
+        )
 
     # ---- the request path -------------------------------------------------------------------------------
 
@@ -200,10 +215,25 @@ class ModelCache:
             remaining = deadline - asyncio.get_running_loop().time()
             try:
                 await asyncio.wait_for(asyncio.shield(entry.transition), max(remaining, 0.001))
-            except asyncio.TimeoutError as exc:
+            except TimeoutError as exc:
                 raise ModelNotReady(
                     f"model {entry.target!r} is still loading ({entry.state.value}); retry shortly"
                 ) from exc
+
+    async def call(self, entry: Entry, request: Awaitable[T]) -> T | None:
+        """Run a request to ``entry`` in MMS; None when the model's workers died meanwhile (MMS would have
+        left it hanging until its time-out) and the request should be sent again."""
+        call = asyncio.ensure_future(request)
+        entry.calls.add(call)
+        try:
+            return await call
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # the client went away, or the server is stopping
+            return None
+        finally:
+            entry.calls.discard(call)
 
     def reset(self, entry: Entry) -> None:
         """MMS no longer has ``entry`` (it answered 404): the next request registers it again."""
@@ -277,13 +307,16 @@ class ModelCache:
             started = time.perf_counter()
             error_file = self.process.load_errors_dir / f"{entry.name}.txt"
             error_file.unlink(missing_ok=True)
-            response = await self.mms.register(
-                entry.name,
-                entry.path.name,
-                entry.handler,
-                self.settings.workers_per_model,
-                timeout=max(self.settings.response_timeout, 120.0),
-            )
+            try:
+                response = await self.mms.register(
+                    entry.name,
+                    entry.path.name,
+                    entry.handler,
+                    self.settings.workers_per_model,
+                    timeout=max(self.settings.response_timeout, 120.0),
+                )
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                raise ServiceUnavailable(f"the model server is not reachable ({exc}); retry") from exc
             self.counters["registrations"] += 1
             if response.status == 409:  # MMS has it already (a register raced a restart): use it.
                 log.warning("MMS already had %s registered", entry.target)
@@ -296,6 +329,7 @@ class ModelCache:
             entry.timings["register"] = time.perf_counter() - started
             entry.loads += 1
             entry.state = State.READY
+            entry.ready_at = time.monotonic()
         except BaseException:
             entry.state = State.ON_DISK
             raise
@@ -343,46 +377,34 @@ class ModelCache:
 
     # ---- eviction ----------------------------------------------------------------------------------
 
-    def _idle_lru(self, states: set[State], keep: Entry) -> list[Entry]:
+    def _slots(self, keep: Entry, evictable: set[State]) -> list[Slot]:
+        """The policy's view of every model but ``keep``, least recently used first."""
         return [
-            entry
+            Slot(
+                key=entry.target,
+                loaded=entry.state in _LOADED,
+                evictable=entry.state in evictable and entry.in_flight == 0 and entry.managed,
+                memory=entry.memory_bytes,
+                disk=entry.disk_bytes,
+            )
             for entry in self.entries.values()
-            if entry.state in states and entry.in_flight == 0 and entry is not keep and entry.managed
+            if entry is not keep
         ]
 
     async def _make_memory_room(self, keep: Entry) -> None:
         """Unload idle models, least recently used first, until ``keep`` fits the count and memory budgets."""
-        loaded = [entry for entry in self.entries.values() if entry.state in _LOADED and entry is not keep]
-        candidates = self._idle_lru({State.READY}, keep)
-        victims: list[tuple[Entry, str]] = []
-        count = len(loaded) + 1
-        memory = sum(entry.memory_bytes for entry in loaded) + keep.memory_bytes
-        for victim in candidates:
-            if self.budgets.max_models and count > self.budgets.max_models:
-                reason = "count"
-            elif self.budgets.memory_bytes and memory > self.budgets.memory_bytes:
-                reason = "memory"
-            else:
-                break
-            victims.append((victim, reason))
-            count -= 1
-            memory -= victim.memory_bytes
-        await self._run_all(self._start_unload(victim, reason) for victim, reason in victims)
+        slots = self._slots(keep, evictable={State.READY})
+        victims = memory_victims(slots, keep.memory_bytes, self.budgets.max_models, self.budgets.memory_bytes)
+        await self._run_all(self._start_unload(self.entries[key], reason) for key, reason in victims)
 
     async def _make_disk_room(self, incoming: int, keep: Entry) -> None:
         """Remove idle models from disk, unloaded ones first, until ``incoming`` more bytes fit."""
-        if not self.budgets.disk_bytes:
-            return
-        used = sum(entry.disk_bytes for entry in self.entries.values())
-        candidates = self._idle_lru({State.ON_DISK}, keep) + self._idle_lru({State.READY}, keep)
-        victims = []
-        for victim in candidates:
-            if used + incoming <= self.budgets.disk_bytes:
-                break
-            victims.append(victim)
-            used -= victim.disk_bytes
-        for victim in victims:
-            if victim.state is State.READY:
+        slots = self._slots(keep, evictable={State.ON_DISK, State.READY})
+        for key in disk_victims(slots, incoming, self.budgets.disk_bytes):
+            victim = self.entries.get(key)
+            if victim is None:
+                continue
+            if victim.state is State.READY and victim.in_flight == 0:
                 await self._start_unload(victim, None)
             # The victim may have been asked for again while it unloaded.
             if victim.state is State.ON_DISK and victim.in_flight == 0:
@@ -414,20 +436,37 @@ class ModelCache:
 
     # ---- housekeeping and the SageMaker container contract -----------------------------------------
 
-    async def refresh_memory(self) -> None:
-        """Measure every loaded model's workers, then enforce the memory budget with fresh figures."""
+    async def check_workers(self, measure_memory: bool = True) -> None:
+        """Housekeeping against MMS's processes: fresh memory figures (then the memory budget), workers of
+        models no longer loaded stopped, and models whose workers all died loaded again."""
+        scanned_at = time.monotonic()
         workers = await asyncio.to_thread(self.process.worker_processes)
-        sizes = await asyncio.to_thread(lambda: {name: _memory_of(group) for name, group in workers.items()})
-        for entry in self.entries.values():
-            if entry.state is State.READY:
-                entry.memory_bytes = sizes.get(entry.name, 0)
+        if measure_memory:
+            sizes = await asyncio.to_thread(lambda: {name: _memory_of(group) for name, group in workers.items()})
+            for entry in self.entries.values():
+                if entry.state is State.READY:
+                    entry.memory_bytes = sizes.get(entry.name, entry.memory_bytes)
         # Workers of a model that is not (being) loaded are ones MMS failed to stop: they only hold memory.
         owned = {entry.name for entry in self.entries.values() if entry.state in _LOADED | {State.UNLOADING}}
         orphans = [process for name, group in workers.items() if name not in owned for process in group]
         if orphans:
             await asyncio.to_thread(kill_processes, orphans, 2.0)
             log.warning("stopped %d MMS worker process(es) of models no longer loaded", len(orphans))
+        # MMS 1.1 does not restart a worker that was killed (it retries a dead socket with growing back-off,
+        # minutes apart): a ready model with no worker left is unregistered and registered again.
+        for entry in list(self.entries.values()):
+            if entry.state is State.READY and entry.ready_at < scanned_at and entry.name not in workers:
+                log.warning("every MMS worker of %s is gone; loading it again", entry.target)
+                entry.state = State.UNLOADING
+                entry.transition = asyncio.create_task(self._replace_workers(entry), name=f"revive {entry.target}")
+                entry.transition.add_done_callback(_log_failure)
         self._enforce_budgets_soon()
+
+    async def _replace_workers(self, entry: Entry) -> None:
+        for call in list(entry.calls):
+            call.cancel()
+        await self._unload(entry, None)
+        await self._bring_up(entry)
 
     async def register_local(self, model_name: str, path: Path) -> Entry:
         """SageMaker's ``POST /models``: serve a directory SageMaker already downloaded."""
@@ -456,6 +495,23 @@ class ModelCache:
             del self.entries[target]
             entry.path.unlink(missing_ok=True)
         return True
+
+    def mms_lost(self) -> list[Entry]:
+        """MMS died and took every loaded model with it: mark them on disk; returns those that were ready."""
+        lost = [entry for entry in self.entries.values() if entry.state is State.READY]
+        for entry in self.entries.values():
+            if entry.state in _LOADED | {State.UNLOADING}:
+                entry.state = State.ON_DISK
+                entry.memory_bytes = 0
+        return lost
+
+    def reload(self, entries: list[Entry]) -> None:
+        """Load ``entries`` again in the background (after an MMS restart), unless something already is."""
+        for entry in entries:
+            idle = entry.transition is None or entry.transition.done()
+            if entry.state is State.ON_DISK and idle and self.entries.get(entry.target) is entry:
+                entry.transition = asyncio.create_task(self._bring_up(entry), name=f"reload {entry.target}")
+                entry.transition.add_done_callback(_log_failure)
 
     def is_ready(self, target: str) -> bool:
         entry = self.entries.get(target)

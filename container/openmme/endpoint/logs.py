@@ -83,7 +83,7 @@ class EventLog(CacheEvents):
             {
                 "event": "evicted" if reason and reason != "request" else "unloaded",
                 "target_model": entry.target,
-                "reason": reason or "disk",
+                "reason": reason,
                 "unload_ms": _ms(entry, "unload"),
             },
         )

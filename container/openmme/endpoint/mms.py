@@ -11,7 +11,6 @@ how workers that outlive their model (seen with MMS) are found and killed.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
@@ -152,7 +151,7 @@ class MmsClient:
     async def ping(self) -> bool:
         try:
             response = await self._call("GET", self.inference_url + "/ping", timeout=5)
-        except (aiohttp.ClientError, asyncio.TimeoutError):
+        except (TimeoutError, aiohttp.ClientError):
             return False
         return response.status == 200
 
@@ -266,8 +265,11 @@ class MmsProcess:
                 workers.setdefault(model, []).append(process)
         return workers
 
-    def stop(self, grace: float = 10.0) -> None:
-        """Stop MMS and every worker it started, including orphans of a crashed front."""
+    def stop(self, grace: float = 10.0, *, final: bool = True) -> None:
+        """Stop MMS and every worker it started, including workers a crashed MMS left behind.
+
+        ``final=False`` keeps the private temp dir for a restart on the same ports.
+        """
         leftovers = [process for group in self.worker_processes().values() for process in group]
         if self.process is not None and self.process.poll() is None:
             with contextlib.suppress(psutil.Error):
@@ -279,7 +281,13 @@ class MmsProcess:
                 self.process.kill()
                 self.process.wait(5)
         kill_processes(leftovers, grace=2.0)
-        shutil.rmtree(self.tmp_dir, ignore_errors=True)
+        if final:
+            shutil.rmtree(self.tmp_dir, ignore_errors=True)
+
+    def restart(self) -> None:
+        """Blocking: after MMS died, clear what it left and start it again with the same config."""
+        self.stop(final=False)
+        self.start()
 
 
 def _argument(cmdline: list[str], flag: str) -> str:

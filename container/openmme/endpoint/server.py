@@ -24,7 +24,8 @@ __all__ = ["run", "serve"]
 
 log = logging.getLogger(__name__)
 
-HOUSEKEEPING_INTERVAL_S = 5.0
+HOUSEKEEPING_INTERVAL_S = 2.0
+MEMORY_EVERY_ROUNDS = 3
 
 
 async def _wait_for_mms(process: MmsProcess, mms: MmsClient, timeout: float) -> None:
@@ -40,16 +41,39 @@ async def _wait_for_mms(process: MmsProcess, mms: MmsClient, timeout: float) -> 
 
 
 async def _housekeeping(cache: ModelCache, process: MmsProcess) -> None:
-    """Keep memory figures fresh (so the memory budget holds as models grow) and report MMS dying."""
+    """Every couple of seconds: find dead or leftover MMS workers; every few rounds, measure memory too (so the
+    memory budget holds as models grow)."""
+    rounds = 0
     while True:
         await asyncio.sleep(HOUSEKEEPING_INTERVAL_S)
         if not process.running():
-            log.error("MMS exited (code %s); see %s", process.process and process.process.poll(), process.log_path)
-            continue
+            continue  # the supervisor is restarting MMS
+        rounds += 1
         try:
-            await cache.refresh_memory()
+            await cache.check_workers(measure_memory=rounds % MEMORY_EVERY_ROUNDS == 0)
         except Exception:
-            log.exception("measuring model memory failed")
+            log.exception("housekeeping failed")
+
+
+async def _supervise(cache: ModelCache, process: MmsProcess, mms: MmsClient, settings: Settings) -> None:
+    """Restart MMS whenever it dies, then load again what was loaded; /ping says unhealthy meanwhile."""
+    while True:
+        assert process.process is not None
+        code = await asyncio.to_thread(process.process.wait)
+        log.error("MMS exited with code %s; restarting it (see %s)", code, process.log_path)
+        reload = cache.mms_lost()
+        delay = 1.0
+        while True:
+            try:
+                await asyncio.to_thread(process.restart)
+                await _wait_for_mms(process, mms, settings.mms_start_timeout)
+                break
+            except Exception as exc:
+                log.error("restarting MMS failed (%s); trying again in %.0f s", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+        log.info("MMS is back; loading %d model(s) again", len(reload))
+        cache.reload(reload)
 
 
 async def run(settings: Settings, stop: asyncio.Event | None = None, keys: KeyStore | None = None) -> None:
@@ -89,12 +113,16 @@ async def run(settings: Settings, stop: asyncio.Event | None = None, keys: KeySt
                 budgets,
             )
             log.log(*describe(settings, keys))
-            keeper = asyncio.create_task(_housekeeping(cache, process))
+            background = [
+                asyncio.create_task(_housekeeping(cache, process), name="housekeeping"),
+                asyncio.create_task(_supervise(cache, process, mms, settings), name="supervise MMS"),
+            ]
             try:
                 await stop.wait()
                 log.info("stopping: finishing requests in flight")
             finally:
-                keeper.cancel()
+                for task in background:
+                    task.cancel()
                 await runner.cleanup()
     finally:
         await asyncio.to_thread(process.stop)
