@@ -48,6 +48,9 @@ def files_under(root: Path) -> set[str]:
         ([(member("big"), b"0" * 10_001)], "more than 10000 bytes"),
         ([(member(f"f{i}"), b"") for i in range(51)], "more than 50 members"),
         ([], "empty"),
+        # Found by the property test: both used to escape as errors other than a refusal.
+        ([(member(".", tarfile.SYMTYPE, "."), None)], "replace the archive root"),
+        ([(member("hard", tarfile.LNKTYPE, "missing"), None)], "not a readable"),
     ],
 )
 def test_hostile_archives_are_refused_with_nothing_written_outside(
@@ -70,6 +73,16 @@ def test_a_decompression_bomb_is_refused_before_writing(tmp_path: Path) -> None:
     with pytest.raises(ArchiveRefused, match="expands to more than"):
         extract_archive(archive, tmp_path / "out", LIMITS)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_bomb_under_the_byte_limit_is_refused_by_its_ratio(tmp_path: Path) -> None:
+    archive = write(tmp_path, make_tar([(member("zeros"), bytes(20_000_000))]))
+    limits = ExtractLimits(max_bytes=10**9, max_members=50, max_ratio=200)
+    with pytest.raises(ArchiveRefused, match="expands more than 200 times"):
+        extract_archive(archive, tmp_path / "out", limits)
+    # The same content is fine for an operator who raised the ratio.
+    extract_archive(archive, tmp_path / "ok", ExtractLimits(max_bytes=10**9, max_members=50, max_ratio=0))
+    assert (tmp_path / "ok" / "zeros").stat().st_size == 20_000_000
 
 
 def test_garbage_is_refused_as_unreadable(tmp_path: Path) -> None:

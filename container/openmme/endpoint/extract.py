@@ -21,10 +21,16 @@ class ArchiveRefused(ValueError):
     """The archive is unsafe or unreadable; the message says which member and why."""
 
 
+# Below this many extracted bytes the ratio is not checked: small models (a JSON booster) compress well and
+# cannot hurt anyone.
+RATIO_FLOOR_BYTES = 16 * 1024 * 1024
+
+
 @dataclass(frozen=True)
 class ExtractLimits:
     max_bytes: int
     max_members: int
+    max_ratio: int = 0  # extracted bytes per archive byte; 0: not checked
 
 
 def _inside(root_relative: str) -> bool:
@@ -39,6 +45,8 @@ def _check_member(member: tarfile.TarInfo) -> None:
     normalised = posixpath.normpath(name)
     if not _inside(normalised) or ".." in name.split("/"):
         raise ArchiveRefused(f"member {name!r} points outside the archive")
+    if normalised == "." and not member.isdir():
+        raise ArchiveRefused(f"member {name!r} would replace the archive root")
     if member.issym():
         target = posixpath.normpath(posixpath.join(posixpath.dirname(normalised), member.linkname))
         if member.linkname.startswith("/") or not _inside(target):
@@ -58,6 +66,7 @@ def extract_archive(archive: Path, destination: Path, limits: ExtractLimits) -> 
     ``destination``; the caller removes ``destination`` on failure.
     """
     try:
+        packed = max(archive.stat().st_size, 1)
         with tarfile.open(archive, mode="r:*") as tar:
             members: list[tarfile.TarInfo] = []
             total = 0
@@ -69,6 +78,10 @@ def extract_archive(archive: Path, destination: Path, limits: ExtractLimits) -> 
                 total += max(member.size, 0) if member.isfile() else 0
                 if limits.max_bytes and total > limits.max_bytes:
                     raise ArchiveRefused(f"archive expands to more than {limits.max_bytes} bytes")
+                if limits.max_ratio and total > RATIO_FLOOR_BYTES and total > limits.max_ratio * packed:
+                    raise ArchiveRefused(
+                        f"archive expands more than {limits.max_ratio} times its size (a decompression bomb?)"
+                    )
             if not members:
                 raise ArchiveRefused("archive is empty")
             destination.mkdir(parents=True, exist_ok=True)
@@ -77,6 +90,7 @@ def extract_archive(archive: Path, destination: Path, limits: ExtractLimits) -> 
         raise
     except tarfile.FilterError as exc:
         raise ArchiveRefused(f"archive refused: {exc}") from exc
-    except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
+    except (tarfile.TarError, EOFError, OSError, ValueError, KeyError, RecursionError) as exc:
+        # KeyError: a hard link to a member the archive lacks; RecursionError: links that loop.
         raise ArchiveRefused(f"not a readable tar.gz archive: {exc}") from exc
     return total

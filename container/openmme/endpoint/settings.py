@@ -98,6 +98,9 @@ class Settings:
     )
     max_archive_bytes: int = _opt(8 * 1024**3, "an archive whose extracted size is larger is refused", parse_bytes)
     max_archive_members: int = _opt(100_000, "an archive with more members is refused", int)
+    max_archive_ratio: int = _opt(
+        200, "an archive that expands more than this many times its size (past 16 MiB) is refused", int
+    )
     wait_budget: float = _opt(
         60.0, "seconds a request waits for its model to load before ModelNotReadyException (429)", float
     )

@@ -94,7 +94,7 @@ class CheckReport:
 
 def default_limits() -> ExtractLimits:
     """The extraction limits ``openmme serve`` uses unless told otherwise."""
-    return ExtractLimits(Settings.max_archive_bytes, Settings.max_archive_members)
+    return ExtractLimits(Settings.max_archive_bytes, Settings.max_archive_members, Settings.max_archive_ratio)
 
 
 def content_type_for(sample: Path) -> str:
