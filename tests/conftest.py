@@ -141,10 +141,17 @@ class Launcher:
         self.tmp_path_factory = tmp_path_factory
         self.started: list[Endpoint] = []
 
-    def start(self, prefix: str, *args: str, s3_url: str | None = None, name: str = "test-endpoint") -> Endpoint:
+    def start(
+        self,
+        prefix: str,
+        *args: str,
+        s3_url: str | None = None,
+        name: str = "test-endpoint",
+        env: dict[str, str] | None = None,
+    ) -> Endpoint:
         workdir = self.tmp_path_factory.mktemp("endpoint")
         port = free_port()
-        env = {**os.environ, **self.s3.environment()}
+        env = {**os.environ, **self.s3.environment(), **(env or {})}
         if s3_url:
             env["AWS_ENDPOINT_URL_S3"] = s3_url
         log_path = workdir / "endpoint.log"

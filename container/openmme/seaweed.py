@@ -104,7 +104,8 @@ class EmbeddedS3:
         config = self.directory / "s3.json"
         config.write_text(json.dumps(identities))
         config.chmod(0o600)
-        self.ports = dict(zip(_PORT_NAMES, free_ports(len(_PORT_NAMES)), strict=True))
+        # A restart keeps the ports (and the data): clients configured with the endpoint keep working.
+        self.ports = self.ports or dict(zip(_PORT_NAMES, free_ports(len(_PORT_NAMES)), strict=True))
         with (self.directory / "weed.log").open("ab") as log:
             self.process = subprocess.Popen(
                 self.command(),

@@ -1,0 +1,225 @@
+"""Faults the endpoint must survive, each broken on purpose against the real processes: MMS killed, a model
+worker killed, the S3 server stopped and back, a client that gives up during a cold load, and SIGTERM with
+a request in flight."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+import pytest
+import xgboost
+
+from openmme.endpoint.cache import mms_model_name
+from openmme.publish import pack_directory, publish_archive
+from openmme.publish.samples import make_rows, sample_archive
+from openmme.seaweed import EmbeddedS3
+from tests.conftest import Endpoint, EndpointFactory
+from tests.support import wait_until
+
+pytestmark = pytest.mark.integration
+
+ROWS = make_rows(2, seed=31)
+
+
+def csv_body(rows: np.ndarray) -> str:
+    return "\n".join(",".join(repr(float(value)) for value in row) for row in rows)
+
+
+def expected(booster: xgboost.Booster, rows: np.ndarray) -> list[float]:
+    return [float(value) for value in booster.predict(xgboost.DMatrix(rows))]
+
+
+def invoke(endpoint: Endpoint, target: str, client: Any = None) -> list[float]:
+    client = client or endpoint.runtime(retries=1)
+    response = client.invoke_endpoint(
+        EndpointName=endpoint.name, TargetModel=target, ContentType="text/csv", Body=csv_body(ROWS)
+    )
+    return [float(value) for value in response["Body"].read().decode().split(",")]
+
+
+def ping_status(endpoint: Endpoint) -> int:
+    try:
+        with urllib.request.urlopen(endpoint.url + "/ping", timeout=5) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return error.code
+    except OSError:
+        return 0
+
+
+def mms_java(endpoint: Endpoint) -> psutil.Process:
+    return next(
+        child
+        for child in psutil.Process(endpoint.process.pid).children()
+        if any(arg.startswith("-Dmodel_server_home=") for arg in child.cmdline())
+    )
+
+
+def eventually_served(endpoint: Endpoint, target: str, want: list[float], timeout: float) -> int:
+    """Invoke until the answer is right; returns how many attempts failed on the way."""
+    failures = 0
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if invoke(endpoint, target) == want:
+                return failures
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+        failures += 1
+        time.sleep(0.2)
+
+
+def test_mms_killed_is_restarted_and_its_models_loaded_again(
+    start_endpoint: EndpointFactory, prefix: str, publish: Any, boosters: dict[str, xgboost.Booster]
+) -> None:
+    booster = boosters["binary:logistic"]
+    publish(prefix, "steady.tar.gz", booster)
+    endpoint = start_endpoint(prefix)
+    assert invoke(endpoint, "steady.tar.gz") == expected(booster, ROWS)
+    old_workers = [pid for pids in endpoint.worker_pids().values() for pid in pids]
+    java = mms_java(endpoint)
+
+    java.kill()
+    assert wait_until(lambda: ping_status(endpoint) == 503, timeout=10)
+    assert wait_until(lambda: ping_status(endpoint) == 200, timeout=90)
+    assert mms_java(endpoint).pid != java.pid
+    # Loaded again by the endpoint itself, before anyone asks.
+    name = mms_model_name("steady.tar.gz")
+    assert wait_until(lambda: name in endpoint.mms_models(), timeout=30)
+    assert invoke(endpoint, "steady.tar.gz") == expected(booster, ROWS)
+    assert endpoint.models()["steady.tar.gz"]["downloads"] == 1
+    # The dead MMS's workers did not outlive it.
+    assert wait_until(lambda: not any(psutil.pid_exists(pid) for pid in old_workers), timeout=15)
+
+
+def test_a_killed_model_worker_answers_again_within_seconds(
+    start_endpoint: EndpointFactory, prefix: str, publish: Any, boosters: dict[str, xgboost.Booster]
+) -> None:
+    booster = boosters["multi:softmax"]
+    publish(prefix, "victim.tar.gz", booster)
+    endpoint = start_endpoint(prefix)
+    assert invoke(endpoint, "victim.tar.gz") == expected(booster, ROWS)
+    for pid in endpoint.worker_pids()[mms_model_name("victim.tar.gz")]:
+        os.kill(pid, signal.SIGKILL)
+    started = time.monotonic()
+    failures = eventually_served(endpoint, "victim.tar.gz", expected(booster, ROWS), timeout=30)
+    assert time.monotonic() - started < 30
+    assert failures < 100
+    assert ping_status(endpoint) == 200
+
+
+@pytest.fixture
+def own_s3(tmp_path: Path) -> Iterator[EmbeddedS3]:
+    """An S3 server this test may stop and start again (on the same ports, with the same data)."""
+    server = EmbeddedS3(tmp_path / "own-s3").start()
+    try:
+        server.client().create_bucket(Bucket="models")  # type: ignore[attr-defined]
+        yield server
+    finally:
+        server.stop()
+
+
+def test_s3_down_cached_models_serve_uncached_fail_fast_then_load_when_it_is_back(
+    start_endpoint: EndpointFactory, own_s3: EmbeddedS3, boosters: dict[str, xgboost.Booster]
+) -> None:
+    booster = boosters["reg:squarederror"]
+    client = own_s3.client()
+    for target in ("cached.tar.gz", "later.tar.gz"):
+        publish_archive(sample_archive(booster), "s3://models/p/", target, client=client)
+    endpoint = start_endpoint("s3://models/p/", env=own_s3.environment())
+    assert invoke(endpoint, "cached.tar.gz") == expected(booster, ROWS)
+
+    own_s3.stop()
+    assert invoke(endpoint, "cached.tar.gz") == expected(booster, ROWS)
+    runtime = endpoint.runtime(retries=1)
+    started = time.monotonic()
+    with pytest.raises(runtime.exceptions.ClientError) as caught:
+        invoke(endpoint, "later.tar.gz", runtime)
+    assert time.monotonic() - started < 10
+    assert caught.value.response["Error"]["Code"] == "ServiceUnavailable"
+    assert "cannot be reached" in caught.value.response["Error"]["Message"]
+
+    own_s3.start()
+    assert invoke(endpoint, "later.tar.gz") == expected(booster, ROWS)  # no restart of the endpoint
+    assert invoke(endpoint, "cached.tar.gz") == expected(booster, ROWS)
+
+
+def test_a_client_that_gives_up_during_a_cold_load_does_not_cancel_it(
+    start_endpoint: EndpointFactory, prefix: str, publish: Any, boosters: dict[str, xgboost.Booster]
+) -> None:
+    booster = boosters["binary:logistic"]
+    publish(prefix, "patient.tar.gz", booster)
+    endpoint = start_endpoint(prefix)
+    request = urllib.request.Request(
+        endpoint.url + "/invocations",
+        data=csv_body(ROWS).encode(),
+        headers={"X-Amzn-SageMaker-Target-Model": "patient.tar.gz", "Content-Type": "text/csv"},
+    )
+    with pytest.raises((TimeoutError, socket.timeout, urllib.error.URLError)):
+        urllib.request.urlopen(request, timeout=0.05)
+    assert wait_until(lambda: endpoint.models().get("patient.tar.gz", {}).get("state") == "ready", timeout=60)
+    assert invoke(endpoint, "patient.tar.gz") == expected(booster, ROWS)
+    model = endpoint.models()["patient.tar.gz"]
+    assert (model["downloads"], model["loads"]) == (1, 1)
+
+
+SLOW_SCRIPT = """
+import time
+
+
+def model_fn(model_dir):
+    return None
+
+
+def input_fn(body, content_type):
+    return body.decode() if isinstance(body, bytes) else body
+
+
+def predict_fn(text, model):
+    time.sleep(float(text))
+    return "slept " + text
+
+
+def output_fn(prediction, accept):
+    return prediction, "text/plain"
+"""
+
+
+def test_sigterm_finishes_the_request_in_flight_and_stops_everything(
+    start_endpoint: EndpointFactory, prefix: str, publish: Any, tmp_path: Path
+) -> None:
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code" / "inference.py").write_text(SLOW_SCRIPT)
+    publish(prefix, "slow.tar.gz", archive=pack_directory(tmp_path))
+    endpoint = start_endpoint(prefix)
+    client = endpoint.runtime(retries=1)
+
+    def call(seconds: str) -> str:
+        response = client.invoke_endpoint(
+            EndpointName=endpoint.name, TargetModel="slow.tar.gz", ContentType="text/plain", Body=seconds
+        )
+        return str(response["Body"].read().decode())
+
+    assert call("0") == "slept 0"  # loaded
+    processes = psutil.Process(endpoint.process.pid).children(recursive=True)
+    answers: list[str] = []
+    in_flight = threading.Thread(target=lambda: answers.append(call("2")))
+    in_flight.start()
+    time.sleep(0.5)
+    endpoint.process.send_signal(signal.SIGTERM)
+    in_flight.join(timeout=30)
+    assert answers == ["slept 2"]
+    assert endpoint.process.wait(timeout=60) == 0
+    assert wait_until(lambda: not any(p.is_running() and p.status() != "zombie" for p in processes), timeout=10)
