@@ -400,7 +400,8 @@ class ModelCache:
     async def _make_disk_room(self, incoming: int, keep: Entry) -> None:
         """Remove idle models from disk, unloaded ones first, until ``incoming`` more bytes fit."""
         slots = self._slots(keep, evictable={State.ON_DISK, State.READY})
-        for key in disk_victims(slots, incoming, self.budgets.disk_bytes):
+        # ``keep`` is not among the slots: its own bytes on disk count as incoming.
+        for key in disk_victims(slots, incoming + keep.disk_bytes, self.budgets.disk_bytes):
             victim = self.entries.get(key)
             if victim is None:
                 continue
