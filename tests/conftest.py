@@ -148,9 +148,11 @@ class Launcher:
         s3_url: str | None = None,
         name: str = "test-endpoint",
         env: dict[str, str] | None = None,
+        port: int | None = None,
     ) -> Endpoint:
+        """``port``: a given port (a replacement for a stopped replica, say); by default a free one."""
         workdir = self.tmp_path_factory.mktemp("endpoint")
-        port = free_port()
+        port = port or free_port()
         env = {**os.environ, **self.s3.environment(), **(env or {})}
         if s3_url:
             env["AWS_ENDPOINT_URL_S3"] = s3_url

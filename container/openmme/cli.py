@@ -7,6 +7,7 @@
     openmme publish samples --prefix s3://…    the quick start's sample models
     openmme models list --prefix s3://…        the TargetModel names a prefix holds
     openmme models remove NAME --prefix s3://…
+    openmme router-config --replica HOST:PORT [--replica …] [--hot NAME …]   nginx.conf for several replicas
 
 ``serve`` also runs as a bare ``serve`` (the container entrypoint SageMaker calls).
 """
@@ -156,6 +157,24 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(keep_running=args.keep_running, port=args.port, workdir=args.workdir)
 
 
+def _router_config(args: argparse.Namespace) -> int:
+    from openmme.router import RouterOptions, nginx_config
+
+    options = RouterOptions(
+        listen=args.listen,
+        worker_processes=args.worker_processes,
+        hot_models=tuple(args.hot),
+        hot_spread=args.hot_spread,
+        tries=args.tries or len(args.replica),
+    )
+    try:
+        sys.stdout.write(nginx_config(args.replica, options))
+    except ValueError as exc:
+        print(f"openmme router-config: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="openmme", description="A self-hosted SageMaker multi-model endpoint.")
     commands = root.add_subparsers(dest="command", required=True)
@@ -201,6 +220,17 @@ def parser() -> argparse.ArgumentParser:
     remove.add_argument("name", metavar="NAME", help="the TargetModel, as `openmme models list` shows it")
     for sub in (listing, remove):
         sub.add_argument("--prefix", required=True, help="the endpoint's model prefix, s3://bucket/prefix/")
+
+    router = commands.add_parser(
+        "router-config",
+        help="print an nginx.conf that routes each TargetModel to one of several replicas (consistent hashing)",
+    )
+    router.add_argument("--replica", action="append", required=True, metavar="HOST:PORT", help="an openmme replica")
+    router.add_argument("--listen", default="8080", help="nginx's listen address (default: 8080)")
+    router.add_argument("--worker-processes", default="auto", help="nginx worker_processes (default: auto)")
+    router.add_argument("--hot", action="append", default=[], metavar="NAME", help="a TargetModel to spread out")
+    router.add_argument("--hot-spread", type=int, default=2, help="replicas a hot model spreads over (default: 2)")
+    router.add_argument("--tries", type=int, default=0, help="replicas one request may try (default: all)")
     return root
 
 
@@ -216,6 +246,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _publish(args)
     if args.command == "models":
         return _models(args)
+    if args.command == "router-config":
+        return _router_config(args)
     return _demo(args)
 
 
