@@ -33,6 +33,7 @@ from many_models import ManyModelsSizes, run_many_models, target_model
 from openmme.publish.samples import make_rows, sample_archive, train_booster
 from openmme.seaweed import EmbeddedS3
 from report import goals, markdown
+from scale_out import keep_section
 from storm import run_storm
 from warm import run_warm
 
@@ -193,7 +194,8 @@ def main() -> int:
     report = markdown(results)
     output = args.output or (None if args.smoke else ROOT / "BENCHMARKS.md")
     if output is not None:
-        output.write_text(report)
+        # bench/scale_out.py writes its own section of the same file: keep it.
+        output.write_text(keep_section(output.read_text() if output.exists() else "", report))
     print(report)
     return 0
 

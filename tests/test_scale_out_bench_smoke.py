@@ -1,0 +1,63 @@
+"""The scale-out benchmark's smoke mode, so that bench/scale_out.py keeps working: real replicas, real nginx."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def load_bench_module() -> ModuleType:
+    # bench/ is a folder of scripts that import each other by bare name.
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        spec = importlib.util.spec_from_file_location("bench_scale_out", ROOT / "bench" / "scale_out.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+
+
+def test_section_is_replaced_in_place_and_kept_by_a_rewrite() -> None:
+    bench = load_bench_module()
+    section = f"{bench.START}\nnew table\n{bench.END}\n"
+    document = f"# Benchmarks\n\n{bench.START}\nold table\n{bench.END}\n\n## after\n"
+    assert bench.replace_section(document, section) == f"# Benchmarks\n\n{section}\n## after\n"
+    assert bench.replace_section("# Benchmarks\n", section) == f"# Benchmarks\n\n{section}"
+    # bench/run.py rewrites the file from scratch: the scale-out section survives at the end.
+    assert bench.keep_section(document, "# Rewritten\n") == f"# Rewritten\n\n{bench.START}\nold table\n{bench.END}\n"
+    assert bench.keep_section("# no section\n", "# Rewritten\n") == "# Rewritten\n"
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx is not installed (scripts/install adds it)")
+def test_scale_out_bench_smoke_downloads_each_model_once_with_affinity(tmp_path: Path) -> None:
+    output = tmp_path / "BENCHMARKS.md"
+    output.write_text("# Benchmarks\n")
+    completed = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "scale_out.py"), "--smoke", "--output", str(output)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    results = json.loads((ROOT / "bench" / "results" / "scale_out_smoke.json").read_text())
+    counted = results["sizes"]["length"] - results["sizes"]["warm_up"]
+    for setup in ("one", "hashed", "round_robin"):
+        assert results[setup]["statuses"] == {"200": counted}, setup
+    # With affinity each model's archive leaves S3 once in all, as with a single replica; without, up to 3 times.
+    distinct = results["distinct_models_in_trace"]
+    assert results["one"]["downloads_total"] == results["hashed"]["downloads_total"] == distinct
+    assert results["round_robin"]["downloads_total"] > distinct
+    assert "3 replicas" in output.read_text()
