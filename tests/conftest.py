@@ -21,6 +21,7 @@ import botocore.config
 import psutil
 import pytest
 import xgboost
+from hypothesis import settings as hypothesis_settings
 
 from openmme.demo import wait_for_ping
 from openmme.ports import free_port
@@ -30,6 +31,11 @@ from openmme.seaweed import EmbeddedS3
 from tests.support import CountingProxy
 
 BUCKET = "models"
+
+# Property tests explore anew on a developer's machine; in CI the same examples every run, and no database
+# left in the checkout.
+hypothesis_settings.register_profile("openmme", database=None, derandomize=bool(os.environ.get("CI")))
+hypothesis_settings.load_profile("openmme")
 
 
 @pytest.fixture(scope="session")
