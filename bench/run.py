@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import plots
-from cold import cold_start, mms_alone, reload_from_disk, s3_get
+from cold import run_cold
 from density import run_density
 from harness import BUCKET, ROOT, Endpoint, describe_machine, serve_flags
 from many_models import ManyModelsSizes, run_many_models, target_model
@@ -140,10 +140,7 @@ def run(sizes: Sizes, workdir: Path) -> dict[str, Any]:
             # Density first: its line starts from an endpoint with nothing loaded.
             results["density"] = run_density(endpoint, density_targets(sizes), body)
             timer.lap("density")
-            results["cold_start"] = cold_start(endpoint.url, cold_targets(sizes), body)
-            results["reload_from_disk"] = reload_from_disk(endpoint.url, cold_targets(sizes), body)
-            results["s3_get"] = s3_get(client, [f"models/{target}" for target in cold_targets(sizes)])
-            results["mms_alone"] = mms_alone(workdir / "mms-alone", archive, body, sizes.cold_models)
+            results |= run_cold(endpoint.url, cold_targets(sizes), body, client, archive, workdir / "mms-alone")
             timer.lap("cold start")
             results["storm"] = run_storm(endpoint.url, STORM_TARGET, body, sizes.storm_clients)
             timer.lap("storm")
