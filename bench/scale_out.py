@@ -168,7 +168,7 @@ def markdown(results: dict[str, Any], command: str) -> str:
         f"`{command}` — {sizes['length']} requests (first {sizes['warm_up']} not counted) over "
         f"{sizes['catalogue']} models, Zipf exponent {sizes['exponent']}, {sizes['clients']} concurrent clients; "
         f"{results['distinct_models_in_trace']} distinct models in the trace. Offline LRU with room for {capacity}: "
-        f"hit ratio {results['lru_offline_one']:.3f}. Machine: {results['machine']['cpus']}; "
+        f"hit ratio {results['lru_offline_one']:.3f}. Machine: {results['machine']['cpus']} CPUs; "
         "all replicas share it.",
         "",
         "| set-up | hit ratio | misses | S3 downloads (all) | loads into MMS (all) | p50 ms | p99 ms | req/s | "
