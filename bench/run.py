@@ -1,6 +1,6 @@
 """openmme's benchmark suite, one command: warm path, cold start, many models, load storm, density.
 
-    .venv/bin/python bench/run.py            # full run (~15 min on 2 cores): BENCHMARKS.md, bench/plots/*.png,
+    .venv/bin/python bench/run.py            # full run (~7 min on 2 cores): BENCHMARKS.md, bench/plots/*.png,
                                              # bench/results/latest.json (+ the PNGs)
     .venv/bin/python bench/run.py --smoke    # tiny sizes, checks the harness end to end in ~40 s (run in CI)
 
@@ -65,8 +65,8 @@ class Sizes:
                 density_models=2,
                 many=ManyModelsSizes(catalogue=8, capacity=3, length=20, warm_up=5, clients=8),
             )
-        # 2,500 requests: ~1,350 of them miss and each miss is an MMS worker start (~0.35 s with 8 clients on 2
-        # cores), which keeps this section near 8 minutes; the first 500 fill the cache and are not counted.
+        # 2,500 requests: ~1,400 of them miss and each miss is an MMS worker start (~0.26 s apiece with 8 clients
+        # on 2 cores), which keeps this section near 6 minutes; the first 500 fill the cache and are not counted.
         return cls(
             trees=100,
             cold_models=8,
