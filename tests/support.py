@@ -1,4 +1,5 @@
-"""Helpers for the tests: a counting S3 proxy, hostile-archive builders, polling, free ports."""
+"""Helpers for the tests: a counting S3 proxy, hostile-archive builders, polling, CSV rows and the
+predictions they must get."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+
+import numpy as np
+import xgboost
 
 
 class CountingProxy(http.server.ThreadingHTTPServer):
@@ -83,3 +87,13 @@ def wait_until(condition: Callable[[], bool], timeout: float = 30.0, interval: f
             return True
         time.sleep(interval)
     return condition()
+
+
+def csv_body(rows: np.ndarray) -> str:
+    """Rows as CSV; repr() round-trips float32 values exactly, so the endpoint sees what xgboost sees here."""
+    return "\n".join(",".join(repr(float(value)) for value in row) for row in rows)
+
+
+def expected(booster: xgboost.Booster, rows: np.ndarray) -> list[float]:
+    """What the booster predicts in-process for ``rows``: the answer every served prediction must equal."""
+    return [float(value) for value in booster.predict(xgboost.DMatrix(rows))]

@@ -19,13 +19,9 @@ from openmme.endpoint.cache import mms_model_name
 from openmme.publish import pack_directory
 from openmme.publish.samples import make_rows, sample_archive
 from tests.conftest import Endpoint, EndpointFactory
-from tests.support import CountingProxy, make_tar, wait_until
+from tests.support import CountingProxy, csv_body, expected, make_tar, wait_until
 
 pytestmark = pytest.mark.integration
-
-
-def csv_body(rows: np.ndarray) -> str:
-    return "\n".join(",".join(repr(float(value)) for value in row) for row in rows)
 
 
 def invoke(endpoint: Endpoint, target: str, rows: np.ndarray, client: Any = None) -> list[float]:
@@ -34,10 +30,6 @@ def invoke(endpoint: Endpoint, target: str, rows: np.ndarray, client: Any = None
         EndpointName=endpoint.name, TargetModel=target, ContentType="text/csv", Body=csv_body(rows)
     )
     return [float(value) for value in response["Body"].read().decode().split(",")]
-
-
-def expected(booster: xgboost.Booster, rows: np.ndarray) -> list[float]:
-    return [float(value) for value in booster.predict(xgboost.DMatrix(rows))]
 
 
 def gets(proxy: CountingProxy, prefix: str, target: str) -> int:

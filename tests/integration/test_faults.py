@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import psutil
 import pytest
 import xgboost
@@ -25,19 +24,11 @@ from openmme.publish import pack_directory, publish_archive
 from openmme.publish.samples import make_rows, sample_archive
 from openmme.seaweed import EmbeddedS3
 from tests.conftest import Endpoint, EndpointFactory
-from tests.support import wait_until
+from tests.support import csv_body, expected, wait_until
 
 pytestmark = pytest.mark.integration
 
 ROWS = make_rows(2, seed=31)
-
-
-def csv_body(rows: np.ndarray) -> str:
-    return "\n".join(",".join(repr(float(value)) for value in row) for row in rows)
-
-
-def expected(booster: xgboost.Booster, rows: np.ndarray) -> list[float]:
-    return [float(value) for value in booster.predict(xgboost.DMatrix(rows))]
 
 
 def invoke(endpoint: Endpoint, target: str, client: Any = None) -> list[float]:

@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import boto3
-import numpy as np
 import pytest
 import xgboost
 
@@ -18,19 +17,11 @@ from openmme.publish import publish_archive
 from openmme.publish.samples import make_rows, sample_archive
 from openmme.seaweed import EmbeddedS3
 from tests.conftest import Endpoint, EndpointFactory, Launcher
+from tests.support import csv_body, expected
 
 pytestmark = pytest.mark.integration
 
 OBJECTIVES = ("binary:logistic", "multi:softmax", "reg:squarederror")
-
-
-def csv_body(rows: np.ndarray) -> str:
-    # repr() round-trips float32 values exactly, so the endpoint sees the same numbers as xgboost in-process.
-    return "\n".join(",".join(repr(float(value)) for value in row) for row in rows)
-
-
-def expected(booster: xgboost.Booster, rows: np.ndarray) -> list[float]:
-    return [float(value) for value in booster.predict(xgboost.DMatrix(rows))]
 
 
 def served_csv(body: bytes) -> list[float]:
