@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -18,21 +17,12 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from openmme.ports import free_port
+from openmme.ports import free_port, port_is_free
 
 __all__ = ["run_demo", "wait_for_ping"]
 
 PREFIX = "s3://models/demo/"
 ENDPOINT = "openmme-demo"
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def wait_for_ping(url: str, process: subprocess.Popen[bytes], timeout: float) -> None:
@@ -59,7 +49,7 @@ def run_demo(keep_running: bool = False, port: int = 0, workdir: Path | None = N
     from openmme.seaweed import EmbeddedS3
 
     workdir = workdir or Path(tempfile.mkdtemp(prefix="openmme-demo-"))
-    port = port or (8080 if _port_free(8080) else free_port())
+    port = port or (8080 if port_is_free(8080) else free_port())
     print(f"openmme demo: working in {workdir}")
     print("1/4 starting SeaweedFS (embedded S3) on 127.0.0.1 …", flush=True)
     with EmbeddedS3(workdir / "s3") as s3:

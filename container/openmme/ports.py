@@ -11,9 +11,19 @@ import random
 import socket
 from collections.abc import Iterable
 
-__all__ = ["PORT_CEILING", "free_port", "free_ports"]
+__all__ = ["PORT_CEILING", "free_port", "free_ports", "port_is_free"]
 
 PORT_CEILING = 32767
+
+
+def port_is_free(port: int) -> bool:
+    """Nothing listens on ``port`` of 127.0.0.1 right now."""
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def free_port(exclude: Iterable[int] = ()) -> int:
@@ -21,14 +31,8 @@ def free_port(exclude: Iterable[int] = ()) -> int:
     excluded = set(exclude)
     for _ in range(500):
         port = random.randrange(10_000, PORT_CEILING)
-        if port in excluded:
-            continue
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        return port
+        if port not in excluded and port_is_free(port):
+            return port
     raise RuntimeError(f"no free port below {PORT_CEILING} on 127.0.0.1")
 
 

@@ -204,7 +204,7 @@ def _answer(target: str, response: MmsResponse, request_headers: Mapping[str, st
             headers=headers,
             content_type=response.headers.get("Content-Type", "application/octet-stream").split(";")[0],
         )
-    message = _message_of(response.body)
+    message = response.message
     if response.headers.get(ERROR_HEADER) or response.status not in (503, 507):
         side = "client" if 400 <= response.status < 500 else "server"
         raise ModelError(
@@ -215,17 +215,6 @@ def _answer(target: str, response: MmsResponse, request_headers: Mapping[str, st
     if response.status == 507:
         raise InsufficientMemory(f"the model ran out of memory: {message}")
     raise ServiceUnavailable(f"the endpoint is overloaded, retry: {message}")
-
-
-def _message_of(body: bytes) -> str:
-    text = body.decode(errors="replace").strip()
-    try:
-        parsed = json.loads(text)
-    except ValueError:
-        return text[:1000]
-    if isinstance(parsed, dict) and "message" in parsed:
-        return str(parsed["message"])[:1000]
-    return text[:1000]
 
 
 async def list_models(request: web.Request) -> web.Response:

@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import enum
 import hashlib
-import json
 import logging
 import re
 import shutil
@@ -182,7 +181,8 @@ class ModelCache:
         if entry is None:
             if self.source is None:
                 raise ModelError(f"model {target!r} is not loaded", original_status=404)
-            entry = Entry(target, mms_model_name(target), self.settings.models_dir / mms_model_name(target))
+            name = mms_model_name(target)
+            entry = Entry(target, name, self.settings.models_dir / name)
             self.entries[target] = entry
         self.entries.move_to_end(target)
         hit = entry.state is State.READY
@@ -322,7 +322,7 @@ class ModelCache:
                 log.warning("MMS already had %s registered", entry.target)
             elif response.status != 200:
                 await asyncio.to_thread(self._reap_workers, entry.name)
-                reason = _read_text(error_file) or _mms_message(response.body)
+                reason = _read_text(error_file) or response.message
                 if response.status == 507:
                     raise InsufficientMemory(f"not enough memory to load model {entry.target!r}: {reason}")
                 raise ModelError(f"model {entry.target!r} failed to load: {reason}", original_status=500)
@@ -344,7 +344,7 @@ class ModelCache:
         try:
             response = await self.mms.unregister(entry.name, timeout=60.0)
             if response.status not in (200, 404):
-                log.warning("MMS refused to unload %s: %s", entry.target, _mms_message(response.body))
+                log.warning("MMS refused to unload %s: %s", entry.target, response.message)
         finally:
             killed = await asyncio.to_thread(self._reap_workers, entry.name)
             if killed:
@@ -564,13 +564,6 @@ def _read_text(path: Path) -> str:
         return path.read_text(errors="replace").strip()
     except OSError:
         return ""
-
-
-def _mms_message(body: bytes) -> str:
-    try:
-        return str(json.loads(body).get("message", "")) or body.decode(errors="replace")
-    except (ValueError, AttributeError):
-        return body.decode(errors="replace")[:500]
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:

@@ -103,6 +103,18 @@ class MmsResponse:
     body: bytes
     headers: Mapping[str, str]
 
+    @property
+    def message(self) -> str:
+        """The text to show for this answer: MMS's (or a handler's) ``message`` field, else the body itself."""
+        text = self.body.decode(errors="replace").strip()
+        try:
+            parsed = json.loads(text)
+        except ValueError:
+            return text[:1000]
+        if isinstance(parsed, dict) and "message" in parsed:
+            return str(parsed["message"])[:1000]
+        return text[:1000]
+
 
 class MmsClient:
     """Async client for MMS's management and inference APIs on loopback."""
