@@ -11,6 +11,7 @@ import sys
 import threading
 import urllib.request
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,8 @@ import xgboost
 from hypothesis import settings as hypothesis_settings
 
 from openmme.demo import wait_for_ping
+from openmme.endpoint.dense import SHARD_PREFIX
+from openmme.handlers import HOSTINGS, OP_HEADER
 from openmme.ports import free_port
 from openmme.publish import publish_archive
 from openmme.publish.samples import sample_archive, train_booster
@@ -99,12 +102,44 @@ class Endpoint:
     def models(self) -> dict[str, dict[str, Any]]:
         return {model["modelName"]: model for model in self.get("/models")["models"]}
 
-    def mms_models(self) -> list[str]:
-        """What MMS itself has registered, asked on its management port."""
+    def mms_address(self, api: str) -> str:
+        """MMS's ``inference`` or ``management`` address, read from its config.properties."""
         properties = (self.cache_dir / "mms" / "config.properties").read_text()
-        address = next(line.split("=", 1)[1] for line in properties.splitlines() if line.startswith("management"))
-        with urllib.request.urlopen(address + "/models", timeout=30) as response:
+        return next(line.split("=", 1)[1] for line in properties.splitlines() if line.startswith(api))
+
+    def mms_models(self) -> list[str]:
+        """What MMS itself has registered (dense shards included), asked on its management port."""
+        with urllib.request.urlopen(self.mms_address("management") + "/models", timeout=30) as response:
             return [model["modelName"] for model in json.loads(response.read())["models"]]
+
+    def shard_listings(self) -> dict[str, dict[str, Any]]:
+        """What each dense shard's worker says it holds and has loaded, asked on MMS's inference port."""
+        listings = {}
+        for name in self.mms_models():
+            if name.startswith(SHARD_PREFIX):
+                request = urllib.request.Request(
+                    f"{self.mms_address('inference')}/predictions/{name}", data=b"", headers={OP_HEADER: "list"}
+                )
+                with urllib.request.urlopen(request, timeout=30) as response:
+                    listings[name] = json.loads(response.read())
+        return listings
+
+    def resident(self) -> list[str]:
+        """The models really loaded, whatever their hosting: the isolated ones MMS has registered, and the
+        ones every dense shard's worker says it holds."""
+        names = {name for name in self.mms_models() if not name.startswith(SHARD_PREFIX)}
+        for listing in self.shard_listings().values():
+            names.update(listing["models"])
+        return sorted(names)
+
+    def loads(self, name: str) -> Counter[str]:
+        """How many times MMS model ``name`` was loaded, by where: "isolated" (registrations in MMS's access
+        log) or the shard whose worker loaded it."""
+        counts: Counter[str] = Counter()
+        counts["isolated"] = sum(f"&model_name={name}&" in line for line in self.mms_access_log().splitlines())
+        for shard, listing in self.shard_listings().items():
+            counts[shard] = listing["loads"].get(name, 0)
+        return +counts
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -112,6 +147,10 @@ class Endpoint:
     def mms_access_log(self) -> str:
         logs = self.cache_dir / "mms" / "logs" / "access_log.log"
         return logs.read_text(errors="replace") if logs.exists() else ""
+
+    def model_pids(self) -> dict[str, list[int]]:
+        """Worker processes of isolated models (``worker_pids`` without the dense shards')."""
+        return {name: pids for name, pids in self.worker_pids().items() if not name.startswith(SHARD_PREFIX)}
 
     def worker_pids(self) -> dict[str, list[int]]:
         """MMS worker processes of this endpoint, by MMS model name (read from their command lines)."""
@@ -200,6 +239,12 @@ def _alive(process: psutil.Process) -> bool:
         return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
+
+
+@pytest.fixture(params=HOSTINGS)
+def hosting(request: pytest.FixtureRequest) -> str:
+    """Each hosting mode in turn, for the tests that must hold in both (``--hosting``)."""
+    return str(request.param)
 
 
 @pytest.fixture

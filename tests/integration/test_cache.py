@@ -1,5 +1,9 @@
 """The model cache against real processes: single flight, LRU eviction under the count, memory and disk
-budgets, no lingering MMS workers, the wait budget, hostile archives, and SageMaker's container contract."""
+budgets, no lingering MMS workers, the wait budget, hostile archives, and SageMaker's container contract.
+
+The cache's behaviour must not depend on where models run: tests taking the ``hosting`` fixture run once with
+``--hosting dense`` and once with ``--hosting isolated``, and check what is loaded by asking MMS and the
+dense shards themselves (``Endpoint.resident``), not the front's bookkeeping."""
 
 from __future__ import annotations
 
@@ -41,6 +45,7 @@ ROWS = make_rows(3, seed=5)
 
 def test_max_models_evicts_the_least_recently_used_and_its_workers(
     start_endpoint: EndpointFactory,
+    hosting: str,
     prefix: str,
     publish: Any,
     boosters: dict[str, xgboost.Booster],
@@ -50,7 +55,7 @@ def test_max_models_evicts_the_least_recently_used_and_its_workers(
     targets = ["a/model.tar.gz", "b/model.tar.gz", "c/model.tar.gz"]
     for target in targets:
         publish(prefix, target, booster)
-    endpoint = start_endpoint(prefix, "--max-models", "2", s3_url=s3_proxy.url)
+    endpoint = start_endpoint(prefix, "--hosting", hosting, "--max-models", "2", s3_url=s3_proxy.url)
     for target in targets:
         assert invoke(endpoint, target, ROWS) == expected(booster, ROWS)
 
@@ -61,9 +66,9 @@ def test_max_models_evicts_the_least_recently_used_and_its_workers(
         "c/model.tar.gz": "ready",
     }
     evicted = mms_model_name("a/model.tar.gz")
-    assert sorted(endpoint.mms_models()) == sorted(mms_model_name(t) for t in targets[1:])
-    assert wait_until(lambda: evicted not in endpoint.worker_pids(), timeout=10)
-    assert len(endpoint.worker_pids()) == 2
+    assert endpoint.resident() == sorted(mms_model_name(t) for t in targets[1:])
+    assert wait_until(lambda: evicted not in endpoint.model_pids(), timeout=10)
+    assert len(endpoint.model_pids()) == (2 if hosting == "isolated" else 0)
     assert endpoint.get("/models")["evictions"] == {"count": 1}
 
     # Back from disk: served again, not downloaded again; now b is the least recently used.
@@ -74,8 +79,9 @@ def test_max_models_evicts_the_least_recently_used_and_its_workers(
     assert endpoint.models()["a/model.tar.gz"]["loads"] == 2
 
 
-def test_32_concurrent_first_requests_fetch_and_register_once(
+def test_32_concurrent_first_requests_fetch_and_load_once(
     start_endpoint: EndpointFactory,
+    hosting: str,
     prefix: str,
     publish: Any,
     boosters: dict[str, xgboost.Booster],
@@ -83,22 +89,26 @@ def test_32_concurrent_first_requests_fetch_and_register_once(
 ) -> None:
     booster = boosters["multi:softmax"]
     publish(prefix, "storm/model.tar.gz", booster)
-    endpoint = start_endpoint(prefix, s3_url=s3_proxy.url)
+    endpoint = start_endpoint(prefix, "--hosting", hosting, s3_url=s3_proxy.url)
     clients = [endpoint.runtime() for _ in range(32)]
     with concurrent.futures.ThreadPoolExecutor(32) as pool:
         answers = list(pool.map(lambda client: invoke(endpoint, "storm/model.tar.gz", ROWS, client), clients))
     assert answers == [expected(booster, ROWS)] * 32
     assert gets(s3_proxy, prefix, "storm/model.tar.gz") == 1
-    registrations = [line for line in endpoint.mms_access_log().splitlines() if '"POST /models?' in line]
-    assert len(registrations) == 1
+    # Loaded once where it runs: one registration, or once into a shard (a hot model may also be spread to
+    # the other shards, once each).
+    loads = endpoint.loads(mms_model_name("storm/model.tar.gz"))
+    assert loads and set(loads.values()) == {1}
+    assert ("isolated" in loads) == (hosting == "isolated")
 
 
 def test_a_load_longer_than_the_wait_budget_is_429_then_served(
-    start_endpoint: EndpointFactory, prefix: str, publish: Any, boosters: dict[str, xgboost.Booster]
+    start_endpoint: EndpointFactory, hosting: str, prefix: str, publish: Any, boosters: dict[str, xgboost.Booster]
 ) -> None:
     booster = boosters["reg:squarederror"]
     publish(prefix, "slow/model.tar.gz", booster)
-    endpoint = start_endpoint(prefix, "--wait-budget", "0.05")
+    # A dense cold load takes a few milliseconds: a budget shorter than the download alone.
+    endpoint = start_endpoint(prefix, "--hosting", hosting, "--wait-budget", "0.001")
     client = endpoint.runtime(retries=1)
     with pytest.raises(client.exceptions.ModelNotReadyException):
         invoke(endpoint, "slow/model.tar.gz", ROWS, client)
@@ -109,24 +119,25 @@ def test_a_load_longer_than_the_wait_budget_is_429_then_served(
 
 
 def test_memory_budget_unloads_idle_models(
-    start_endpoint: EndpointFactory, prefix: str, publish: Any, boosters: dict[str, xgboost.Booster]
+    start_endpoint: EndpointFactory, hosting: str, prefix: str, publish: Any, boosters: dict[str, xgboost.Booster]
 ) -> None:
     booster = boosters["binary:logistic"]
     publish(prefix, "m1.tar.gz", booster)
     publish(prefix, "m2.tar.gz", booster)
     # A budget smaller than any worker: each load leaves only the newest model (never one in use) loaded.
-    endpoint = start_endpoint(prefix, "--memory-budget", "1MB")
+    endpoint = start_endpoint(prefix, "--hosting", hosting, "--memory-budget", "1MB")
     assert invoke(endpoint, "m1.tar.gz", ROWS) == expected(booster, ROWS)
     assert invoke(endpoint, "m2.tar.gz", ROWS) == expected(booster, ROWS)
     assert wait_until(lambda: endpoint.models()["m1.tar.gz"]["state"] == "on_disk", timeout=10)
     listing = endpoint.get("/models")
     assert listing["evictions"].get("memory", 0) >= 1
     assert listing["loadedModels"] == 1
-    assert endpoint.mms_models() == [mms_model_name("m2.tar.gz")]
+    assert endpoint.resident() == [mms_model_name("m2.tar.gz")]
 
 
 def test_disk_budget_removes_least_recently_used_archives(
     start_endpoint: EndpointFactory,
+    hosting: str,
     prefix: str,
     publish: Any,
     boosters: dict[str, xgboost.Booster],
@@ -136,13 +147,14 @@ def test_disk_budget_removes_least_recently_used_archives(
     for name in ("d1", "d2", "d3"):
         publish(prefix, f"{name}.tar.gz", booster)
     size = len(sample_archive(booster)) * 0 + 22_000  # extracted size of one sample, about 22 kB
-    endpoint = start_endpoint(prefix, "--disk-budget", str(int(size * 2.5)), s3_url=s3_proxy.url)
+    endpoint = start_endpoint(prefix, "--hosting", hosting, "--disk-budget", str(int(size * 2.5)), s3_url=s3_proxy.url)
     for name in ("d1", "d2", "d3"):
         assert invoke(endpoint, f"{name}.tar.gz", ROWS) == expected(booster, ROWS)
     models = endpoint.models()
     assert "d1.tar.gz" not in models  # gone from disk and from memory
     assert {models["d2.tar.gz"]["state"], models["d3.tar.gz"]["state"]} == {"ready"}
     assert not (endpoint.cache_dir / "models" / mms_model_name("d1.tar.gz")).exists()
+    assert mms_model_name("d1.tar.gz") not in endpoint.resident()
     assert endpoint.get("/models")["diskBytes"] <= int(size * 2.5)
     # Needed again: downloaded again.
     assert invoke(endpoint, "d1.tar.gz", ROWS) == expected(booster, ROWS)
@@ -199,21 +211,21 @@ def test_an_archive_without_a_model_is_a_clear_model_error(
     client = endpoint.runtime()
     with pytest.raises(client.exceptions.ModelError, match="xgboost-model"):
         invoke(endpoint, "empty.tar.gz", ROWS, client)
-    assert endpoint.mms_models() == []
+    assert endpoint.resident() == []
 
 
 def test_a_corrupt_booster_fails_to_load_with_the_handlers_reason(
-    start_endpoint: EndpointFactory, prefix: str, publish: Any, tmp_path: Path
+    start_endpoint: EndpointFactory, hosting: str, prefix: str, publish: Any, tmp_path: Path
 ) -> None:
     (tmp_path / "xgboost-model").write_bytes(b'{"learner": ')
     publish(prefix, "corrupt.tar.gz", archive=pack_directory(tmp_path))
-    endpoint = start_endpoint(prefix)
+    endpoint = start_endpoint(prefix, "--hosting", hosting)
     client = endpoint.runtime()
     with pytest.raises(client.exceptions.ModelError, match="failed to load") as caught:
         invoke(endpoint, "corrupt.tar.gz", ROWS, client)
     assert "xgboost-model" in caught.value.response["Error"]["Message"]
-    assert endpoint.mms_models() == []
-    assert wait_until(lambda: endpoint.worker_pids() == {}, timeout=10)
+    assert endpoint.resident() == []
+    assert wait_until(lambda: endpoint.model_pids() == {}, timeout=10)
 
 
 INFERENCE_PY = """
@@ -242,20 +254,28 @@ def output_fn(prediction, accept):
 """
 
 
-def test_a_user_script_model_serves(start_endpoint: EndpointFactory, prefix: str, publish: Any, tmp_path: Path) -> None:
+def test_a_user_script_model_serves_isolated_even_when_it_asks_for_dense(
+    start_endpoint: EndpointFactory, prefix: str, publish: Any, tmp_path: Path
+) -> None:
     weights = np.array([0.5, -1.0, 2.0, 0.0, 1.0, 3.0])
     (tmp_path / "code").mkdir()
     (tmp_path / "code" / "inference.py").write_text(INFERENCE_PY)
+    (tmp_path / "openmme.json").write_text('{"hosting": "dense"}')
     np.save(tmp_path / "weights.npy", weights)
     publish(prefix, "script/model.tar.gz", archive=pack_directory(tmp_path))
-    endpoint = start_endpoint(prefix)
+    endpoint = start_endpoint(prefix, "--hosting", "dense")
     response = endpoint.runtime().invoke_endpoint(
         EndpointName=endpoint.name, TargetModel="script/model.tar.gz", ContentType="text/csv", Body=csv_body(ROWS)
     )
     assert response["ContentType"] == "application/json"
     scores = json.loads(response["Body"].read())["scores"]
     assert scores == (np.array([[float(v) for v in row] for row in ROWS]) @ weights).tolist()
-    assert endpoint.models()["script/model.tar.gz"]["handler"] == "script_service"
+    described = endpoint.models()["script/model.tar.gz"]
+    assert (described["handler"], described["hosting"], described["shards"]) == ("script_service", "isolated", [])
+    # Its own MMS model and worker process, and in no shard.
+    name = mms_model_name("script/model.tar.gz")
+    assert name in endpoint.mms_models() and name in endpoint.model_pids()
+    assert endpoint.loads(name) == {"isolated": 1}
 
 
 def _post(url: str, payload: dict[str, str] | None = None, method: str = "POST") -> tuple[int, bytes]:
@@ -270,13 +290,14 @@ def _post(url: str, payload: dict[str, str] | None = None, method: str = "POST")
 
 
 def test_sagemaker_container_contract(
-    start_endpoint: EndpointFactory, tmp_path: Path, boosters: dict[str, xgboost.Booster]
+    start_endpoint: EndpointFactory, hosting: str, tmp_path: Path, boosters: dict[str, xgboost.Booster]
 ) -> None:
     booster = boosters["binary:logistic"]
     model_dir = tmp_path / "opt" / "ml" / "models" / "abc123" / "model"
     model_dir.mkdir(parents=True)
     (model_dir / "xgboost-model").write_bytes(bytes(booster.save_raw("ubj")))
-    endpoint = start_endpoint("")  # SageMaker-hosted: no prefix; SageMaker downloads and calls POST /models.
+    # SageMaker-hosted: no prefix; SageMaker downloads and calls POST /models.
+    endpoint = start_endpoint("", "--hosting", hosting)
 
     status, _ = _post(endpoint.url + "/models", {"model_name": "abc123", "url": str(model_dir)})
     assert status == 200
@@ -293,12 +314,12 @@ def test_sagemaker_container_contract(
     assert _post(endpoint.url + "/models/abc123", method="DELETE")[0] == 404
     assert _post(endpoint.url + "/models/abc123", method="GET")[0] == 404
     assert _post(endpoint.url + "/models/abc123/invoke", None)[0] == 404
-    assert endpoint.mms_models() == []
+    assert endpoint.resident() == []
     assert model_dir.joinpath("xgboost-model").exists()  # SageMaker's files are SageMaker's to delete
 
 
 def test_worker_processes_left_behind_by_mms_are_stopped(
-    start_endpoint: EndpointFactory, prefix: str, publish: Any, boosters: dict[str, xgboost.Booster]
+    start_endpoint: EndpointFactory, hosting: str, prefix: str, publish: Any, boosters: dict[str, xgboost.Booster]
 ) -> None:
     import subprocess
     import sys
@@ -307,8 +328,9 @@ def test_worker_processes_left_behind_by_mms_are_stopped(
 
     booster = boosters["binary:logistic"]
     publish(prefix, "live.tar.gz", booster)
-    endpoint = start_endpoint(prefix)
+    endpoint = start_endpoint(prefix, "--hosting", hosting)
     assert invoke(endpoint, "live.tar.gz", ROWS) == expected(booster, ROWS)
+    workers = endpoint.worker_pids()
     java = next(
         child
         for child in psutil.Process(endpoint.process.pid).children()
@@ -323,5 +345,6 @@ def test_worker_processes_left_behind_by_mms_are_stopped(
     finally:
         if ghost.poll() is None:
             ghost.kill()
-    assert mms_model_name("live.tar.gz") in endpoint.worker_pids()  # the live model's workers are untouched
+    assert endpoint.worker_pids() == workers  # the live model's workers (or its shards) are untouched
+    assert endpoint.resident() == [mms_model_name("live.tar.gz")]
     assert invoke(endpoint, "live.tar.gz", ROWS) == expected(booster, ROWS)

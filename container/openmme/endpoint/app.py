@@ -151,7 +151,11 @@ async def _invoke(request: web.Request, target: str | None, endpoint: str | None
                         if phase in entry.timings:
                             record[key] = round(entry.timings[phase] * 1000, 2)
                 predicting = time.perf_counter()
-                response = await cache.call(entry, _predict(mms, entry.name, body, headers, settings.response_timeout))
+                route = cache.route(entry)
+                if route is None:
+                    continue  # its dense shard died just now: the model is loaded again on the next attempt
+                request_to = _predict(mms, route.model, body, {**headers, **route.headers}, settings.response_timeout)
+                response = await cache.call(entry, request_to, route.shard)
                 record["predict_ms"] = _ms_since(predicting)
                 if response is None:
                     continue  # the model's workers died and are being replaced: wait for them, then retry

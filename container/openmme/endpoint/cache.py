@@ -6,11 +6,17 @@ at most one transition task at a time (single flight): however many requests mis
 downloaded once and registered once, and they all wait on the same task. Requests wait through
 ``asyncio.shield``, so a client that gives up never cancels a load that the next request will use.
 
-Eviction is least-recently-used under three budgets: the count of loaded models, the memory their MMS worker
-processes hold (measured, not declared), and the bytes of extracted models on disk. A model with requests in
-flight (or waiting for it) is never evicted, and a new model is admitted before the old ones leave only when
-nothing idle can make room. Everything here runs on one event loop; bookkeeping between two awaits is atomic,
-so no lock guards it, and blocking work (S3, tar, process scans) runs in threads.
+A loaded model is hosted one of two ways (``entry.hosting``): ``isolated``, registered in MMS as a model of
+its own with its own worker processes, or ``dense``, held by one or more of a few shared shard workers (see
+dense.py). Which one is decided per archive when it loads (``choose_hosting``); everything else here is the
+same for both.
+
+Eviction is least-recently-used under three budgets: the count of loaded models, the memory they hold
+(measured, not declared: an isolated model's worker processes, a dense model's heap bytes in its shards,
+whose own empty-worker memory counts against the budget first), and the bytes of extracted models on disk.
+A model with requests in flight (or waiting for it) is never evicted, and a new model is admitted before the
+old ones leave only when nothing idle can make room. Everything here runs on one event loop; bookkeeping
+between two awaits is atomic, so no lock guards it, and blocking work (S3, tar, process scans) runs in threads.
 """
 
 from __future__ import annotations
@@ -19,13 +25,14 @@ import asyncio
 import contextlib
 import enum
 import hashlib
+import json
 import logging
 import re
 import shutil
 import time
 import uuid
 from collections import Counter, OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -33,6 +40,7 @@ from typing import Any, TypeVar
 import aiohttp
 import psutil
 
+from openmme.endpoint.dense import Shard, ShardPool
 from openmme.endpoint.errors import (
     Conflict,
     InsufficientMemory,
@@ -46,9 +54,9 @@ from openmme.endpoint.mms import MmsClient, MmsProcess, kill_processes
 from openmme.endpoint.policy import Slot, disk_victims, memory_victims
 from openmme.endpoint.s3 import ModelSource
 from openmme.endpoint.settings import Settings
-from openmme.handlers import UnsupportedArchive, choose_handler
+from openmme.handlers import DENSE, ERROR_HEADER, MODEL_HEADER, UnsupportedArchive, choose_handler, choose_hosting
 
-__all__ = ["Budgets", "CacheEvents", "Entry", "ModelCache", "State", "mms_model_name"]
+__all__ = ["Budgets", "CacheEvents", "Entry", "ModelCache", "Route", "State", "mms_model_name"]
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +126,8 @@ class Entry:
     managed: bool = True  # False: the directory was handed over by SageMaker (POST /models) and is not ours.
     state: State = State.REMOTE
     handler: str = ""
+    hosting: str = ""  # dense or isolated, decided when it loads
+    replicas: dict[int, int] = field(default_factory=dict)  # dense: shard index → bytes held there
     disk_bytes: int = 0
     memory_bytes: int = 0
     in_flight: int = 0
@@ -128,6 +138,7 @@ class Entry:
     ready_at: float = 0.0  # monotonic time of the last load
     calls: set[asyncio.Future[Any]] = field(default_factory=set)  # requests in MMS right now
     transition: asyncio.Task[None] | None = None
+    spreading: asyncio.Task[None] | None = None  # dense: a replica loading into another shard
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -135,6 +146,8 @@ class Entry:
             "modelUrl": str(self.path),
             "state": self.state.value,
             "handler": self.handler.partition(":")[0].rpartition(".")[2] or None,
+            "hosting": self.hosting or None,
+            "shards": sorted(self.replicas),
             "diskBytes": self.disk_bytes,
             "memoryBytes": self.memory_bytes,
             "inFlight": self.in_flight,
@@ -143,6 +156,15 @@ class Entry:
             "loads": self.loads,
             "timingsMs": {key: round(value * 1000, 1) for key, value in self.timings.items()},
         }
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where one request to a loaded model goes: the MMS model, extra headers, and the shard if dense."""
+
+    model: str
+    headers: Mapping[str, str]
+    shard: Shard | None = None
 
 
 class ModelCache:
@@ -168,6 +190,8 @@ class ModelCache:
         self.entries: OrderedDict[str, Entry] = OrderedDict()  # least recently used first
         self.evictions: Counter[str] = Counter()  # by reason: count, memory, disk
         self.counters: Counter[str] = Counter()  # hits, misses, downloads, registrations
+        self.shards = ShardPool(settings, mms)
+        self._shards_started: asyncio.Task[None] | None = None
         self._limits = ExtractLimits(
             settings.max_archive_bytes, settings.max_archive_members, settings.max_archive_ratio
         )
@@ -220,11 +244,29 @@ class ModelCache:
                     f"model {entry.target!r} is still loading ({entry.state.value}); retry shortly"
                 ) from exc
 
-    async def call(self, entry: Entry, request: Awaitable[T]) -> T | None:
+    def route(self, entry: Entry) -> Route | None:
+        """Where a request to the loaded ``entry`` goes now; None when it lost its last shard meanwhile (the
+        request should be sent again). A dense model whose shards are all busy is spread to another."""
+        if entry.hosting != DENSE:
+            return Route(entry.name, {})
+        if not entry.replicas:
+            return None
+        spread_to = self.shards.spread_to(entry.replicas)
+        idle = entry.spreading is None or entry.spreading.done()
+        if spread_to is not None and idle and entry.state is State.READY:
+            entry.spreading = asyncio.create_task(self._spread(entry, spread_to), name=f"spread {entry.target}")
+            entry.spreading.add_done_callback(_log_failure)
+        shard = self.shards.pick(entry.replicas)
+        return Route(shard.name, {MODEL_HEADER: entry.name}, shard)
+
+    async def call(self, entry: Entry, request: Awaitable[T], shard: Shard | None = None) -> T | None:
         """Run a request to ``entry`` in MMS; None when the model's workers died meanwhile (MMS would have
         left it hanging until its time-out) and the request should be sent again."""
         call = asyncio.ensure_future(request)
         entry.calls.add(call)
+        if shard is not None:
+            shard.calls.add(call)
+            shard.in_flight += 1
         try:
             return await call
         except asyncio.CancelledError:
@@ -234,12 +276,19 @@ class ModelCache:
             return None
         finally:
             entry.calls.discard(call)
+            if shard is not None:
+                shard.calls.discard(call)
+                shard.in_flight -= 1
 
     def reset(self, entry: Entry) -> None:
-        """MMS no longer has ``entry`` (it answered 404): the next request registers it again."""
+        """MMS (or a shard) no longer has ``entry`` (it answered 404): the next request loads it again."""
         if entry.state is State.READY:
             entry.state = State.ON_DISK
             entry.memory_bytes = 0
+            for index in entry.replicas:  # any other shard that still holds it lets go
+                task = asyncio.create_task(self.shards.operation(self.shards.shards[index], "unload", entry.name))
+                task.add_done_callback(lambda done: done.cancelled() or done.exception())
+            entry.replicas.clear()
 
     # ---- transitions ----------------------------------------------------------------------------------
 
@@ -300,32 +349,15 @@ class ModelCache:
         entry.state = State.LOADING
         try:
             try:
-                entry.handler = await asyncio.to_thread(choose_handler, entry.path)
+                entry.handler, entry.hosting = await asyncio.to_thread(self._inspect, entry.path)
             except UnsupportedArchive as exc:
                 raise ModelError(f"model {entry.target!r} cannot be served: {exc}", original_status=400) from exc
             await self._make_memory_room(keep=entry)
             started = time.perf_counter()
-            error_file = self.process.load_errors_dir / f"{entry.name}.txt"
-            error_file.unlink(missing_ok=True)
-            try:
-                response = await self.mms.register(
-                    entry.name,
-                    entry.path.name,
-                    entry.handler,
-                    self.settings.workers_per_model,
-                    timeout=max(self.settings.response_timeout, 120.0),
-                )
-            except (TimeoutError, aiohttp.ClientError) as exc:
-                raise ServiceUnavailable(f"the model server is not reachable ({exc}); retry") from exc
-            self.counters["registrations"] += 1
-            if response.status == 409:  # MMS has it already (a register raced a restart): use it.
-                log.warning("MMS already had %s registered", entry.target)
-            elif response.status != 200:
-                await asyncio.to_thread(self._reap_workers, entry.name)
-                reason = _read_text(error_file) or response.message
-                if response.status == 507:
-                    raise InsufficientMemory(f"not enough memory to load model {entry.target!r}: {reason}")
-                raise ModelError(f"model {entry.target!r} failed to load: {reason}", original_status=500)
+            if entry.hosting == DENSE:
+                await self._load_into_shard(entry, self.shards.home(entry.target))
+            else:
+                await self._register(entry)
             entry.timings["register"] = time.perf_counter() - started
             entry.loads += 1
             entry.state = State.READY
@@ -333,22 +365,112 @@ class ModelCache:
         except BaseException:
             entry.state = State.ON_DISK
             raise
-        entry.memory_bytes = await asyncio.to_thread(self._measure_one, entry.name)
+        if entry.hosting != DENSE:
+            entry.memory_bytes = await asyncio.to_thread(self._measure_one, entry.name)
         for events in self.events:
             events.loaded(entry)
         await self._make_memory_room(keep=entry)
+
+    def _inspect(self, path: Path) -> tuple[str, str]:
+        """Blocking: the handler and the hosting of the extracted model at ``path``."""
+        handler = choose_handler(path)
+        return handler, choose_hosting(path, handler, self.settings.hosting)
+
+    async def _register(self, entry: Entry) -> None:
+        """Isolated: register ``entry`` as an MMS model of its own; its workers start before this returns."""
+        error_file = self.process.load_errors_dir / f"{entry.name}.txt"
+        error_file.unlink(missing_ok=True)
+        try:
+            response = await self.mms.register(
+                entry.name,
+                entry.path.name,
+                entry.handler,
+                self.settings.workers_per_model,
+                timeout=max(self.settings.response_timeout, 120.0),
+            )
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise ServiceUnavailable(f"the model server is not reachable ({exc}); retry") from exc
+        self.counters["registrations"] += 1
+        if response.status == 409:  # MMS has it already (a register raced a restart): use it.
+            log.warning("MMS already had %s registered", entry.target)
+        elif response.status != 200:
+            await asyncio.to_thread(self._reap_workers, entry.name)
+            reason = _read_text(error_file) or response.message
+            if response.status == 507:
+                raise InsufficientMemory(f"not enough memory to load model {entry.target!r}: {reason}")
+            raise ModelError(f"model {entry.target!r} failed to load: {reason}", original_status=500)
+
+    async def _load_into_shard(self, entry: Entry, shard: Shard) -> None:
+        """Dense: load ``entry`` into ``shard``'s worker (a file read, no process start)."""
+        await self.start_shards()
+        for _attempt in range(3):
+            try:
+                await asyncio.wait_for(shard.ready.wait(), timeout=max(self.settings.response_timeout, 120.0))
+            except TimeoutError as exc:
+                raise ServiceUnavailable(f"dense shard {shard.name} is not back yet; retry") from exc
+            try:
+                response = await self.shards.operation(shard, "load", entry.name)
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                raise ServiceUnavailable(f"the model server is not reachable ({exc}); retry") from exc
+            if response is None:
+                continue  # the shard's worker died during the load: wait for its replacement
+            self.counters["registrations"] += 1
+            if response.status == 200:
+                entry.replicas[shard.index] = int(json.loads(response.body)["memoryBytes"])
+                entry.memory_bytes = sum(entry.replicas.values())
+                return
+            if response.headers.get(ERROR_HEADER):
+                raise ModelError(f"model {entry.target!r} failed to load: {response.message}", original_status=500)
+            if response.status == 507:
+                raise InsufficientMemory(f"not enough memory to load model {entry.target!r}: {response.message}")
+            raise ServiceUnavailable(f"dense shard {shard.name} could not load {entry.target!r}: {response.message}")
+        raise ServiceUnavailable(f"dense shard {shard.name} kept restarting while loading {entry.target!r}; retry")
+
+    async def _spread(self, entry: Entry, shard: Shard) -> None:
+        """Dense: load a hot ``entry`` into one more shard, so its requests stop queueing behind one worker."""
+        response = await self.shards.operation(shard, "load", entry.name)
+        if response is None or response.status != 200:
+            return
+        if entry.state is State.READY and entry.hosting == DENSE:
+            entry.replicas[shard.index] = int(json.loads(response.body)["memoryBytes"])
+            entry.memory_bytes = sum(entry.replicas.values())
+            self._enforce_budgets_soon()
+        else:  # evicted meanwhile
+            await self.shards.operation(shard, "unload", entry.name)
+
+    async def start_shards(self) -> None:
+        """Register the dense shards with MMS once (at start with ``--hosting dense``, else on first need)."""
+        if self._shards_started is None or (self._shards_started.done() and self._shards_started.exception()):
+            self._shards_started = asyncio.create_task(self._start_shards(), name="start dense shards")
+        await asyncio.shield(self._shards_started)
+
+    async def _start_shards(self) -> None:
+        await self.shards.start()
+        await self._measure_shard_baselines()
+
+    async def _measure_shard_baselines(self, shards: Sequence[Shard] | None = None) -> None:
+        workers = await asyncio.to_thread(self.process.worker_processes)
+        for shard in shards or self.shards.shards:
+            shard.baseline_bytes = await asyncio.to_thread(_memory_of, workers.get(shard.name, []))
+            shard.memory_bytes = shard.baseline_bytes
+            shard.registered_at = time.monotonic()
 
     async def _unload(self, entry: Entry, reason: str | None) -> None:
         """Unregister from MMS and make sure its workers are gone; ``reason`` is counted as an eviction."""
         started = time.perf_counter()
         try:
-            response = await self.mms.unregister(entry.name, timeout=60.0)
-            if response.status not in (200, 404):
-                log.warning("MMS refused to unload %s: %s", entry.target, response.message)
+            if entry.hosting == DENSE:
+                await self._unload_from_shards(entry)
+            else:
+                response = await self.mms.unregister(entry.name, timeout=60.0)
+                if response.status not in (200, 404):
+                    log.warning("MMS refused to unload %s: %s", entry.target, response.message)
         finally:
-            killed = await asyncio.to_thread(self._reap_workers, entry.name)
-            if killed:
-                log.warning("killed %d worker process(es) MMS left behind for %s", len(killed), entry.target)
+            if entry.hosting != DENSE:
+                killed = await asyncio.to_thread(self._reap_workers, entry.name)
+                if killed:
+                    log.warning("killed %d worker process(es) MMS left behind for %s", len(killed), entry.target)
+            entry.replicas.clear()
             entry.state = State.ON_DISK
             entry.memory_bytes = 0
             entry.timings["unload"] = time.perf_counter() - started
@@ -356,6 +478,12 @@ class ModelCache:
                 self.evictions[reason] += 1
             for events in self.events:
                 events.unloaded(entry, reason)
+
+    async def _unload_from_shards(self, entry: Entry) -> None:
+        for index in list(entry.replicas):
+            response = await self.shards.operation(self.shards.shards[index], "unload", entry.name)
+            if response is not None and response.status != 200:
+                log.warning("dense shard %d refused to unload %s: %s", index, entry.target, response.message)
 
     async def _remove_from_disk(self, entry: Entry) -> None:
         if entry.managed:
@@ -394,7 +522,7 @@ class ModelCache:
     async def _make_memory_room(self, keep: Entry) -> None:
         """Unload idle models, least recently used first, until ``keep`` fits the count and memory budgets."""
         slots = self._slots(keep, evictable={State.READY})
-        victims = memory_victims(slots, keep.memory_bytes, self.budgets.max_models, self.budgets.memory_bytes)
+        victims = memory_victims(slots, keep.memory_bytes, self.budgets.max_models, self._model_memory_budget())
         await self._run_all(self._start_unload(self.entries[key], reason) for key, reason in victims)
 
     async def _make_disk_room(self, incoming: int, keep: Entry) -> None:
@@ -422,6 +550,12 @@ class ModelCache:
         if pending:
             await asyncio.gather(*pending)
 
+    def _model_memory_budget(self) -> int:
+        """The memory budget left for models once the dense shards' empty workers are counted (0: no budget)."""
+        if not self.budgets.memory_bytes:
+            return 0
+        return max(self.budgets.memory_bytes - self.shards.overhead_bytes(), 1)
+
     def _forget_if_remote(self, entry: Entry) -> None:
         if entry.state is State.REMOTE and entry.in_flight == 0 and self.entries.get(entry.target) is entry:
             del self.entries[entry.target]
@@ -429,7 +563,7 @@ class ModelCache:
     def _enforce_budgets_soon(self) -> None:
         """After a request ends, models admitted over budget while others were busy may now leave."""
         over_count = self.budgets.max_models and self.loaded_count() > self.budgets.max_models
-        over_memory = self.budgets.memory_bytes and self.memory_in_use() > self.budgets.memory_bytes
+        over_memory = self.budgets.memory_bytes and self.memory_in_use() > self._model_memory_budget()
         if over_count or over_memory:
             newest = next(reversed(self.entries.values()))
             task = asyncio.create_task(self._make_memory_room(keep=newest), name="enforce budgets")
@@ -445,23 +579,62 @@ class ModelCache:
         if measure_memory:
             sizes = await asyncio.to_thread(lambda: {name: _memory_of(group) for name, group in workers.items()})
             for entry in self.entries.values():
-                if entry.state is State.READY:
+                if entry.state is State.READY and entry.hosting != DENSE:  # dense models report their own
                     entry.memory_bytes = sizes.get(entry.name, entry.memory_bytes)
+            for shard in self.shards.shards:
+                shard.memory_bytes = sizes.get(shard.name, 0)
         # Workers of a model that is not (being) loaded are ones MMS failed to stop: they only hold memory.
         owned = {entry.name for entry in self.entries.values() if entry.state in _LOADED | {State.UNLOADING}}
+        owned |= self.shards.names
         orphans = [process for name, group in workers.items() if name not in owned for process in group]
         if orphans:
             await asyncio.to_thread(kill_processes, orphans, 2.0)
             log.warning("stopped %d MMS worker process(es) of models no longer loaded", len(orphans))
         # MMS 1.1 does not restart a worker that was killed (it retries a dead socket with growing back-off,
         # minutes apart): a ready model with no worker left is unregistered and registered again.
+        for shard in self.shards.shards:
+            if shard.ready.is_set() and shard.registered_at < scanned_at and shard.name not in workers:
+                self._shard_lost(shard)
         for entry in list(self.entries.values()):
+            if entry.hosting == DENSE:
+                continue
             if entry.state is State.READY and entry.ready_at < scanned_at and entry.name not in workers:
                 log.warning("every MMS worker of %s is gone; loading it again", entry.target)
                 entry.state = State.UNLOADING
                 entry.transition = asyncio.create_task(self._replace_workers(entry), name=f"revive {entry.target}")
                 entry.transition.add_done_callback(_log_failure)
         self._enforce_budgets_soon()
+
+    def _shard_lost(self, shard: Shard) -> None:
+        """A dense shard's worker died: its models go back to disk (reloaded on their next request), requests
+        in it are sent again, and the shard is registered anew."""
+        log.warning("the worker of dense shard %s is gone; starting it again", shard.name)
+        shard.ready.clear()
+        for call in list(shard.calls):
+            call.cancel()
+        for entry in self.entries.values():
+            if entry.replicas.pop(shard.index, None) is None:
+                continue
+            entry.memory_bytes = sum(entry.replicas.values())
+            if not entry.replicas and entry.state is State.READY:
+                entry.state = State.ON_DISK
+        shard.revival = asyncio.create_task(self._revive_shard(shard), name=f"revive {shard.name}")
+        shard.revival.add_done_callback(_log_failure)
+
+    async def _revive_shard(self, shard: Shard) -> None:
+        delay = 1.0
+        while True:
+            await self.shards.unregister(shard)
+            await asyncio.to_thread(self._reap_workers, shard.name)
+            try:
+                await self.shards.register(shard)
+            except Exception as exc:
+                log.error("starting dense shard %s again failed (%s); retrying in %.0f s", shard.name, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+                continue
+            await self._measure_shard_baselines([shard])
+            return
 
     async def _replace_workers(self, entry: Entry) -> None:
         for call in list(entry.calls):
@@ -504,7 +677,19 @@ class ModelCache:
             if entry.state in _LOADED | {State.UNLOADING}:
                 entry.state = State.ON_DISK
                 entry.memory_bytes = 0
+            entry.replicas.clear()
+        for shard in self.shards.shards:
+            shard.ready.clear()
+            for call in list(shard.calls):
+                call.cancel()
         return lost
+
+    async def mms_back(self, lost: list[Entry]) -> None:
+        """MMS was restarted: the dense shards are registered again (if they ran), then ``lost`` reloaded."""
+        if self._shards_started is not None:
+            self._shards_started = None
+            await self.start_shards()
+        self.reload(lost)
 
     def reload(self, entries: list[Entry]) -> None:
         """Load ``entries`` again in the background (after an MMS restart), unless something already is."""
@@ -539,6 +724,8 @@ class ModelCache:
             },
             "evictions": dict(self.evictions),
             "counters": dict(self.counters),
+            "hosting": self.settings.hosting,
+            "shards": self.shards.describe() if self._shards_started is not None else [],
         }
 
 

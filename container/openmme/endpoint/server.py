@@ -73,7 +73,7 @@ async def _supervise(cache: ModelCache, process: MmsProcess, mms: MmsClient, set
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
         log.info("MMS is back; loading %d model(s) again", len(reload))
-        cache.reload(reload)
+        await cache.mms_back(reload)
 
 
 async def run(settings: Settings, stop: asyncio.Event | None = None, keys: KeyStore | None = None) -> None:
@@ -99,6 +99,8 @@ async def run(settings: Settings, stop: asyncio.Event | None = None, keys: KeySt
             metrics = Metrics(model_labels=settings.metrics_model_labels)
             cache = ModelCache(settings, budgets, mms, process, source, events=(metrics, EventLog()))
             metrics.watch(cache)
+            if settings.hosting == "dense":
+                await cache.start_shards()
             app = build_app(settings, cache, mms, metrics, keys)
             runner = web.AppRunner(app, access_log=None, shutdown_timeout=30.0)
             await runner.setup()

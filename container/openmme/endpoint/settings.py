@@ -69,6 +69,13 @@ def _parse_auth(text: str) -> str:
     raise ValueError(f"not an authentication scheme: {text!r} (sigv4, or none)")
 
 
+def _parse_hosting(text: str) -> str:
+    hosting = text.strip().lower()
+    if hosting in ("dense", "isolated"):
+        return hosting
+    raise ValueError(f"not a hosting mode: {text!r} (dense or isolated)")
+
+
 def _opt(default: Any, help: str, parse: Callable[[str], Any] | None = None) -> Any:
     return field(default=default, metadata={"help": help, "parse": parse})
 
@@ -104,7 +111,15 @@ class Settings:
     wait_budget: float = _opt(
         60.0, "seconds a request waits for its model to load before ModelNotReadyException (429)", float
     )
-    workers_per_model: int = _opt(1, "MMS worker processes per loaded model", int)
+    hosting: str = _opt(
+        "dense",
+        "where boosters run: dense (many per warm shard worker, ~20 ms loads) or isolated (an MMS model and worker"
+        " process each, as on SageMaker); archives with code/inference.py always run isolated, and an archive's"
+        ' openmme.json {"hosting": ...} overrides this',
+        _parse_hosting,
+    )
+    shards: int = _opt(0, "dense shards, each one MMS worker holding many models (0: one per CPU core)", int)
+    workers_per_model: int = _opt(1, "MMS worker processes per isolated model", int)
     job_queue_size: int = _opt(100, "requests MMS queues per model before answering 503 (overload)", int)
     allow_pickle: bool = _opt(
         False,

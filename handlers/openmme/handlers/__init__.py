@@ -5,7 +5,12 @@ sagemaker_inference here. The services themselves live in their own modules, whi
 dotted names below inside each model's worker process:
 
 - ``xgboost_service``: a bare XGBoost booster (what SageMaker's XGBoost training writes);
-- ``script_service``: an archive with ``code/inference.py`` (``model_fn`` & co, SageMaker's script mode).
+- ``script_service``: an archive with ``code/inference.py`` (``model_fn`` & co, SageMaker's script mode);
+- ``dense_service``: a shard that holds many boosters in one warm worker (``--hosting dense``); the front
+  names the model of each request in ``MODEL_HEADER`` and loads or unloads models with ``OP_HEADER``.
+
+Where a model runs is its *hosting*: ``dense`` (a booster shares a shard with other boosters) or
+``isolated`` (its own MMS model and worker processes). ``choose_hosting`` decides per archive.
 
 Every failed request a handler answers carries ``ERROR_HEADER: 1``, an HTTP status (400 bad input,
 415 unsupported Content-Type or Accept, 500 model failure) and a one-line plain-text body.
@@ -13,21 +18,43 @@ Every failed request a handler answers carries ``ERROR_HEADER: 1``, an HTTP stat
 
 from __future__ import annotations
 
+import json
 import pathlib
 
 __all__ = [
     "BOOSTER_FILE_NAME",
     "BOOSTER_SUFFIXES",
+    "DENSE",
+    "DENSE_HANDLER",
     "ERROR_HEADER",
+    "HOSTINGS",
+    "ISOLATED",
+    "MODEL_HEADER",
+    "OP_HEADER",
     "SCRIPT_HANDLER",
+    "SETTINGS_FILE_NAME",
     "XGBOOST_HANDLER",
     "UnsupportedArchive",
     "choose_handler",
+    "choose_hosting",
     "find_booster",
 ]
 
 XGBOOST_HANDLER = "openmme.handlers.xgboost_service:handle"
 SCRIPT_HANDLER = "openmme.handlers.script_service:handle"
+DENSE_HANDLER = "openmme.handlers.dense_service:handle"
+
+DENSE = "dense"
+ISOLATED = "isolated"
+HOSTINGS = (DENSE, ISOLATED)
+
+# Requests to a dense shard: the model (its directory's name in the model store) and, for anything but a
+# prediction, the operation ("load", "unload" or "list").
+MODEL_HEADER = "X-Openmme-Model"
+OP_HEADER = "X-Openmme-Op"
+
+# An optional file at an archive's root with openmme's settings for that one model: {"hosting": "isolated"}.
+SETTINGS_FILE_NAME = "openmme.json"
 
 # Set (to "1") on every response a handler answers with an error, so the front can tell a model's
 # failure apart from MMS's own errors (which never carry it).
@@ -87,3 +114,27 @@ def choose_handler(model_dir: pathlib.Path) -> str:
     except UnsupportedArchive as exc:
         raise UnsupportedArchive(f"unsupported model archive: no {_SCRIPT_PATH}, and {exc}") from exc
     return XGBOOST_HANDLER
+
+
+def choose_hosting(model_dir: pathlib.Path, handler: str, default: str) -> str:
+    """Where the model at ``model_dir`` runs: ``dense`` or ``isolated``.
+
+    A user script (``SCRIPT_HANDLER``) is always isolated: its own imports and globals must not share a
+    process with other tenants. A booster follows the archive's ``openmme.json`` ``{"hosting": ...}`` if it
+    has one, else ``default`` (the endpoint's ``--hosting``). Raises UnsupportedArchive for a malformed file.
+    """
+    if handler == SCRIPT_HANDLER:
+        return ISOLATED
+    settings_file = pathlib.Path(model_dir, SETTINGS_FILE_NAME)
+    if not settings_file.is_file():
+        return default
+    try:
+        settings = json.loads(settings_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise UnsupportedArchive(f"{SETTINGS_FILE_NAME} is not valid JSON: {exc}") from exc
+    hosting = settings.get("hosting", default) if isinstance(settings, dict) else None
+    if hosting not in HOSTINGS:
+        raise UnsupportedArchive(
+            f'{SETTINGS_FILE_NAME} must be a JSON object whose "hosting" is "{DENSE}" or "{ISOLATED}"'
+        )
+    return str(hosting)

@@ -132,9 +132,15 @@ class XGBoostService(HandlerService):
             raise RuntimeError("the XGBoost service has not loaded a model yet")
         return self._booster
 
-    def initialize(self, context: MmsContext) -> None:
-        """Load the booster of the model directory MMS gives; raises (failing registration) if it can't."""
-        model_dir = pathlib.Path(context.system_properties["model_dir"])
+    @classmethod
+    def from_directory(cls, model_dir: pathlib.Path) -> XGBoostService:
+        """A service with the booster of an extracted archive loaded (see ``load_directory``)."""
+        service = cls()
+        service.load_directory(model_dir)
+        return service
+
+    def load_directory(self, model_dir: pathlib.Path) -> None:
+        """Load the booster of ``model_dir``; raises UnsupportedArchive or ModelLoadError if it can't."""
         path = find_booster(model_dir)
         # Read in the worker, at load time: the operator's opt-in is part of the worker's environment.
         allow_pickle = os.environ.get(ALLOW_PICKLE_ENV) == "1"
@@ -142,11 +148,15 @@ class XGBoostService(HandlerService):
         self._booster = booster
         logger.info("loaded XGBoost model %s (%d features)", path, booster.num_features())
 
+    def initialize(self, context: MmsContext) -> None:
+        """Load the booster of the model directory MMS gives; raises (failing registration) if it can't."""
+        self.load_directory(pathlib.Path(context.system_properties["model_dir"]))
+
     def is_loaded(self) -> bool:
         return self._booster is not None
 
     def serve(self, data: list[dict[str, Any]], context: MmsContext) -> list[Any]:
-        return [self._respond(idx, request, context) for idx, request in enumerate(data)]
+        return [self.respond(idx, request, context) for idx, request in enumerate(data)]
 
     def predict(self, rows: npt.NDArray[Any] | scipy.sparse.csr_matrix) -> npt.NDArray[np.float32]:
         """Exactly what ``booster.predict(xgboost.DMatrix(rows))`` returns in-process."""
@@ -155,7 +165,8 @@ class XGBoostService(HandlerService):
         # SageMaker XGBoost container, predict by position.
         return self.booster.predict(matrix, validate_features=False)
 
-    def _respond(self, idx: int, request: dict[str, Any], context: MmsContext) -> str:
+    def respond(self, idx: int, request: dict[str, Any], context: MmsContext) -> str:
+        """Request ``idx`` of a batch: its predictions encoded, or a rejection (see ``reject``)."""
         try:
             response_type = _response_type(request_header(context, idx, "Accept"))
             rows = self._decode(request_body(request), request_content_type(context, idx) or CSV)
