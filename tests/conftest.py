@@ -9,6 +9,8 @@ import os
 import subprocess
 import sys
 import threading
+import time
+import urllib.error
 import urllib.request
 import uuid
 from collections import Counter
@@ -120,8 +122,7 @@ class Endpoint:
                 request = urllib.request.Request(
                     f"{self.mms_address('inference')}/predictions/{name}", data=b"", headers={OP_HEADER: "list"}
                 )
-                with urllib.request.urlopen(request, timeout=30) as response:
-                    listings[name] = json.loads(response.read())
+                listings[name] = json.loads(_read_when_up(request))
         return listings
 
     def resident(self) -> list[str]:
@@ -232,6 +233,20 @@ class Launcher:
             assert endpoint.process.returncode == 0, endpoint.log()[-4000:]
             alive = [child.pid for child in endpoint.children if _alive(child)]
             assert alive == [], f"processes left behind by the endpoint: {alive}"
+
+
+def _read_when_up(request: urllib.request.Request, timeout: float = 30.0) -> bytes:
+    """The body of a request to MMS, retried while it answers 503 (a model listed whose worker is starting)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                body: bytes = response.read()
+                return body
+        except urllib.error.HTTPError as error:
+            if error.code != 503 or time.monotonic() > deadline:
+                raise
+        time.sleep(0.2)
 
 
 def _alive(process: psutil.Process) -> bool:

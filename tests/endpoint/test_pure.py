@@ -132,3 +132,40 @@ def test_free_ports_are_below_the_ephemeral_range_and_distinct() -> None:
     ports = {free_port() for _ in range(20)}
     assert all(10_000 <= port < PORT_CEILING for port in ports)
     assert len(set(free_ports(8))) == 8
+
+
+def test_hosting_is_dense_by_default_and_checked(capsys: pytest.CaptureFixture[str]) -> None:
+    assert Settings.from_sources([], {}).hosting == "dense"
+    assert Settings.from_sources([], {"OPENMME_HOSTING": "Isolated"}).hosting == "isolated"
+    with pytest.raises(SystemExit):
+        Settings.from_sources(["--hosting", "shared"], {})
+    assert "dense or isolated" in capsys.readouterr().err
+
+
+def test_home_shards_are_stable_and_spread_over_every_shard() -> None:
+    from openmme.endpoint.dense import ShardPool
+
+    pool = ShardPool(Settings(shards=4), mms=None)  # type: ignore[arg-type]
+    targets = [f"city-{index}/model.tar.gz" for index in range(400)]
+    homes = [pool.home(target).index for target in targets]
+    assert homes == [ShardPool(Settings(shards=4), mms=None).home(t).index for t in targets]  # type: ignore[arg-type]
+    assert all(60 <= homes.count(index) <= 140 for index in range(4))
+
+
+def test_a_model_spreads_only_when_every_shard_holding_it_is_busy_and_another_is_not() -> None:
+    from openmme.endpoint.dense import HOT_IN_FLIGHT, ShardPool
+
+    pool = ShardPool(Settings(shards=3), mms=None)  # type: ignore[arg-type]
+    for shard in pool.shards:
+        shard.ready.set()
+    first, second, third = pool.shards
+    first.in_flight = HOT_IN_FLIGHT - 1
+    assert pool.spread_to({0: 1}) is None  # not busy yet
+    first.in_flight, second.in_flight, third.in_flight = HOT_IN_FLIGHT, HOT_IN_FLIGHT + 3, 0
+    assert pool.spread_to({0: 1}) is third  # the quietest other shard
+    assert pool.pick({0: 1, 2: 1}) is third
+    third.in_flight = HOT_IN_FLIGHT
+    assert pool.spread_to({0: 1}) is None  # every other shard is as busy
+    third.ready.clear()
+    third.in_flight = 0
+    assert pool.spread_to({0: 1}) is None  # a shard being restarted takes nothing

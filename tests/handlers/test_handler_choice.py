@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import pathlib
+import re
 import subprocess
 import sys
 
 import pytest
 
 from openmme.handlers import (
+    ISOLATED,
     SCRIPT_HANDLER,
+    SETTINGS_FILE_NAME,
     XGBOOST_HANDLER,
     UnsupportedArchive,
     choose_handler,
+    choose_hosting,
     find_booster,
 )
 
@@ -89,3 +93,36 @@ def test_the_package_imports_no_ml_framework() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    ("settings", "default", "hosting"),
+    [
+        (None, "dense", "dense"),
+        (None, "isolated", "isolated"),
+        ('{"hosting": "isolated"}', "dense", "isolated"),
+        ('{"hosting": "dense"}', "isolated", "dense"),
+        ("{}", "isolated", "isolated"),
+    ],
+)
+def test_a_booster_follows_its_archive_settings_else_the_endpoint(
+    tmp_path: pathlib.Path, settings: str | None, default: str, hosting: str
+) -> None:
+    make_files(tmp_path, "xgboost-model")
+    if settings is not None:
+        (tmp_path / SETTINGS_FILE_NAME).write_text(settings)
+    assert choose_hosting(tmp_path, XGBOOST_HANDLER, default) == hosting
+
+
+def test_a_user_script_is_isolated_whatever_it_asks_for(tmp_path: pathlib.Path) -> None:
+    make_files(tmp_path, "code/inference.py")
+    (tmp_path / SETTINGS_FILE_NAME).write_text('{"hosting": "dense"}')
+    assert choose_hosting(tmp_path, SCRIPT_HANDLER, "dense") == ISOLATED
+
+
+@pytest.mark.parametrize("settings", ["{", '{"hosting": "shared"}', '["dense"]', '{"hosting": 1}'])
+def test_malformed_archive_settings_are_refused_with_the_file_named(tmp_path: pathlib.Path, settings: str) -> None:
+    make_files(tmp_path, "xgboost-model")
+    (tmp_path / SETTINGS_FILE_NAME).write_text(settings)
+    with pytest.raises(UnsupportedArchive, match=re.escape(SETTINGS_FILE_NAME)):
+        choose_hosting(tmp_path, XGBOOST_HANDLER, "dense")

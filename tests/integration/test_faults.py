@@ -73,11 +73,11 @@ def eventually_served(endpoint: Endpoint, target: str, want: list[float], timeou
 
 
 def test_mms_killed_is_restarted_and_its_models_loaded_again(
-    start_endpoint: EndpointFactory, prefix: str, publish: Any, boosters: dict[str, xgboost.Booster]
+    start_endpoint: EndpointFactory, hosting: str, prefix: str, publish: Any, boosters: dict[str, xgboost.Booster]
 ) -> None:
     booster = boosters["binary:logistic"]
     publish(prefix, "steady.tar.gz", booster)
-    endpoint = start_endpoint(prefix)
+    endpoint = start_endpoint(prefix, "--hosting", hosting)
     assert invoke(endpoint, "steady.tar.gz") == expected(booster, ROWS)
     old_workers = [pid for pids in endpoint.worker_pids().values() for pid in pids]
     java = mms_java(endpoint)
@@ -88,7 +88,7 @@ def test_mms_killed_is_restarted_and_its_models_loaded_again(
     assert mms_java(endpoint).pid != java.pid
     # Loaded again by the endpoint itself, before anyone asks.
     name = mms_model_name("steady.tar.gz")
-    assert wait_until(lambda: name in endpoint.mms_models(), timeout=30)
+    assert wait_until(lambda: name in endpoint.resident(), timeout=30)
     assert invoke(endpoint, "steady.tar.gz") == expected(booster, ROWS)
     assert endpoint.models()["steady.tar.gz"]["downloads"] == 1
     # The dead MMS's workers did not outlive it.
@@ -100,7 +100,7 @@ def test_a_killed_model_worker_answers_again_within_seconds(
 ) -> None:
     booster = boosters["multi:softmax"]
     publish(prefix, "victim.tar.gz", booster)
-    endpoint = start_endpoint(prefix)
+    endpoint = start_endpoint(prefix, "--hosting", "isolated")
     assert invoke(endpoint, "victim.tar.gz") == expected(booster, ROWS)
     for pid in endpoint.worker_pids()[mms_model_name("victim.tar.gz")]:
         os.kill(pid, signal.SIGKILL)
@@ -108,6 +108,55 @@ def test_a_killed_model_worker_answers_again_within_seconds(
     failures = eventually_served(endpoint, "victim.tar.gz", expected(booster, ROWS), timeout=30)
     assert time.monotonic() - started < 30
     assert failures < 100
+    assert ping_status(endpoint) == 200
+
+
+def test_a_killed_shard_worker_loses_at_most_the_requests_in_it_and_its_models_reload_on_demand(
+    start_endpoint: EndpointFactory, prefix: str, publish: Any, boosters: dict[str, xgboost.Booster]
+) -> None:
+    booster = boosters["binary:logistic"]
+    targets = [f"tenant-{index}.tar.gz" for index in range(6)]
+    for target in targets:
+        publish(prefix, target, booster)
+    endpoint = start_endpoint(prefix, "--hosting", "dense", "--shards", "2")
+    want = expected(booster, ROWS)
+    for target in targets:
+        assert invoke(endpoint, target) == want
+    (shard,) = endpoint.models()["tenant-0.tar.gz"]["shards"]
+    shard_name = f"openmme-shard-{shard}"
+    held = sorted(endpoint.shard_listings()[shard_name]["models"])
+    assert mms_model_name("tenant-0.tar.gz") in held
+
+    # A client keeps calling a model of that shard while its worker is killed.
+    outcomes: list[bool] = []
+    stop = threading.Event()
+
+    def keep_calling() -> None:
+        client = endpoint.runtime(retries=1)
+        while not stop.is_set():
+            try:
+                outcomes.append(invoke(endpoint, "tenant-0.tar.gz", client) == want)
+            except Exception:
+                outcomes.append(False)
+
+    caller = threading.Thread(target=keep_calling)
+    caller.start()
+    try:
+        time.sleep(0.5)
+        for pid in endpoint.worker_pids()[shard_name]:
+            os.kill(pid, signal.SIGKILL)
+        time.sleep(4)  # the front notices within its 2 s housekeeping round and starts the shard again
+    finally:
+        stop.set()
+        caller.join(timeout=60)
+    assert outcomes.count(False) <= 1, outcomes  # no more than the one request in the worker when it died
+    assert outcomes[-1] is True
+
+    # Every model answers again, the shard's from disk (no download), in the new worker.
+    for target in targets:
+        assert invoke(endpoint, target) == want
+    assert [model["downloads"] for model in endpoint.models().values()] == [1] * len(targets)
+    assert set(held) <= set(endpoint.resident())
     assert ping_status(endpoint) == 200
 
 

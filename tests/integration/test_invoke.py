@@ -13,6 +13,7 @@ import boto3
 import pytest
 import xgboost
 
+from openmme.handlers import HOSTINGS
 from openmme.publish import publish_archive
 from openmme.publish.samples import make_rows, sample_archive
 from openmme.seaweed import EmbeddedS3
@@ -31,16 +32,20 @@ def served_csv(body: bytes) -> list[float]:
     return [float(value) for value in text.split(",")]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=HOSTINGS)
 def module_endpoint(
-    s3: EmbeddedS3, tmp_path_factory: pytest.TempPathFactory, boosters: dict[str, xgboost.Booster]
+    request: pytest.FixtureRequest,
+    s3: EmbeddedS3,
+    tmp_path_factory: pytest.TempPathFactory,
+    boosters: dict[str, xgboost.Booster],
 ) -> Iterator[Endpoint]:
-    """One endpoint with one model per objective, shared by the tests that do not change its state."""
+    """One endpoint with one model per objective, shared by the tests that do not change its state; once per
+    hosting mode, whose answers must be the same."""
     prefix = f"s3://models/{uuid.uuid4().hex[:10]}/"
     for objective, booster in boosters.items():
         publish_archive(sample_archive(booster), prefix, target_for(objective))
     launcher = Launcher(s3, tmp_path_factory)
-    yield launcher.start(prefix)
+    yield launcher.start(prefix, "--hosting", request.param)
     launcher.close()
 
 
