@@ -7,7 +7,9 @@
 Everything runs on this machine, side by side in one run: SeaweedFS, the endpoints (front + MMS) as their own
 processes, MMS alone for the cold-start yardstick, and the load generator here. Sections live in their own
 modules (warm, cold, many_models, storm, density); report.py writes BENCHMARKS.md and checks each goal;
-plots.py draws the PNGs when matplotlib (the ``bench`` extra) is installed.
+plots.py draws the PNGs when matplotlib (the ``bench`` extra) is installed. The endpoints here run
+``--hosting isolated``, the SageMaker way, measured against MMS alone; bench/hosting.py compares dense hosting
+with it, and writes its own section of BENCHMARKS.md, which this script keeps.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from many_models import ManyModelsSizes, run_many_models, target_model
 from openmme.publish.samples import make_rows, sample_archive, train_booster
 from openmme.seaweed import EmbeddedS3
 from report import goals, markdown
-from scale_out import keep_section
+from sections import keep_sections
 from storm import run_storm
 from warm import run_warm
 
@@ -119,10 +121,13 @@ def run(sizes: Sizes, workdir: Path) -> dict[str, Any]:
     archive = sample_archive(booster)
     row = make_rows(1, seed=3)
     body = ",".join(repr(float(value)) for value in row[0]).encode()
-    many_flags = ["--max-models", str(sizes.many.capacity)]
+    # These sections measure isolated hosting (an MMS model and worker per model) against MMS alone;
+    # bench/hosting.py sets dense hosting beside it.
+    main_flags = ["--hosting", "isolated"]
+    many_flags = [*main_flags, "--max-models", str(sizes.many.capacity)]
     # Shown beside the tables; each endpoint also gets a free --port and a temporary --cache-dir.
     results["endpoints"] = {
-        "main": shlex.join(serve_flags()),
+        "main": shlex.join(serve_flags(main_flags)),
         "many_models": shlex.join(serve_flags(many_flags)),
     }
     with embedded_s3(workdir / "s3") as s3:
@@ -135,7 +140,7 @@ def run(sizes: Sizes, workdir: Path) -> dict[str, Any]:
             client.put_object(Bucket=BUCKET, Key=f"models/{target}", Body=archive)
         timer.lap("set up: train, start S3, upload")
 
-        with Endpoint(workdir / "main") as endpoint:
+        with Endpoint(workdir / "main", main_flags) as endpoint:
             timer.lap("start endpoint")
             # Density first: its line starts from an endpoint with nothing loaded.
             results["density"] = run_density(endpoint, density_targets(sizes), body)
@@ -191,8 +196,8 @@ def main() -> int:
     report = markdown(results)
     output = args.output or (None if args.smoke else ROOT / "BENCHMARKS.md")
     if output is not None:
-        # bench/scale_out.py writes its own section of the same file: keep it.
-        output.write_text(keep_section(output.read_text() if output.exists() else "", report))
+        # bench/scale_out.py and bench/hosting.py write their own sections of the same file: keep them.
+        output.write_text(keep_sections(output.read_text() if output.exists() else "", report))
     print(report)
     return 0
 

@@ -36,9 +36,9 @@ from openmme.ports import free_port
 from openmme.publish.samples import make_rows, sample_archive, train_booster
 from openmme.router import RouterOptions, nginx_config
 from openmme.seaweed import EmbeddedS3
+from sections import MARKERS, replace_section
 
-START = "<!-- scale-out:start -->"
-END = "<!-- scale-out:end -->"
+START, END = MARKERS[0]
 REPLICAS = 3
 
 FULL = ManyModelsSizes(catalogue=200, capacity=30, length=1000, warm_up=200, clients=6)
@@ -205,21 +205,6 @@ def note(results: dict[str, Any]) -> str:
     )
 
 
-def replace_section(document: str, section: str) -> str:
-    """``document`` with its scale-out section (between the markers) replaced by ``section``, or with it appended."""
-    if START in document and END in document:
-        head, rest = document.split(START, 1)
-        return head + section.rstrip("\n") + rest.split(END, 1)[1]
-    return document.rstrip("\n") + "\n\n" + section
-
-
-def keep_section(old: str, new: str) -> str:
-    """``new`` (a freshly written BENCHMARKS.md) with the scale-out section ``old`` had, if it had one."""
-    if START in old and END in old:
-        return replace_section(new, START + old.split(START, 1)[1].split(END, 1)[0] + END + "\n")
-    return new
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="tiny sizes; checks the harness, measures nothing")
@@ -235,7 +220,7 @@ def main() -> int:
     section = markdown(results, command)
     output = args.output or (None if args.smoke else ROOT / "BENCHMARKS.md")
     if output is not None:
-        output.write_text(replace_section(output.read_text() if output.exists() else "", section))
+        output.write_text(replace_section(output.read_text() if output.exists() else "", section, START, END))
     print(section)
     return 0
 

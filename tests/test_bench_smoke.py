@@ -54,3 +54,26 @@ def test_bench_smoke_runs_and_reports_every_section(tmp_path: Path) -> None:
 
     density = results["density"]
     assert len(density["points"]) == 3 and density["per_model_mib"] > 0
+
+
+def test_hosting_bench_smoke_compares_both_modes(tmp_path: Path) -> None:
+    report = tmp_path / "report.md"
+    completed = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "hosting.py"), "--smoke", "--output", str(report)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    text = report.read_text()
+    assert "| measure | dense | isolated |" in text and text.count("✅") + text.count("❌") == 4
+    results = json.loads((ROOT / "bench" / "results" / "hosting_smoke.json").read_text())
+    for mode in ("dense", "isolated"):
+        row = results["modes"][mode]
+        assert row["warm_c8"]["errors"] == 0
+        assert set(row["zipf"]["statuses"]) == {"200"}
+        assert row["density"]["models"] == results["sizes"][f"density_{mode}"]
+    # The claim dense hosting rests on, even at smoke sizes: a load is no process start.
+    dense, isolated = results["modes"]["dense"]["cold"], results["modes"]["isolated"]["cold"]
+    assert dense["load_p50_ms"] < isolated["load_p50_ms"] / 5

@@ -20,11 +20,11 @@ ROOT = Path(__file__).resolve().parent.parent
 NGINX_MISSING = shutil.which("nginx") is None and not os.environ.get("CI")
 
 
-def load_bench_module() -> ModuleType:
+def load_bench_module(name: str = "scale_out") -> ModuleType:
     # bench/ is a folder of scripts that import each other by bare name.
     sys.path.insert(0, str(ROOT / "bench"))
     try:
-        spec = importlib.util.spec_from_file_location("bench_scale_out", ROOT / "bench" / "scale_out.py")
+        spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
         assert spec is not None and spec.loader is not None
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
@@ -33,15 +33,21 @@ def load_bench_module() -> ModuleType:
         sys.path.remove(str(ROOT / "bench"))
 
 
-def test_section_is_replaced_in_place_and_kept_by_a_rewrite() -> None:
+def test_sections_are_replaced_in_place_and_kept_by_a_rewrite() -> None:
     bench = load_bench_module()
-    section = f"{bench.START}\nnew table\n{bench.END}\n"
-    document = f"# Benchmarks\n\n{bench.START}\nold table\n{bench.END}\n\n## after\n"
-    assert bench.replace_section(document, section) == f"# Benchmarks\n\n{section}\n## after\n"
-    assert bench.replace_section("# Benchmarks\n", section) == f"# Benchmarks\n\n{section}"
-    # bench/run.py rewrites the file from scratch: the scale-out section survives at the end.
-    assert bench.keep_section(document, "# Rewritten\n") == f"# Rewritten\n\n{bench.START}\nold table\n{bench.END}\n"
-    assert bench.keep_section("# no section\n", "# Rewritten\n") == "# Rewritten\n"
+    sections = sys.modules["sections"] if "sections" in sys.modules else load_bench_module("sections")
+    start, end = bench.START, bench.END
+    section = f"{start}\nnew table\n{end}\n"
+    document = f"# Benchmarks\n\n{start}\nold table\n{end}\n\n## after\n"
+    assert sections.replace_section(document, section, start, end) == f"# Benchmarks\n\n{section}\n## after\n"
+    assert sections.replace_section("# Benchmarks\n", section, start, end) == f"# Benchmarks\n\n{section}"
+    # bench/run.py rewrites the file from scratch: the scale-out and hosting sections survive at the end.
+    hosting_start, hosting_end = sections.MARKERS[1]
+    both = document + f"\n{hosting_start}\nhosting table\n{hosting_end}\n"
+    assert sections.keep_sections(both, "# Rewritten\n") == (
+        f"# Rewritten\n\n{start}\nold table\n{end}\n\n{hosting_start}\nhosting table\n{hosting_end}\n"
+    )
+    assert sections.keep_sections("# no section\n", "# Rewritten\n") == "# Rewritten\n"
 
 
 @pytest.mark.integration

@@ -105,6 +105,7 @@ def _publish_path(args: argparse.Namespace) -> int:
         check=not args.skip_check,
         sample=sample,
         sample_content_type=args.sample_content_type or (content_type_for(args.sample) if args.sample else "text/csv"),
+        hosting=args.hosting,
         progress=_progress(),
     )
     if publication.check is not None:
@@ -207,6 +208,12 @@ def parser() -> argparse.ArgumentParser:
     path.add_argument("--sample", type=Path, help="request rows to predict on as part of the check (e.g. rows.csv)")
     path.add_argument("--sample-content-type", help="the sample's Content-Type (default: from its suffix, else CSV)")
     path.add_argument("--skip-check", action="store_true", help="upload without loading the model here first")
+    path.add_argument(
+        "--hosting",
+        choices=("dense", "isolated"),
+        help='write openmme.json {"hosting": ...} into the archive: where this model runs, whatever the endpoint\'s'
+        " --hosting (user scripts always run isolated)",
+    )
     samples = what.add_parser("samples", help="train and publish the quick start's sample models")
     samples.add_argument("--create-bucket", action="store_true", help="create the prefix's bucket if missing")
     for sub in (jobs, path, samples):

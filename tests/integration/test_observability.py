@@ -54,11 +54,11 @@ def log_lines(endpoint: Endpoint) -> list[dict[str, Any]]:
 
 @pytest.fixture
 def endpoint(
-    start_endpoint: EndpointFactory, prefix: str, publish: Any, boosters: dict[str, xgboost.Booster]
+    start_endpoint: EndpointFactory, hosting: str, prefix: str, publish: Any, boosters: dict[str, xgboost.Booster]
 ) -> Endpoint:
     for name in ("first", "second"):
         publish(prefix, f"{name}/model.tar.gz", boosters["binary:logistic"])
-    return start_endpoint(prefix, "--max-models", "1", "--metrics-model-labels", "1")
+    return start_endpoint(prefix, "--hosting", hosting, "--max-models", "1", "--metrics-model-labels", "1")
 
 
 def test_a_miss_then_a_hit_move_the_counters_by_exactly_one(endpoint: Endpoint) -> None:
@@ -86,7 +86,15 @@ def test_a_miss_then_a_hit_move_the_counters_by_exactly_one(endpoint: Endpoint) 
     assert moved("openmme_invocations_total", before, after_hit, status="200") == 2
     assert moved("openmme_invocation_seconds_count", before, after_hit, status="200") == 2
     assert value(after_hit, "openmme_loaded_models") == 1
-    assert value(after_hit, "openmme_model_memory_bytes") > 10 * 2**20
+    memory = value(after_hit, "openmme_model_memory_bytes")
+    assert memory == endpoint.get("/models")["memoryBytes"] > 0
+    shards = endpoint.get("/models")["shards"]
+    if shards:  # dense: a small booster's heap, far below a worker process; the shards' own memory apart
+        assert memory < 2**20
+        for shard in shards:
+            assert value(after_hit, "openmme_shard_memory_bytes", shard=shard["name"]) > 10 * 2**20
+    else:  # isolated: the model's worker process
+        assert memory > 10 * 2**20
 
 
 def test_an_eviction_is_counted_with_its_reason_and_labels_stay_bounded(endpoint: Endpoint) -> None:

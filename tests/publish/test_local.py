@@ -363,3 +363,37 @@ def test_the_progress_bar_shows_on_a_terminal_only(tmp_path: Path, prefix: str, 
 
     assert f"uploading {prefix}tty/model.tar.gz [########################] 100%" in terminal.decode()
     assert piped.returncode == 0 and piped.stderr == ""
+
+
+def test_hosting_is_written_into_the_archive_and_the_endpoint_follows_it(
+    tmp_path: Path,
+    prefix: str,
+    s3_client: Any,
+    boosters: dict[str, xgboost.Booster],
+    start_endpoint: EndpointFactory,
+) -> None:
+    booster = boosters["binary:logistic"]
+    directory = tmp_path / "directory"
+    booster_file(booster, directory / "xgboost-model")
+    (directory / "openmme.json").write_text('{"hosting": "dense"}')  # replaced, not duplicated
+    archive = tmp_path / "model.tar.gz"
+    archive.write_bytes(sample_archive(booster))
+    for name, path in (("from-dir", directory), ("from-archive", archive)):
+        command = ["publish", "path", str(path), "--prefix", prefix, "--name", name, "--hosting", "isolated"]
+        assert main(command) == 0
+        data = read_object(s3_client, f"{prefix}{name}/model.tar.gz")
+        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+            names = [member.name.removeprefix("./") for member in tar]
+            assert names.count("openmme.json") == 1 and "xgboost-model" in names
+            settings = tar.extractfile(next(m for m in tar if m.name.endswith("openmme.json")))
+            assert settings is not None and settings.read() == b'{"hosting": "isolated"}'
+    assert directory.joinpath("openmme.json").read_text() == '{"hosting": "dense"}'  # the user's files untouched
+
+    endpoint = start_endpoint(prefix, "--hosting", "dense")
+    rows = make_rows(3, seed=4)
+    for name in ("from-dir", "from-archive"):
+        response = endpoint.runtime().invoke_endpoint(
+            EndpointName=endpoint.name, TargetModel=f"{name}/model.tar.gz", ContentType="text/csv", Body=csv_body(rows)
+        )
+        assert [float(value) for value in response["Body"].read().decode().split(",")] == expected(booster, rows)
+        assert endpoint.models()[f"{name}/model.tar.gz"]["hosting"] == "isolated"

@@ -444,6 +444,10 @@ class ModelCache:
             self._shards_started = asyncio.create_task(self._start_shards(), name="start dense shards")
         await asyncio.shield(self._shards_started)
 
+    def shards_started(self) -> bool:
+        """Whether the dense shards were started (``--hosting dense``, or an archive asked for dense)."""
+        return self._shards_started is not None
+
     async def _start_shards(self) -> None:
         await self.shards.start()
         await self._measure_shard_baselines()
@@ -725,7 +729,7 @@ class ModelCache:
             "evictions": dict(self.evictions),
             "counters": dict(self.counters),
             "hosting": self.settings.hosting,
-            "shards": self.shards.describe() if self._shards_started is not None else [],
+            "shards": self.shards.describe() if self.shards_started() else [],
         }
 
 

@@ -44,7 +44,11 @@ class _CacheState(Collector):
         for name, documentation, value in (
             ("openmme_loaded_models", "Models loaded in MMS (loading or ready).", cache.loaded_count()),
             ("openmme_cached_models_on_disk", "Models extracted on the cache disk.", on_disk),
-            ("openmme_model_memory_bytes", "Memory held by loaded models' MMS workers (PSS).", cache.memory_in_use()),
+            (
+                "openmme_model_memory_bytes",
+                "Memory held by loaded models: isolated models' MMS workers (PSS), dense models' heap in their shards.",
+                cache.memory_in_use(),
+            ),
             ("openmme_cache_disk_bytes", "Bytes of extracted models on the cache disk.", cache.disk_in_use()),
             ("openmme_max_models", "The loaded-model count budget (0: none).", budgets.max_models),
             ("openmme_memory_budget_bytes", "The memory budget for loaded models.", budgets.memory_bytes),
@@ -55,6 +59,17 @@ class _CacheState(Collector):
         for state in State:
             states.add_metric([state.value], sum(entry.state is state for entry in cache.entries.values()))
         yield states
+        shard_memory = GaugeMetricFamily(
+            "openmme_shard_memory_bytes", "PSS of each dense shard's MMS worker, last measured.", labels=["shard"]
+        )
+        shard_requests = GaugeMetricFamily(
+            "openmme_shard_requests_in_flight", "Requests inside each dense shard's worker.", labels=["shard"]
+        )
+        for shard in cache.shards.shards if cache.shards_started() else ():
+            shard_memory.add_metric([shard.name], shard.memory_bytes)
+            shard_requests.add_metric([shard.name], shard.in_flight)
+        yield shard_memory
+        yield shard_requests
 
 
 class Metrics(CacheEvents):

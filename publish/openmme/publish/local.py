@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 import os
 import tarfile
 import tempfile
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from openmme.handlers import HOSTINGS, SETTINGS_FILE_NAME
 from openmme.publish._errors import ModelCheckFailed
 from openmme.publish._s3 import (
     UPLOAD_MULTIPART_CHUNKSIZE,
@@ -72,7 +74,17 @@ def _tar_filter(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
     return info
 
 
-def _write_tar(source: Path, fileobj: IO[bytes]) -> None:
+def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode = len(data), 0o644
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _is_settings(name: str) -> bool:
+    return name.removeprefix("./") == SETTINGS_FILE_NAME
+
+
+def _write_tar(source: Path, fileobj: IO[bytes], settings: bytes | None = None) -> None:
     # gzip's header gets no timestamp or file name, so packing the same files twice gives the same bytes.
     # dereference: a symlink in a model directory (to a booster elsewhere on disk) is packed as the file it
     # points to, since the endpoint refuses links that leave the archive.
@@ -82,9 +94,30 @@ def _write_tar(source: Path, fileobj: IO[bytes]) -> None:
     ):
         if source.is_dir():
             for child in sorted(source.iterdir()):
-                tar.add(child, arcname=child.name, filter=_tar_filter)
+                if settings is None or not _is_settings(child.name):
+                    tar.add(child, arcname=child.name, filter=_tar_filter)
         else:
             tar.add(source, arcname=source.name, filter=_tar_filter)
+        if settings is not None:
+            _add_bytes(tar, SETTINGS_FILE_NAME, settings)
+
+
+def _rewrite_archive(archive: Path, destination: Path, settings: bytes) -> Path:
+    """A copy of ``archive`` whose ``openmme.json`` is ``settings``; members are copied, never extracted."""
+    try:
+        with (
+            tarfile.open(archive, mode="r:*") as source,
+            destination.open("wb") as out,
+            gzip.GzipFile(filename="", fileobj=out, mode="wb", mtime=0) as compressed,
+            tarfile.open(fileobj=compressed, mode="w") as tar,
+        ):
+            for member in source:
+                if not _is_settings(member.name):
+                    tar.addfile(member, source.extractfile(member) if member.isfile() else None)
+            _add_bytes(tar, SETTINGS_FILE_NAME, settings)
+    except (OSError, tarfile.TarError) as exc:
+        raise ModelCheckFailed(f"cannot rewrite {archive} with {SETTINGS_FILE_NAME}: {exc}") from exc
+    return destination
 
 
 def write_archive(source: Path, destination: Path) -> Path:
@@ -110,21 +143,27 @@ def _is_archive(path: Path) -> bool:
         return False
 
 
-def package(local: Path, workdir: Path) -> Path:
+def package(local: Path, workdir: Path, hosting: str | None = None) -> Path:
     """The ``model.tar.gz`` to publish for ``local``: the archive itself, or one packed into ``workdir``.
 
     ``local`` is a tar(.gz) archive (used as it is), a directory (its contents go to the archive root: a booster,
     or ``code/inference.py`` with the files its ``model_fn`` reads) or a bare model file such as an XGBoost booster
-    saved as JSON/UBJSON (packed alone at the root, under its own name).
+    saved as JSON/UBJSON (packed alone at the root, under its own name). ``hosting`` (``dense`` or ``isolated``)
+    goes into the archive's ``openmme.json``, replacing one it had.
     """
     if not local.exists():
         raise ModelCheckFailed(f"{local} does not exist")
+    if hosting is not None and hosting not in HOSTINGS:
+        raise ModelCheckFailed(f"hosting must be one of {', '.join(HOSTINGS)}, not {hosting!r}")
+    settings = None if hosting is None else json.dumps({"hosting": hosting}).encode()
     if local.is_file() and _is_archive(local):
-        return local
+        return local if settings is None else _rewrite_archive(local, workdir / "model.tar.gz", settings)
     if local.is_dir() and not any(local.iterdir()):
         raise ModelCheckFailed(f"{local} is an empty directory")
     try:
-        return write_archive(local, workdir / "model.tar.gz")
+        with (workdir / "model.tar.gz").open("wb") as out:
+            _write_tar(local, out, settings)
+        return workdir / "model.tar.gz"
     except OSError as exc:
         raise ModelCheckFailed(f"cannot package {local}: {exc}") from exc
 
@@ -171,6 +210,7 @@ def publish_path(
     check: bool = True,
     sample: bytes | None = None,
     sample_content_type: str = "text/csv",
+    hosting: str | None = None,
     client: Any | None = None,
     multipart_threshold: int = UPLOAD_MULTIPART_THRESHOLD,
     multipart_chunksize: int = UPLOAD_MULTIPART_CHUNKSIZE,
@@ -180,8 +220,9 @@ def publish_path(
 
     The check loads the model with the handler the endpoint will use and, given ``sample`` (request rows of
     ``sample_content_type``), predicts on it; ``check=False`` skips it (for a script whose libraries this
-    machine lacks). Raises InvalidPrefix, InvalidTargetModel, BucketNotFound, ArtifactExists (unless
-    ``overwrite``), ModelCheckFailed, StoreError; nothing is written unless everything passed.
+    machine lacks). ``hosting`` is written into the archive's ``openmme.json`` (see ``package``). Raises
+    InvalidPrefix, InvalidTargetModel, BucketNotFound, ArtifactExists (unless ``overwrite``), ModelCheckFailed,
+    StoreError; nothing is written unless everything passed.
     """
     client = client or s3_client()
     location = parse_prefix(prefix)
@@ -191,7 +232,7 @@ def publish_path(
     if not overwrite:
         refuse_existing(client, location, target)
     with tempfile.TemporaryDirectory(prefix="openmme-publish-") as scratch:
-        archive = package(Path(local), Path(scratch))
+        archive = package(Path(local), Path(scratch), hosting)
         report = check_archive(archive, sample=sample, content_type=sample_content_type) if check else None
         if not overwrite:
             # Again right before writing: the name may have been taken while packaging and checking.
