@@ -201,7 +201,8 @@ def test_a_client_that_gives_up_during_a_cold_load_does_not_cancel_it(
 ) -> None:
     booster = boosters["binary:logistic"]
     publish(prefix, "patient.tar.gz", booster)
-    endpoint = start_endpoint(prefix)
+    # Isolated: a load long enough (a worker process start) to give up during; a dense load takes milliseconds.
+    endpoint = start_endpoint(prefix, "--hosting", "isolated")
     request = urllib.request.Request(
         endpoint.url + "/invocations",
         data=csv_body(ROWS).encode(),
