@@ -692,7 +692,11 @@ class ModelCache:
         """MMS was restarted: the dense shards are registered again (if they ran), then ``lost`` reloaded."""
         if self._shards_started is not None:
             self._shards_started = None
-            await self.start_shards()
+            try:
+                await self.start_shards()
+            except Exception:
+                # Not fatal: the next dense load starts them again (start_shards retries a failed start).
+                log.exception("the dense shards did not start again after MMS restarted")
         self.reload(lost)
 
     def reload(self, entries: list[Entry]) -> None:
