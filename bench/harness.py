@@ -17,7 +17,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ import psutil
 
 from openmme.demo import wait_for_ping
 from openmme.ports import free_port
+from openmme.seaweed import EmbeddedS3
 
 __all__ = [
     "BUCKET",
@@ -36,6 +37,7 @@ __all__ = [
     "counters",
     "delete",
     "describe_machine",
+    "embedded_s3",
     "get_json",
     "invoke_headers",
     "list_all_models",
@@ -111,6 +113,18 @@ class Endpoint:
     def mms_inference_url(self) -> str:
         properties = (self.cache_dir / "mms" / "config.properties").read_text()
         return next(line.split("=", 1)[1] for line in properties.splitlines() if line.startswith("inference_address"))
+
+
+@contextlib.contextmanager
+def embedded_s3(directory: Path) -> Iterator[EmbeddedS3]:
+    """SeaweedFS on 127.0.0.1 for one benchmark, its settings in this process's environment."""
+    s3 = EmbeddedS3(directory).start()
+    try:
+        with s3.environ():
+            yield s3
+    finally:
+        # The data goes with the scratch dir, so weed (slow to honour SIGTERM) gets no grace period to save it.
+        s3.stop(grace=0.5)
 
 
 def invoke_headers(target: str) -> dict[str, str]:

@@ -23,16 +23,13 @@ never compete for the 2 cores:
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import dataclasses
-import json
 import statistics
 import sys
-import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,11 +39,10 @@ import psutil
 
 from harness import (
     BUCKET,
-    ROOT,
     Endpoint,
     counters,
     delete,
-    describe_machine,
+    embedded_s3,
     get_json,
     invoke_headers,
     percentile,
@@ -56,13 +52,11 @@ from harness import (
 )
 from many_models import replay, zipf_trace
 from openmme.publish.samples import make_rows, sample_archive, train_booster
-from openmme.seaweed import EmbeddedS3
-from sections import replace_section
+from sections import MARKERS, section_main
 from warm import closed_loop
 
 MIB = 2**20
-START = "<!-- hosting:start -->"
-END = "<!-- hosting:end -->"
+START, END = MARKERS[1]
 MODES = ("dense", "isolated")
 
 
@@ -95,7 +89,7 @@ SMOKE = Sizes(
     cold_models=2,
     density_dense=4,
     density_isolated=2,
-    warm_seconds=0.5,
+    warm_seconds=2.0,
     catalogue=8,
     trace=30,
     warm_up=10,
@@ -178,16 +172,6 @@ def zipf(front: str, sizes: Sizes, body: bytes) -> dict[str, Any]:
         "memory_mib_at_end": snapshot["memoryBytes"] / MIB,
         "evictions": snapshot["evictions"],
     }
-
-
-@contextlib.contextmanager
-def embedded_s3(directory: Path) -> Iterator[EmbeddedS3]:
-    s3 = EmbeddedS3(directory).start()
-    try:
-        with s3.environ():
-            yield s3
-    finally:
-        s3.stop(grace=0.5)
 
 
 def run(sizes: Sizes, workdir: Path) -> dict[str, Any]:
@@ -342,24 +326,7 @@ def markdown(results: dict[str, Any], command: str) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--smoke", action="store_true", help="tiny sizes; checks the harness, measures nothing")
-    parser.add_argument("--output", type=Path, default=None, help="the Markdown file to update")
-    args = parser.parse_args()
-    command = "python bench/hosting.py" + (" --smoke" if args.smoke else "")
-    started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="openmme-hosting-") as scratch:
-        results = run(SMOKE if args.smoke else FULL, Path(scratch))
-    results |= {"machine": describe_machine(), "wall_seconds": time.monotonic() - started}
-    results_dir = ROOT / "bench" / "results"
-    results_dir.mkdir(parents=True, exist_ok=True)
-    (results_dir / ("hosting_smoke.json" if args.smoke else "hosting.json")).write_text(json.dumps(results, indent=2))
-    section = markdown(results, command)
-    output = args.output or (None if args.smoke else ROOT / "BENCHMARKS.md")
-    if output is not None:
-        output.write_text(replace_section(output.read_text() if output.exists() else "", section, START, END))
-    print(section)
-    return 0
+    return section_main("hosting", __doc__ or "", (FULL, SMOKE), run, markdown, (START, END))
 
 
 if __name__ == "__main__":

@@ -15,14 +15,12 @@ with it, and writes its own section of BENCHMARKS.md, which this script keeps.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import shlex
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,10 +28,9 @@ from typing import Any
 import plots
 from cold import run_cold
 from density import run_density
-from harness import BUCKET, ROOT, Endpoint, describe_machine, serve_flags
+from harness import BUCKET, ROOT, Endpoint, describe_machine, embedded_s3, serve_flags
 from many_models import ManyModelsSizes, run_many_models, target_model
 from openmme.publish.samples import make_rows, sample_archive, train_booster
-from openmme.seaweed import EmbeddedS3
 from report import goals, markdown
 from sections import keep_sections
 from storm import run_storm
@@ -93,17 +90,6 @@ class SectionTimer:
         self.laps[name] = round(now - self._last, 1)
         self._last = now
         print(f"bench: {name}: {self.laps[name]:.1f} s", file=sys.stderr, flush=True)
-
-
-@contextlib.contextmanager
-def embedded_s3(directory: Path) -> Iterator[EmbeddedS3]:
-    s3 = EmbeddedS3(directory).start()
-    try:
-        with s3.environ():
-            yield s3
-    finally:
-        # The data goes with the scratch dir, so weed (slow to honour SIGTERM) gets no grace period to save it.
-        s3.stop(grace=0.5)
 
 
 def cold_targets(sizes: Sizes) -> list[str]:

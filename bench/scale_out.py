@@ -15,13 +15,11 @@ The full run takes about 11 minutes on 2 cores (each miss starts an MMS worker; 
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import json
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -30,13 +28,13 @@ from typing import Any
 import aiohttp
 
 from belady import hit_ratio, lru_hits
-from harness import BUCKET, ROOT, Endpoint, counters, describe_machine, invoke_headers, percentile
+from harness import BUCKET, Endpoint, counters, invoke_headers, percentile
 from many_models import ManyModelsSizes, target_model, zipf_trace
 from openmme.ports import free_port
 from openmme.publish.samples import make_rows, sample_archive, train_booster
 from openmme.router import RouterOptions, nginx_config
 from openmme.seaweed import EmbeddedS3
-from sections import MARKERS, replace_section
+from sections import MARKERS, section_main
 
 START, END = MARKERS[0]
 REPLICAS = 3
@@ -206,23 +204,7 @@ def note(results: dict[str, Any]) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--smoke", action="store_true", help="tiny sizes; checks the harness, measures nothing")
-    parser.add_argument("--output", type=Path, default=None, help="the Markdown file to update (default: none)")
-    args = parser.parse_args()
-    command = "python bench/scale_out.py" + (" --smoke" if args.smoke else "")
-    started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="openmme-scale-out-") as scratch:
-        results = run(SMOKE if args.smoke else FULL, Path(scratch))
-    results |= {"machine": describe_machine(), "wall_seconds": time.monotonic() - started}
-    name = "scale_out_smoke.json" if args.smoke else "scale_out.json"
-    (ROOT / "bench" / "results" / name).write_text(json.dumps(results, indent=2))
-    section = markdown(results, command)
-    output = args.output or (None if args.smoke else ROOT / "BENCHMARKS.md")
-    if output is not None:
-        output.write_text(replace_section(output.read_text() if output.exists() else "", section, START, END))
-    print(section)
-    return 0
+    return section_main("scale_out", __doc__ or "", (FULL, SMOKE), run, markdown, (START, END))
 
 
 if __name__ == "__main__":

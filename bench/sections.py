@@ -6,7 +6,17 @@ rewrites the file from scratch and keeps every such section, at the end, as it w
 
 from __future__ import annotations
 
-__all__ = ["MARKERS", "keep_sections", "replace_section"]
+import argparse
+import json
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from harness import ROOT, describe_machine
+
+__all__ = ["MARKERS", "keep_sections", "replace_section", "section_main"]
 
 # (start, end) of every section a separate benchmark writes.
 MARKERS = (
@@ -30,3 +40,34 @@ def keep_sections(old: str, new: str) -> str:
             kept = start + old.split(start, 1)[1].split(end, 1)[0] + end + "\n"
             new = replace_section(new, kept, start, end)
     return new
+
+
+def section_main(
+    script: str,
+    description: str,
+    sizes: tuple[Any, Any],
+    run: Callable[[Any, Path], dict[str, Any]],
+    markdown: Callable[[dict[str, Any], str], str],
+    markers: tuple[str, str],
+) -> int:
+    """The command line of a benchmark that owns a section: ``--smoke`` picks ``sizes[1]`` over ``sizes[0]``;
+    results go to bench/results/<script>[_smoke].json, the section to ``--output`` (default: BENCHMARKS.md
+    for a full run, nowhere for a smoke run) and to stdout."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes; checks the harness, measures nothing")
+    parser.add_argument("--output", type=Path, default=None, help="the Markdown file to update")
+    args = parser.parse_args()
+    command = f"python bench/{script}.py" + (" --smoke" if args.smoke else "")
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix=f"openmme-{script}-") as scratch:
+        results = run(sizes[1] if args.smoke else sizes[0], Path(scratch))
+    results |= {"machine": describe_machine(), "wall_seconds": time.monotonic() - started}
+    results_dir = ROOT / "bench" / "results"
+    results_dir.mkdir(parents=True, exist_ok=True)
+    (results_dir / f"{script}{'_smoke' if args.smoke else ''}.json").write_text(json.dumps(results, indent=2))
+    section = markdown(results, command)
+    output = args.output or (None if args.smoke else ROOT / "BENCHMARKS.md")
+    if output is not None:
+        output.write_text(replace_section(output.read_text() if output.exists() else "", section, *markers))
+    print(section)
+    return 0
