@@ -155,7 +155,11 @@ def _models(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from openmme.demo import run_demo
 
-    return run_demo(keep_running=args.keep_running, port=args.port, workdir=args.workdir)
+    try:
+        return run_demo(keep_running=args.keep_running, port=args.port, workdir=args.workdir)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM before the end: everything it started is stopped by now
+        print("openmme demo: interrupted", file=sys.stderr)
+        return 130
 
 
 def _router_config(args: argparse.Namespace) -> int:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
+import signal
 import subprocess
 import sys
 import tempfile
@@ -40,6 +42,10 @@ def wait_for_ping(url: str, process: subprocess.Popen[bytes], timeout: float) ->
     raise RuntimeError(f"the endpoint did not answer /ping within {timeout:g} s")
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def run_demo(keep_running: bool = False, port: int = 0, workdir: Path | None = None) -> int:
     import boto3
     import xgboost
@@ -48,6 +54,8 @@ def run_demo(keep_running: bool = False, port: int = 0, workdir: Path | None = N
     from openmme.publish.samples import SAMPLES, make_rows, sample_archive, train_booster
     from openmme.seaweed import EmbeddedS3
 
+    # SIGTERM unwinds like Ctrl-C, so the endpoint and SeaweedFS are stopped on the way out, not orphaned.
+    signal.signal(signal.SIGTERM, _interrupt)
     workdir = workdir or Path(tempfile.mkdtemp(prefix="openmme-demo-"))
     port = port or (8080 if port_is_free(8080) else free_port())
     print(f"openmme demo: working in {workdir}")
@@ -117,15 +125,22 @@ def run_demo(keep_running: bool = False, port: int = 0, workdir: Path | None = N
                     f"{'= in-process xgboost' if same else f'!= in-process {local}'}  "
                     f"(first {first_ms:.0f} ms, warm {warm_ms:.1f} ms)"
                 )
-            print(
-                "\nTry it yourself while it runs:\n"
-                f"    curl -H 'X-Amzn-SageMaker-Target-Model: houston/model.tar.gz' -H 'Content-Type: text/csv' "
-                f"--data-binary '{body.splitlines()[0]}' {url}/invocations\n"
-                f"    curl {url}/models"
-            )
-            if keep_running:
-                print("\nThe endpoint is up; Ctrl-C stops it.", flush=True)
+            if not keep_running:
+                print("\n`openmme demo --keep-running` (or `scripts/demo --keep-running`) leaves all this up to try.")
+            else:
+                s3_settings = " ".join(f"{key}={shlex.quote(value)}" for key, value in s3.environment().items())
+                # From here on, Ctrl-C or SIGTERM is the way to stop, not a failure.
                 with contextlib.suppress(KeyboardInterrupt):
+                    print(
+                        "\nTry it yourself while it runs:\n"
+                        "    curl -H 'X-Amzn-SageMaker-Target-Model: houston/model.tar.gz' -H 'Content-Type: text/csv'"
+                        f" --data-binary '{body.splitlines()[0]}' {url}/invocations\n"
+                        f"    curl {url}/models\n"
+                        "The demo's S3, for `openmme publish` and `openmme models list --prefix s3://models/demo/`:\n"
+                        f"    export {s3_settings}\n"
+                        "\nThe endpoint is up; Ctrl-C (or SIGTERM) stops it and SeaweedFS.",
+                        flush=True,
+                    )
                     endpoint.wait()
             return 1 if mismatches else 0
         finally:

@@ -169,3 +169,9 @@ def test_a_model_spreads_only_when_every_shard_holding_it_is_busy_and_another_is
     third.ready.clear()
     third.in_flight = 0
     assert pool.spread_to({0: 1}) is None  # a shard being restarted takes nothing
+
+
+def test_a_bad_environment_value_is_reported_under_the_variables_name(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        Settings.from_sources([], {"OPENMME_HOSTING": "shared"})
+    assert "OPENMME_HOSTING: not a hosting mode" in capsys.readouterr().err

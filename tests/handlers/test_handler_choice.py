@@ -126,3 +126,16 @@ def test_malformed_archive_settings_are_refused_with_the_file_named(tmp_path: pa
     (tmp_path / SETTINGS_FILE_NAME).write_text(settings)
     with pytest.raises(UnsupportedArchive, match=re.escape(SETTINGS_FILE_NAME)):
         choose_hosting(tmp_path, XGBOOST_HANDLER, "dense")
+
+
+def test_the_settings_file_is_never_taken_for_a_json_booster(tmp_path: pathlib.Path) -> None:
+    make_files(tmp_path, "houston.json", SETTINGS_FILE_NAME)
+    assert find_booster(tmp_path) == tmp_path / "houston.json"
+    assert choose_handler(tmp_path) == XGBOOST_HANDLER
+
+
+def test_unknown_archive_settings_are_refused_by_name(tmp_path: pathlib.Path) -> None:
+    make_files(tmp_path, "xgboost-model")
+    (tmp_path / SETTINGS_FILE_NAME).write_text('{"hosting": "isolated", "hostng": "dense"}')
+    with pytest.raises(UnsupportedArchive, match="unknown settings hostng"):
+        choose_hosting(tmp_path, XGBOOST_HANDLER, "dense")

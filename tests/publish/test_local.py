@@ -378,22 +378,36 @@ def test_hosting_is_written_into_the_archive_and_the_endpoint_follows_it(
     (directory / "openmme.json").write_text('{"hosting": "dense"}')  # replaced, not duplicated
     archive = tmp_path / "model.tar.gz"
     archive.write_bytes(sample_archive(booster))
-    for name, path in (("from-dir", directory), ("from-archive", archive)):
+    bare = booster_file(booster, tmp_path / "bare" / "houston.ubj")  # a .json or .ubj file beside openmme.json
+    sources = {"from-dir": directory, "from-archive": archive, "from-file": bare}
+    for name, path in sources.items():
         command = ["publish", "path", str(path), "--prefix", prefix, "--name", name, "--hosting", "isolated"]
         assert main(command) == 0
         data = read_object(s3_client, f"{prefix}{name}/model.tar.gz")
         with tarfile.open(fileobj=io.BytesIO(data)) as tar:
             names = [member.name.removeprefix("./") for member in tar]
-            assert names.count("openmme.json") == 1 and "xgboost-model" in names
+            assert names.count("openmme.json") == 1 and ("xgboost-model" in names or "houston.ubj" in names)
             settings = tar.extractfile(next(m for m in tar if m.name.endswith("openmme.json")))
             assert settings is not None and settings.read() == b'{"hosting": "isolated"}'
     assert directory.joinpath("openmme.json").read_text() == '{"hosting": "dense"}'  # the user's files untouched
 
     endpoint = start_endpoint(prefix, "--hosting", "dense")
     rows = make_rows(3, seed=4)
-    for name in ("from-dir", "from-archive"):
+    for name in sources:
         response = endpoint.runtime().invoke_endpoint(
             EndpointName=endpoint.name, TargetModel=f"{name}/model.tar.gz", ContentType="text/csv", Body=csv_body(rows)
         )
         assert [float(value) for value in response["Body"].read().decode().split(",")] == expected(booster, rows)
         assert endpoint.models()[f"{name}/model.tar.gz"]["hosting"] == "isolated"
+
+
+@pytest.mark.parametrize("settings", ['{"hosting": "shared"}', '{"hosting": "isolated"', '{"workers": 2}'])
+def test_malformed_archive_settings_are_refused_before_anything_is_written(
+    tmp_path: Path, prefix: str, s3_client: Any, boosters: dict[str, xgboost.Booster], settings: str
+) -> None:
+    directory = tmp_path / "model"
+    booster_file(boosters["binary:logistic"], directory / "xgboost-model")
+    (directory / "openmme.json").write_text(settings)
+    with pytest.raises(ModelCheckFailed, match=r"openmme\.json"):
+        publish_path(directory, prefix, "odd/model.tar.gz", client=s3_client)
+    assert keys_under(s3_client, prefix) == []

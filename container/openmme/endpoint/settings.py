@@ -175,18 +175,18 @@ class Settings:
         namespace = parser.parse_args(argv)
         values: dict[str, Any] = {}
         for spec in dataclasses.fields(cls):
-            raw = getattr(namespace, spec.name)
+            raw, source = getattr(namespace, spec.name), "--" + spec.name.replace("_", "-")
             if raw is None:
-                raw = environ.get(ENV_PREFIX + spec.name.upper())
+                raw, source = environ.get(ENV_PREFIX + spec.name.upper()), ENV_PREFIX + spec.name.upper()
             if raw is None and spec.name == "port":
-                raw = environ.get("SAGEMAKER_BIND_TO_PORT")
+                raw, source = environ.get("SAGEMAKER_BIND_TO_PORT"), "SAGEMAKER_BIND_TO_PORT"
             if raw is None:
                 continue
             parse = spec.metadata["parse"]
             try:
                 values[spec.name] = parse(raw) if parse else raw
             except ValueError as exc:
-                parser.error(f"--{spec.name.replace('_', '-')}: {exc}")
+                parser.error(f"{source}: {exc}")
         return cls(**values)
 
     @classmethod

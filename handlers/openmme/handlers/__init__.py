@@ -75,7 +75,8 @@ def find_booster(model_dir: pathlib.Path) -> pathlib.Path:
     """Return the XGBoost model file of an extracted archive.
 
     ``xgboost-model`` at the root wins; otherwise the root must hold exactly one (non-hidden) file whose
-    suffix is one of ``BOOSTER_SUFFIXES``. Raises UnsupportedArchive when there is none or several.
+    suffix is one of ``BOOSTER_SUFFIXES``, ``openmme.json`` (settings, see ``choose_hosting``) aside. Raises
+    UnsupportedArchive when there is none or several.
     """
     model_dir = pathlib.Path(model_dir)
     if not model_dir.is_dir():
@@ -86,7 +87,10 @@ def find_booster(model_dir: pathlib.Path) -> pathlib.Path:
     candidates = sorted(
         path
         for path in model_dir.iterdir()
-        if not path.name.startswith(".") and path.suffix.lower() in BOOSTER_SUFFIXES and path.is_file()
+        if not path.name.startswith(".")
+        and path.name != SETTINGS_FILE_NAME
+        and path.suffix.lower() in BOOSTER_SUFFIXES
+        and path.is_file()
     )
     if len(candidates) == 1:
         return candidates[0]
@@ -132,7 +136,12 @@ def choose_hosting(model_dir: pathlib.Path, handler: str, default: str) -> str:
         settings = json.loads(settings_file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise UnsupportedArchive(f"{SETTINGS_FILE_NAME} is not valid JSON: {exc}") from exc
-    hosting = settings.get("hosting", default) if isinstance(settings, dict) else None
+    if not isinstance(settings, dict):
+        raise UnsupportedArchive(f'{SETTINGS_FILE_NAME} must be a JSON object, e.g. {{"hosting": "{ISOLATED}"}}')
+    unknown = sorted(set(settings) - {"hosting"})
+    if unknown:
+        raise UnsupportedArchive(f"{SETTINGS_FILE_NAME} has unknown settings {', '.join(unknown)}; it takes hosting")
+    hosting = settings.get("hosting", default)
     if hosting not in HOSTINGS:
         raise UnsupportedArchive(
             f'{SETTINGS_FILE_NAME} must be a JSON object whose "hosting" is "{DENSE}" or "{ISOLATED}"'

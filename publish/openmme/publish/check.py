@@ -128,10 +128,11 @@ def check_model_dir(
     Raises ModelCheckFailed with the one-line reason the endpoint would give (no handler fits, the model does
     not load, the sample is refused).
     """
-    from openmme.handlers import UnsupportedArchive, choose_handler
+    from openmme.handlers import DENSE, UnsupportedArchive, choose_handler, choose_hosting
 
     try:
         handler = choose_handler(model_dir)
+        choose_hosting(model_dir, handler, DENSE)  # a malformed openmme.json fails here, not at the endpoint
     except UnsupportedArchive as exc:
         raise ModelCheckFailed(f"{exc}{_layout_hint(model_dir)}") from exc
     warnings: list[str] = []
