@@ -6,14 +6,19 @@ from __future__ import annotations
 import http.client
 import http.server
 import io
+import subprocess
+import sys
 import tarfile
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import xgboost
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 class CountingProxy(http.server.ThreadingHTTPServer):
@@ -97,3 +102,15 @@ def csv_body(rows: np.ndarray) -> str:
 def expected(booster: xgboost.Booster, rows: np.ndarray) -> list[float]:
     """What the booster predicts in-process for ``rows``: the answer every served prediction must equal."""
     return [float(value) for value in booster.predict(xgboost.DMatrix(rows))]
+
+
+def run_bench_smoke(script: str, output: Path, timeout: float = 300) -> None:
+    """Run ``bench/<script>.py --smoke --output <output>`` as its own process; fails with its output's tail."""
+    completed = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / f"{script}.py"), "--smoke", "--output", str(output)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.support import run_bench_smoke
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -18,14 +18,7 @@ SECTIONS = ("## 1. Warm path", "## 2. Cold start", "## 3. Many models", "## 4. L
 
 def test_bench_smoke_runs_and_reports_every_section(tmp_path: Path) -> None:
     report = tmp_path / "report.md"
-    completed = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "run.py"), "--smoke", "--output", str(report)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    run_bench_smoke("run", report)
     text = report.read_text()
     for heading in (*SECTIONS, "| openmme | 8 |", "| mms direct | 8 |", "inplace_predict", "Belady", "Machine:"):
         assert heading in text
@@ -58,14 +51,7 @@ def test_bench_smoke_runs_and_reports_every_section(tmp_path: Path) -> None:
 
 def test_hosting_bench_smoke_compares_both_modes(tmp_path: Path) -> None:
     report = tmp_path / "report.md"
-    completed = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "hosting.py"), "--smoke", "--output", str(report)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    run_bench_smoke("hosting", report)
     text = report.read_text()
     assert "| measure | dense | isolated |" in text and text.count("✅") + text.count("❌") == 4
     results = json.loads((ROOT / "bench" / "results" / "hosting_smoke.json").read_text())

@@ -6,12 +6,13 @@ import importlib.util
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+
+from tests.support import run_bench_smoke
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -55,14 +56,7 @@ def test_sections_are_replaced_in_place_and_kept_by_a_rewrite() -> None:
 def test_scale_out_bench_smoke_downloads_each_model_once_with_affinity(tmp_path: Path) -> None:
     output = tmp_path / "BENCHMARKS.md"
     output.write_text("# Benchmarks\n")
-    completed = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "scale_out.py"), "--smoke", "--output", str(output)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    run_bench_smoke("scale_out", output)
     results = json.loads((ROOT / "bench" / "results" / "scale_out_smoke.json").read_text())
     counted = results["sizes"]["length"] - results["sizes"]["warm_up"]
     for setup in ("one", "hashed", "round_robin"):

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.support import run_bench_smoke
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -16,14 +16,7 @@ pytestmark = pytest.mark.integration
 
 def test_soak_smoke_passes_its_own_checks(tmp_path: Path) -> None:
     output = tmp_path / "soak.json"
-    completed = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "soak.py"), "--smoke", "--output", str(output)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    run_bench_smoke("soak", output)
     result = json.loads(output.read_text())
     assert result["problems"] == []
     assert result["statuses"] == {"200": result["requests"]}
