@@ -26,9 +26,10 @@ Against the embedded SeaweedFS on loopback (2 cores) multipart was never faster 
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import IO, Any
 
 import boto3
@@ -221,6 +222,20 @@ def _transfer_config(threshold: int, chunksize: int) -> TransferConfig:
     return TransferConfig(multipart_threshold=max(threshold, 1), multipart_chunksize=chunksize)
 
 
+@contextlib.contextmanager
+def _transfer(progress: Progress | None, label: str, size: int, failure: str) -> Iterator[Callable[[int], None] | None]:
+    """Around one transfer: the progress bar (its callback is yielded) and S3 errors translated as ``failure``."""
+    if progress is not None:
+        progress.start(label, size)
+    try:
+        yield progress.advance if progress is not None else None
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+        raise translate(exc, failure) from exc
+    finally:
+        if progress is not None:
+            progress.finish()
+
+
 def upload(
     client: Any,
     source: IO[bytes],
@@ -233,17 +248,8 @@ def upload(
 ) -> None:
     """Write ``source`` (``size`` bytes) to ``destination``; on failure nothing is left (boto3 aborts parts)."""
     config = _transfer_config(multipart_threshold, multipart_chunksize)
-    callback: Callable[[int], None] | None = None
-    if progress is not None:
-        progress.start(f"uploading {destination}", size)
-        callback = progress.advance
-    try:
+    with _transfer(progress, f"uploading {destination}", size, f"uploading {destination}") as callback:
         client.upload_fileobj(source, destination.bucket, destination.key, Config=config, Callback=callback)
-    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-        raise translate(exc, f"uploading {destination}") from exc
-    finally:
-        if progress is not None:
-            progress.finish()
 
 
 def copy_object(
@@ -258,11 +264,7 @@ def copy_object(
 ) -> None:
     """Server-side copy of ``source`` (``size`` bytes) to ``destination``, in parts above the threshold."""
     config = _transfer_config(multipart_threshold, multipart_chunksize)
-    callback: Callable[[int], None] | None = None
-    if progress is not None:
-        progress.start(f"copying to {destination}", size)
-        callback = progress.advance
-    try:
+    with _transfer(progress, f"copying to {destination}", size, f"copying {source} to {destination}") as callback:
         client.copy(
             {"Bucket": source.bucket, "Key": source.key},
             destination.bucket,
@@ -270,8 +272,3 @@ def copy_object(
             Config=config,
             Callback=callback,
         )
-    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-        raise translate(exc, f"copying {source} to {destination}") from exc
-    finally:
-        if progress is not None:
-            progress.finish()
