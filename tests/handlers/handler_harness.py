@@ -27,6 +27,9 @@ import xgboost
 from mms.protocol import otf_message_handler
 from mms.service import Service
 
+from openmme.publish.check import MmsReply
+from openmme.publish.check import parse_predict_response as parse_mms_frame
+
 Handle = Callable[[Any, Any], Any]
 
 # Tiny models for every objective the handlers promise to serve exactly.
@@ -39,15 +42,9 @@ OBJECTIVES: dict[str, dict[str, Any]] = {
 NUM_ROWS, NUM_FEATURES = 20, 4
 
 
-@dataclass
-class Reply:
-    """One response of a batch, as MMS's Java front would receive it."""
-
-    status: int
-    phrase: str
-    content_type: str | None
-    headers: dict[str, str]
-    body: bytes
+@dataclass(frozen=True)
+class Reply(MmsReply):
+    """One response of a batch, as MMS's Java front would receive it (``openmme.publish.check``'s parse)."""
 
     @property
     def text(self) -> str:
@@ -112,26 +109,9 @@ def _sized(data: bytes) -> bytes:
 
 
 def parse_predict_response(frame: bytes) -> list[Reply]:
-    """Parse the bytes of ``otf_message_handler.create_predict_response``."""
-    stream = io.BytesIO(frame)
-
-    def integer() -> int:
-        (value,) = struct.unpack("!i", stream.read(4))
-        return int(value)
-
-    def sized() -> bytes:
-        return stream.read(integer())
-
-    batch_code, batch_message = integer(), sized().decode()
-    assert batch_code == 200, f"MMS failed the whole batch: {batch_code} {batch_message}"
-    replies = []
-    while (length := integer()) != -1:
-        stream.read(length)  # request id
-        content_type = sized().decode() or None
-        status, phrase = integer(), sized().decode()
-        headers = {sized().decode(): sized().decode() for _ in range(integer())}
-        replies.append(Reply(status, phrase, content_type, headers, sized()))
-    return replies
+    """Parse the bytes of ``otf_message_handler.create_predict_response``, with the pre-publish check's parser
+    (which raises when MMS failed the whole batch)."""
+    return [Reply(**vars(reply)) for reply in parse_mms_frame(frame)]
 
 
 def train_booster(objective: str, seed: int = 0) -> tuple[xgboost.Booster, np.ndarray]:
