@@ -156,9 +156,9 @@ def density(endpoint: Endpoint, names: Sequence[str], body: bytes) -> dict[str, 
 
 def zipf(front: str, sizes: Sizes, body: bytes) -> dict[str, Any]:
     names = [target("zipf", rank) for rank in zipf_trace(sizes.catalogue, sizes.trace, 1.0, 2024)]
-    asyncio.run(replay(front, names[: sizes.warm_up], body, 8))
+    asyncio.run(replay([front], names[: sizes.warm_up], body, 8))
     before = counters(front)
-    measured = asyncio.run(replay(front, names[sizes.warm_up :], body, 8))
+    measured = asyncio.run(replay([front], names[sizes.warm_up :], body, 8))
     after = counters(front)
     hits, misses = after["hits"] - before["hits"], after["misses"] - before["misses"]
     snapshot = get_json(front + "/models?limit=1")

@@ -49,18 +49,20 @@ def zipf_trace(catalogue: int, length: int, exponent: float, seed: int) -> list[
     return [int(rank) for rank in generator.choice(catalogue, size=length, p=weights / weights.sum())]
 
 
-async def replay(front: str, targets: Sequence[str], body: bytes, clients: int) -> dict[str, Any]:
-    """Send ``targets`` in order through ``clients`` closed-loop clients; latencies and statuses."""
+async def replay(fronts: Sequence[str], targets: Sequence[str], body: bytes, clients: int) -> dict[str, Any]:
+    """Send ``targets`` in order through ``clients`` closed-loop clients; request i goes to ``fronts[i % len]``.
+    Latencies and statuses."""
     latencies: list[float] = []
     statuses: dict[int, int] = {}
-    queue = iter(targets)  # shared: each client takes the next request when its last one returns
+    queue = iter(enumerate(targets))  # shared: each client takes the next request when its last one returns
     connector = aiohttp.TCPConnector(limit=clients)
     # A miss waits for a model load that can queue behind other loads: allow far more than a warm request.
     timeout = aiohttp.ClientTimeout(total=300)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
 
         async def client() -> None:
-            for target in queue:
+            for index, target in queue:
+                front = fronts[index % len(fronts)]
                 started = time.perf_counter()
                 async with session.post(front + "/invocations", data=body, headers=invoke_headers(target)) as response:
                     await response.read()
@@ -77,9 +79,9 @@ def run_many_models(front: str, body: bytes, sizes: ManyModelsSizes) -> dict[str
     ranks = zipf_trace(sizes.catalogue, sizes.length, sizes.exponent, sizes.seed)
     targets = [target_model(rank) for rank in ranks]
 
-    warm_up = asyncio.run(replay(front, targets[: sizes.warm_up], body, sizes.clients))
+    warm_up = asyncio.run(replay([front], targets[: sizes.warm_up], body, sizes.clients))
     before = counters(front)
-    measured = asyncio.run(replay(front, targets[sizes.warm_up :], body, sizes.clients))
+    measured = asyncio.run(replay([front], targets[sizes.warm_up :], body, sizes.clients))
     after = counters(front)
     delta = {key: after[key] - before[key] for key in after}
     _, snapshot = list_all_models(front)

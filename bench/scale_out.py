@@ -25,11 +25,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
 from belady import hit_ratio, lru_hits
-from harness import BUCKET, Endpoint, counters, invoke_headers, percentile
-from many_models import ManyModelsSizes, target_model, zipf_trace
+from harness import BUCKET, Endpoint, counters, percentile
+from many_models import ManyModelsSizes, replay, target_model, zipf_trace
 from openmme.ports import free_port
 from openmme.publish.samples import make_rows, sample_archive, train_booster
 from openmme.router import RouterOptions, nginx_config
@@ -75,28 +73,6 @@ def nginx(workdir: Path, replicas: Sequence[str]) -> Iterator[str]:
     finally:
         process.terminate()
         process.wait(30)
-
-
-async def replay(fronts: Sequence[str], targets: Sequence[str], body: bytes, clients: int) -> dict[str, Any]:
-    """Send ``targets`` in order through ``clients`` closed-loop clients; request i goes to fronts[i % len]."""
-    latencies: list[float] = []
-    statuses: dict[int, int] = {}
-    queue = iter(enumerate(targets))
-    timeout = aiohttp.ClientTimeout(total=300)
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=clients), timeout=timeout) as session:
-
-        async def client() -> None:
-            for index, target in queue:
-                front = fronts[index % len(fronts)]
-                started = time.perf_counter()
-                async with session.post(front + "/invocations", data=body, headers=invoke_headers(target)) as response:
-                    await response.read()
-                latencies.append(time.perf_counter() - started)
-                statuses[response.status] = statuses.get(response.status, 0) + 1
-
-        started = time.perf_counter()
-        await asyncio.gather(*(client() for _ in range(clients)))
-    return {"latencies": latencies, "statuses": statuses, "seconds": time.perf_counter() - started}
 
 
 def measure(replicas: Sequence[str], fronts: Sequence[str], targets: Sequence[str], sizes: ManyModelsSizes) -> Any:
