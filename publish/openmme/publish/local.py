@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from openmme.endpoint.s3 import S3Location
 from openmme.handlers import HOSTINGS, SETTINGS_FILE_NAME
 from openmme.publish._errors import ModelCheckFailed
 from openmme.publish._s3 import (
@@ -168,6 +169,18 @@ def package(local: Path, workdir: Path, hosting: str | None = None) -> Path:
         raise ModelCheckFailed(f"cannot package {local}: {exc}") from exc
 
 
+def _destination(client: Any | None, prefix: str, target_model: str, overwrite: bool) -> tuple[Any, S3Location, str]:
+    """The client, prefix and TargetModel of a publication, once the prefix's bucket exists and (unless
+    ``overwrite``) the name is free; raises the publish errors otherwise."""
+    client = client or s3_client()
+    location = parse_prefix(prefix)
+    target = check_target_model(target_model)
+    require_bucket(client, location)
+    if not overwrite:
+        refuse_existing(client, location, target)
+    return client, location, target
+
+
 def publish_archive(
     archive: bytes,
     prefix: str,
@@ -183,12 +196,7 @@ def publish_archive(
 
     Raises InvalidPrefix, InvalidTargetModel, BucketNotFound, ArtifactExists (unless ``overwrite``), StoreError.
     """
-    client = client or s3_client()
-    location = parse_prefix(prefix)
-    target = check_target_model(target_model)
-    require_bucket(client, location)
-    if not overwrite:
-        refuse_existing(client, location, target)
+    client, location, target = _destination(client, prefix, target_model, overwrite)
     upload(
         client,
         io.BytesIO(archive),
@@ -224,13 +232,8 @@ def publish_path(
     InvalidPrefix, InvalidTargetModel, BucketNotFound, ArtifactExists (unless ``overwrite``), ModelCheckFailed,
     StoreError; nothing is written unless everything passed.
     """
-    client = client or s3_client()
-    location = parse_prefix(prefix)
-    target = check_target_model(target_model)
     # Refusals that need no packaging come first, so a taken name is reported at once.
-    require_bucket(client, location)
-    if not overwrite:
-        refuse_existing(client, location, target)
+    client, location, target = _destination(client, prefix, target_model, overwrite)
     with tempfile.TemporaryDirectory(prefix="openmme-publish-") as scratch:
         archive = package(Path(local), Path(scratch), hosting)
         report = check_archive(archive, sample=sample, content_type=sample_content_type) if check else None
