@@ -50,7 +50,7 @@ from openmme.endpoint.errors import (
     ValidationError,
 )
 from openmme.endpoint.extract import ArchiveRefused, ExtractLimits, extract_archive
-from openmme.endpoint.mms import MmsClient, MmsProcess, kill_processes
+from openmme.endpoint.mms import MmsClient, MmsProcess, kill_processes, tracked_call
 from openmme.endpoint.policy import Slot, disk_victims, memory_victims
 from openmme.endpoint.s3 import ModelSource
 from openmme.endpoint.settings import Settings
@@ -260,25 +260,15 @@ class ModelCache:
         return Route(shard.name, {MODEL_HEADER: entry.name}, shard)
 
     async def call(self, entry: Entry, request: Awaitable[T], shard: Shard | None = None) -> T | None:
-        """Run a request to ``entry`` in MMS; None when the model's workers died meanwhile (MMS would have
-        left it hanging until its time-out) and the request should be sent again."""
-        call = asyncio.ensure_future(request)
-        entry.calls.add(call)
-        if shard is not None:
-            shard.calls.add(call)
-            shard.in_flight += 1
+        """Run a request to ``entry`` in MMS (in ``shard`` if dense); None when the worker died meanwhile and the
+        request should be sent again (see ``tracked_call``)."""
+        if shard is None:
+            return await tracked_call(request, entry.calls)
+        shard.in_flight += 1
         try:
-            return await call
-        except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
-                raise  # the client went away, or the server is stopping
-            return None
+            return await tracked_call(request, entry.calls, shard.calls)
         finally:
-            entry.calls.discard(call)
-            if shard is not None:
-                shard.calls.discard(call)
-                shard.in_flight -= 1
+            shard.in_flight -= 1
 
     def reset(self, entry: Entry) -> None:
         """MMS (or a shard) no longer has ``entry`` (it answered 404): the next request loads it again."""
@@ -440,9 +430,10 @@ class ModelCache:
 
     async def start_shards(self) -> None:
         """Register the dense shards with MMS once (at start with ``--hosting dense``, else on first need)."""
-        if self._shards_started is None or (self._shards_started.done() and self._shards_started.exception()):
-            self._shards_started = asyncio.create_task(self._start_shards(), name="start dense shards")
-        await asyncio.shield(self._shards_started)
+        started = self._shards_started
+        if started is None or (started.done() and (started.cancelled() or started.exception() is not None)):
+            started = self._shards_started = asyncio.create_task(self._start_shards(), name="start dense shards")
+        await asyncio.shield(started)
 
     def shards_started(self) -> bool:
         """Whether the dense shards were started (``--hosting dense``, or an archive asked for dense)."""

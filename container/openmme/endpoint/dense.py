@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import logging
 import os
 from collections.abc import Mapping
@@ -24,7 +23,7 @@ from typing import Any
 import aiohttp
 
 from openmme.endpoint.errors import ServiceUnavailable
-from openmme.endpoint.mms import MmsClient, MmsResponse
+from openmme.endpoint.mms import MmsClient, MmsResponse, tracked_call
 from openmme.endpoint.settings import Settings
 from openmme.handlers import DENSE_HANDLER, MODEL_HEADER, OP_HEADER
 
@@ -114,25 +113,8 @@ class ShardPool:
     async def operation(self, shard: Shard, op: str, model: str = "") -> MmsResponse | None:
         """Ask ``shard`` to ``load``, ``unload`` or ``list``; None when its worker died meanwhile."""
         headers = {OP_HEADER: op, MODEL_HEADER: model}
-        call = asyncio.ensure_future(self.mms.predict(shard.name, b"", headers, timeout=self.settings.response_timeout))
-        shard.calls.add(call)
-        try:
-            return await call
-        except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
-                raise
-            return None
-        finally:
-            shard.calls.discard(call)
-
-    async def held(self, shard: Shard) -> dict[str, int]:
-        """What the shard's worker says it holds (model directory → bytes)."""
-        response = await self.operation(shard, "list")
-        if response is None or response.status != 200:
-            return {}
-        models: dict[str, int] = json.loads(response.body)["models"]
-        return models
+        request = self.mms.predict(shard.name, b"", headers, timeout=self.settings.response_timeout)
+        return await tracked_call(request, shard.calls)
 
     def overhead_bytes(self) -> int:
         """Memory the shards hold with no model in them: counted against the memory budget first."""

@@ -11,6 +11,7 @@ how workers that outlive their model (seen with MMS) are found and killed.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -21,10 +22,10 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import psutil
@@ -33,9 +34,11 @@ from multidict import CIMultiDict
 from openmme.endpoint.settings import MAX_BODY_BYTES, Settings
 from openmme.ports import free_port
 
-__all__ = ["MmsClient", "MmsConfig", "MmsProcess", "MmsResponse", "java_command"]
+__all__ = ["MmsClient", "MmsConfig", "MmsProcess", "MmsResponse", "java_command", "tracked_call"]
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -197,6 +200,25 @@ class MmsClient:
         return await self._call(
             "POST", f"{self.inference_url}/predictions/{name}", data=body, headers=headers, timeout=timeout
         )
+
+
+async def tracked_call(request: Awaitable[T], *registries: set[asyncio.Future[Any]]) -> T | None:
+    """Await ``request`` to an MMS worker, listed in ``registries`` meanwhile so that the front can cancel it when
+    the worker dies (MMS would leave it hanging until its time-out): then None, and the request should be sent
+    again. Cancelling the caller (the client went away, the server is stopping) still cancels."""
+    call = asyncio.ensure_future(request)
+    for registry in registries:
+        registry.add(call)
+    try:
+        return await call
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise
+        return None
+    finally:
+        for registry in registries:
+            registry.discard(call)
 
 
 class MmsProcess:
