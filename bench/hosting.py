@@ -24,7 +24,6 @@ never compete for the 2 cores:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import statistics
 import sys
@@ -34,8 +33,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import psutil
 
 from harness import (
     BUCKET,
@@ -107,17 +104,6 @@ def invoke(front: str, name: str, body: bytes) -> float:
     return seconds
 
 
-def worker_pss(endpoint: Endpoint) -> int:
-    """PSS of the endpoint's MMS worker processes (the python processes under the JVM)."""
-    total = 0
-    for process in psutil.Process(endpoint.pid).children(recursive=True):
-        with contextlib.suppress(psutil.Error):
-            if "--sock-name" in process.cmdline():
-                info = process.memory_full_info()
-                total += int(getattr(info, "pss", 0) or info.rss)
-    return total
-
-
 def cold_starts(front: str, names: Sequence[str], body: bytes) -> dict[str, Any]:
     from_s3 = [invoke(front, name, body) for name in names]
     for name in names:
@@ -133,14 +119,14 @@ def cold_starts(front: str, names: Sequence[str], body: bytes) -> dict[str, Any]
 
 
 def density(endpoint: Endpoint, names: Sequence[str], body: bytes) -> dict[str, Any]:
-    before_workers, before_tree = worker_pss(endpoint), tree_pss_bytes(endpoint.pid)
+    before_workers, before_tree = tree_pss_bytes(endpoint.pid, workers_only=True), tree_pss_bytes(endpoint.pid)
     started = time.perf_counter()
     with ThreadPoolExecutor(4) as pool:
         list(pool.map(lambda name: invoke(endpoint.url, name, body), names))
     seconds = time.perf_counter() - started
     snapshot = get_json(endpoint.url + "/models?limit=1")
     assert snapshot["loadedModels"] == len(names), snapshot["loadedModels"]
-    workers, tree = worker_pss(endpoint), tree_pss_bytes(endpoint.pid)
+    workers, tree = tree_pss_bytes(endpoint.pid, workers_only=True), tree_pss_bytes(endpoint.pid)
     return {
         "models": len(names),
         "load_all_seconds": seconds,

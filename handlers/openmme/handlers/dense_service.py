@@ -28,6 +28,7 @@ import ctypes
 import ctypes.util
 import json
 import logging
+import os
 import pathlib
 import time
 from collections import Counter
@@ -91,10 +92,9 @@ def _heap_meter() -> tuple[Callable[[], int], Callable[[], None]]:
 
 def _resident_bytes() -> int:
     with open("/proc/self/statm") as statm:  # pages: size resident shared ...
-        return int(statm.read().split()[1]) * _PAGE_SIZE
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-_PAGE_SIZE = 4096
 heap_bytes, _trim = _heap_meter()
 
 
