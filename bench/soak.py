@@ -97,7 +97,7 @@ async def drive(url: str, trace: list[int], body: str, want: dict[int, list[floa
                 async with session.post(url, data=body, headers=headers) as response:
                     text = await response.text()
                     statuses[response.status] += 1
-                    answer = [float(v) for v in text.split(",")] if response.status == 200 else None
+                    answer = [float(v) for v in json.loads(text)] if response.status == 200 else None
                     if answer is not None and answer != want[model % DISTINCT_BOOSTERS]:
                         wrong += 1
             except (TimeoutError, aiohttp.ClientError):

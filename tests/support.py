@@ -1,11 +1,12 @@
 """Helpers for the tests: a counting S3 proxy, hostile-archive builders, polling, CSV rows and the
-predictions they must get."""
+predictions (and answer bytes) they must get."""
 
 from __future__ import annotations
 
 import http.client
 import http.server
 import io
+import json
 import subprocess
 import sys
 import tarfile
@@ -102,6 +103,25 @@ def csv_body(rows: np.ndarray) -> str:
 def expected(booster: xgboost.Booster, rows: np.ndarray) -> list[float]:
     """What the booster predicts in-process for ``rows``: the answer every served prediction must equal."""
     return [float(value) for value in booster.predict(xgboost.DMatrix(rows))]
+
+
+def served_json(body: bytes) -> list[float]:
+    """The predictions of a default answer (JSON): the bare array SageMaker's XGBoost container answers."""
+    values = json.loads(body)
+    assert isinstance(values, list), values
+    return [float(value) for value in values]
+
+
+def container_json(booster: xgboost.Booster, rows: np.ndarray) -> bytes:
+    """The SageMaker XGBoost container's JSON answer for ``rows`` (its default): the bare array of the
+    booster's in-process predictions, ``json.dumps(predictions.tolist())``."""
+    return json.dumps(booster.predict(xgboost.DMatrix(rows)).tolist()).encode()
+
+
+def container_csv(booster: xgboost.Booster, rows: np.ndarray) -> bytes:
+    """The SageMaker XGBoost container's ``text/csv`` answer for ``rows``: ONE line,
+    ``",".join(map(str, predictions.tolist()))``."""
+    return ",".join(map(str, booster.predict(xgboost.DMatrix(rows)).tolist())).encode()
 
 
 def run_bench_smoke(script: str, output: Path, timeout: float = 300) -> None:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import scipy.sparse
 import xgboost
 from mms.protocol import otf_message_handler
 from mms.service import Service
@@ -163,10 +164,40 @@ def npy_body(rows: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def recordio_dense_body(rows: np.ndarray) -> bytes:
+    """Rows as the SageMaker SDK's RecordSerializer sends them (one dense Record per row)."""
+    from sagemaker.serializers import RecordSerializer
+
+    return bytes(RecordSerializer().serialize(rows).getvalue())
+
+
+def recordio_sparse_body(matrix: scipy.sparse.csr_matrix, labels: np.ndarray | None = None) -> bytes:
+    """A sparse matrix as the SageMaker SDK writes it (one sparse Record per row, keys and shape)."""
+    from sagemaker.amazon.common import write_spmatrix_to_sparse_tensor
+
+    buffer = io.BytesIO()
+    write_spmatrix_to_sparse_tensor(buffer, matrix, labels)
+    return buffer.getvalue()
+
+
+def as_csr(rows: np.ndarray) -> scipy.sparse.csr_matrix:
+    """Rows as CSR with NaN left out (missing) and explicit zeros kept, as XGBoost reads a dense NaN row."""
+    present = ~np.isnan(rows)
+    row_index, column_index = np.nonzero(present)
+    return scipy.sparse.csr_matrix((rows[present], (row_index, column_index)), shape=rows.shape)
+
+
+def parse_predictions(text: str) -> np.ndarray:
+    """The predictions of a JSON answer (the default): the bare array the SageMaker XGBoost container writes."""
+    return np.array(json.loads(text), dtype=np.float64)
+
+
 def parse_csv_predictions(text: str) -> np.ndarray:
+    """The predictions of a ``text/csv; format=rows`` answer: a line per row."""
     return np.array([[float(value) for value in line.split(",")] for line in text.split("\n")])
 
 
 def parse_json_predictions(text: str) -> np.ndarray:
+    """The predictions of an ``application/json; format=predictions`` answer."""
     document = json.loads(text)
     return np.array([prediction["score"] for prediction in document["predictions"]], dtype=np.float64)

@@ -12,10 +12,12 @@ from openmme.handlers import ERROR_HEADER, UnsupportedArchive
 from openmme.handlers._mms import (
     LoadError,
     accepted_types,
+    media_parameters,
     one_line,
     record_load_error,
     reject,
     request_content_type,
+    request_content_type_header,
     request_header,
 )
 
@@ -40,6 +42,29 @@ def test_content_type_falls_back_to_the_type_mms_recorded_for_the_body() -> None
         {"body": {"content-type": ""}},
     )
     assert [request_content_type(context, idx) for idx in range(3)] == ["application/json", "text/libsvm", None]
+
+
+def test_the_content_type_header_keeps_its_parameters() -> None:
+    context = context_with(
+        {"body": {"content-type": "text/csv"}, "content-type": "text/csv; label_size=1"},
+        {"body": {"content-type": "text/libsvm"}, "Content-Type": "  "},
+    )
+    assert request_content_type_header(context, 0) == "text/csv; label_size=1"
+    assert request_content_type_header(context, 1) == "text/libsvm"
+
+
+@pytest.mark.parametrize(
+    ("value", "parameters"),
+    [
+        (None, {}),
+        ("text/csv", {}),
+        ("Text/CSV; Label_Size=1; charset=UTF-8", {"label_size": "1", "charset": "utf-8"}),
+        ('application/json ; format="Predictions"', {"format": "predictions"}),
+        ("text/csv; flag; =x; q=0.5", {"q": "0.5"}),
+    ],
+)
+def test_media_parameters_are_read_case_insensitively(value: str | None, parameters: dict[str, str]) -> None:
+    assert media_parameters(value) == parameters
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,19 @@ from typing import Any
 
 import numpy as np
 import pytest
-from handler_harness import MmsWorker, Request, csv_body, npy_body
+import xgboost
+from handler_harness import (
+    MmsWorker,
+    Request,
+    as_csr,
+    csv_body,
+    libsvm_body,
+    npy_body,
+    recordio_dense_body,
+    recordio_sparse_body,
+    save_ubj,
+    train_booster,
+)
 from mms.model_loader import MmsModelLoader
 
 from openmme.handlers import ERROR_HEADER, SCRIPT_HANDLER
@@ -68,16 +80,13 @@ def linear(tmp_path: pathlib.Path) -> pathlib.Path:
 
 @pytest.mark.parametrize(
     ("body", "content_type"),
-    [
-        (csv_body(ROWS), "text/csv"),
-        (json.dumps(ROWS.tolist()).encode(), "application/json"),
-        (npy_body(ROWS), "application/x-npy"),
-    ],
-    ids=["csv", "json", "npy"],
+    [(json.dumps(ROWS.tolist()).encode(), "application/json"), (npy_body(ROWS), "application/x-npy")],
+    ids=["json", "npy"],
 )
 def test_default_input_and_output_functions_serve_a_numpy_model(
     linear: pathlib.Path, body: bytes, content_type: str
 ) -> None:
+    # JSON and NPY (openmme's additions to the container's defaults) decode to arrays.
     reply = worker_for(linear).invoke(body, {"Content-Type": content_type})
     assert reply.status == 200, reply.text
     # The toolkit's default Accept is JSON.
@@ -86,10 +95,18 @@ def test_default_input_and_output_functions_serve_a_numpy_model(
     assert json.loads(reply.text) == (ROWS @ WEIGHTS).tolist()
 
 
-def test_default_output_function_encodes_csv_when_asked(linear: pathlib.Path) -> None:
-    reply = worker_for(linear).invoke(csv_body(ROWS), {"content-type": "text/csv; charset=utf-8", "ACCEPT": "text/csv"})
-    assert reply.content_type == "text/csv"
-    assert [float(line) for line in reply.text.split()] == (ROWS @ WEIGHTS).tolist()
+@pytest.mark.parametrize("accept", ["text/csv", "csv", "application/x-npy; q=0.5"])
+def test_default_output_function_encodes_csv_and_npy_as_the_toolkit_does(linear: pathlib.Path, accept: str) -> None:
+    body = json.dumps(ROWS.tolist()).encode()
+    reply = worker_for(linear).invoke(body, {"content-type": "application/json; charset=utf-8", "ACCEPT": accept})
+    predictions = ROWS @ WEIGHTS
+    if accept.startswith("application/x-npy"):
+        assert reply.content_type == "application/x-npy"
+        np.testing.assert_array_equal(np.load(io.BytesIO(reply.body), allow_pickle=False), predictions)
+    else:
+        # np.savetxt(fmt="%s"): a value per line, and a final newline.
+        assert reply.content_type == "text/csv"
+        assert reply.text == "".join(str(value) + "\n" for value in predictions)
 
 
 def test_user_functions_get_the_bare_content_type_and_text_bodies(tmp_path: pathlib.Path) -> None:
@@ -190,7 +207,7 @@ def test_two_script_models_in_one_process_keep_their_own_modules(tmp_path: pathl
 def test_a_batch_is_answered_request_by_request_with_its_own_headers(linear: pathlib.Path) -> None:
     replies = worker_for(linear).invoke_batch(
         [
-            Request(csv_body(ROWS[:1]), {"Content-Type": "text/csv", "Accept": "text/csv"}),
+            Request(json.dumps(ROWS[:1].tolist()).encode(), {"Content-Type": "application/json", "Accept": "text/csv"}),
             Request(b"<rows/>", {"Content-Type": "application/xml"}),
             Request(json.dumps(ROWS[1:].tolist()).encode(), {"Content-Type": "application/json"}),
         ]
@@ -203,7 +220,7 @@ def test_a_batch_is_answered_request_by_request_with_its_own_headers(linear: pat
 
 
 def test_unsupported_accept_with_the_default_output_function_is_415(linear: pathlib.Path) -> None:
-    reply = worker_for(linear).invoke(csv_body(ROWS), {"Content-Type": "text/csv", "Accept": "image/png"})
+    reply = worker_for(linear).invoke(npy_body(ROWS), {"Content-Type": "application/x-npy", "Accept": "image/png"})
     assert_error(reply, 415, "image/png", "define output_fn")
 
 
@@ -298,6 +315,267 @@ def test_an_unserialisable_response_is_500(tmp_path: pathlib.Path) -> None:
     )
     reply = worker_for(model_dir).invoke(b"[[1]]", {"Content-Type": "application/json"})
     assert_error(reply, 500, "not bytes, str or JSON-serialisable")
+
+
+# --- scripts written for the SageMaker XGBoost container ------------------------------------------------
+
+# What such scripts often are: model_fn alone, the container's defaults doing the rest.
+MODEL_FN_ONLY = """
+import os
+import xgboost
+
+def model_fn(model_dir):
+    return xgboost.Booster(model_file=os.path.join(model_dir, "model.ubj"))
+"""
+
+
+def booster_model(
+    root: pathlib.Path, source: str = MODEL_FN_ONLY, objective: str = "binary:logistic"
+) -> tuple[pathlib.Path, xgboost.Booster, np.ndarray]:
+    booster, rows = train_booster(objective)
+    model_dir = write_model(root, source)
+    save_ubj(booster, model_dir / "model.ubj")
+    return model_dir, booster, rows
+
+
+def in_process(booster: xgboost.Booster, rows: Any) -> np.ndarray:
+    return booster.predict(xgboost.DMatrix(rows))
+
+
+def body_of(kind: str, rows: np.ndarray) -> tuple[bytes, str]:
+    if kind == "csv":
+        return csv_body(rows), "text/csv"
+    if kind == "libsvm":
+        return libsvm_body(rows), "text/libsvm"
+    if kind == "recordio-dense":
+        return recordio_dense_body(np.nan_to_num(rows)), "application/x-recordio-protobuf"
+    if kind == "recordio-sparse":
+        return recordio_sparse_body(as_csr(rows)), "application/x-recordio-protobuf"
+    if kind == "json":
+        return json.dumps(np.nan_to_num(rows).tolist()).encode(), "application/json"
+    return npy_body(rows), "application/x-npy"
+
+
+def rows_of(kind: str, rows: np.ndarray) -> Any:
+    """What the request of ``kind`` carries, as xgboost reads it in-process."""
+    if kind in ("recordio-dense", "json"):
+        return np.nan_to_num(rows)
+    if kind == "recordio-sparse":
+        return as_csr(rows)
+    return rows
+
+
+@pytest.mark.parametrize("kind", ["csv", "libsvm", "recordio-dense", "recordio-sparse", "json", "npy"])
+@pytest.mark.parametrize("objective", ["binary:logistic", "multi:softprob"])
+def test_a_script_with_only_model_fn_answers_json_of_the_boosters_predictions(
+    tmp_path: pathlib.Path, objective: str, kind: str
+) -> None:
+    model_dir, booster, rows = booster_model(tmp_path, objective=objective)
+    body, content_type = body_of(kind, rows)
+    reply = worker_for(model_dir).invoke(body, {"Content-Type": content_type})
+    assert reply.status == 200, reply.text
+    assert reply.content_type == "application/json"
+    want = in_process(booster, rows_of(kind, rows))
+    # The toolkit's JSON encoder, as the container's default output_fn answers.
+    assert reply.body == json.dumps(want.tolist()).encode()
+    assert json.loads(reply.body)[0] == want.tolist()[0]
+
+
+def test_a_model_fn_only_script_answers_csv_and_npy_by_accept(tmp_path: pathlib.Path) -> None:
+    model_dir, booster, rows = booster_model(tmp_path)
+    worker = worker_for(model_dir)
+    want = in_process(booster, rows)
+    csv_reply = worker.invoke(csv_body(rows), {"Content-Type": "text/csv; charset=utf-8", "Accept": "text/csv"})
+    npy_reply = worker.invoke(csv_body(rows), {"Content-Type": "text/csv", "Accept": "application/x-npy"})
+    # np.savetxt(fmt="%s") of float32 values: their shortest float32 text, a value per line.
+    assert csv_reply.text == "".join(str(value) + "\n" for value in want)
+    assert np.array_equal(np.array(csv_reply.text.split(), dtype=np.float32), want)
+    assert npy_reply.content_type == "application/x-npy"
+    np.testing.assert_array_equal(np.load(io.BytesIO(npy_reply.body), allow_pickle=False), want)
+
+
+def test_the_default_accept_of_a_script_comes_from_the_toolkits_variable(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT", "text/csv")
+    model_dir, booster, rows = booster_model(tmp_path)
+    reply = worker_for(model_dir).invoke(csv_body(rows[:2]), {"Content-Type": "text/csv", "Accept": "*/*"})
+    assert reply.content_type == "text/csv"
+    assert reply.text == "".join(str(value) + "\n" for value in in_process(booster, rows[:2]))
+
+
+def test_the_default_input_fn_gives_a_dmatrix_for_the_containers_types(tmp_path: pathlib.Path) -> None:
+    model_dir = write_model(
+        tmp_path,
+        """
+        import xgboost
+
+        def model_fn(model_dir):
+            return None
+
+        def predict_fn(data, model):
+            assert isinstance(data, xgboost.DMatrix), type(data)
+            return [data.num_row(), data.num_col()]
+        """,
+    )
+    worker = worker_for(model_dir)
+    for body, content_type in [
+        (b"1,2,3\n4,5,6", "text/csv"),
+        (b"1 1:0.5 3:1.0\n0 2:2.0", "text/x-libsvm"),
+        (recordio_dense_body(np.ones((2, 3))), "application/x-recordio-protobuf"),
+    ]:
+        reply = worker.invoke(body, {"Content-Type": content_type})
+        assert json.loads(reply.text) == [2, 3], (content_type, reply.text)
+
+
+def test_an_xgboost_scikit_learn_model_gets_rows_it_can_predict_on(tmp_path: pathlib.Path) -> None:
+    # scikit-learn is not in the image, so the model here has the scikit-learn API's shape only: get_booster()
+    # and predict(X, validate_features=...), which takes arrays but not a DMatrix.
+    model_dir, booster, rows = booster_model(
+        tmp_path,
+        """
+        import os
+        import xgboost
+
+        class BoosterEstimator:
+            def __init__(self, booster):
+                self._booster = booster
+
+            def get_booster(self):
+                return self._booster
+
+            def predict(self, X, validate_features=True):
+                if isinstance(X, xgboost.DMatrix):
+                    raise TypeError("Not supported type for data: DMatrix")
+                return self._booster.inplace_predict(X, validate_features=validate_features)
+
+        def model_fn(model_dir):
+            return BoosterEstimator(xgboost.Booster(model_file=os.path.join(model_dir, "model.ubj")))
+        """,
+    )
+    reply = worker_for(model_dir).invoke(csv_body(rows), {"Content-Type": "text/csv"})
+    assert reply.status == 200, reply.text
+    assert reply.body == json.dumps(in_process(booster, rows).tolist()).encode()
+
+
+# A script as the AWS examples write them for the XGBoost container.
+CONTAINER_SCRIPT = """
+import os
+import numpy as np
+import xgboost as xgb
+from sagemaker_containers.beta.framework import content_types, encoders, errors
+from sagemaker_xgboost_container import encoder as xgb_encoders
+from sagemaker_xgboost_container.encoder import csv_to_dmatrix
+
+def model_fn(model_dir):
+    return xgb.Booster(model_file=os.path.join(model_dir, "model.ubj"))
+
+def input_fn(request_body, request_content_type):
+    if request_content_type == "text/libsvm":
+        return xgb_encoders.libsvm_to_dmatrix(request_body)
+    if request_content_type == content_types.CSV:
+        return csv_to_dmatrix(request_body.rstrip("\\n"))
+    if request_content_type == content_types.JSON:
+        try:
+            return xgb.DMatrix(encoders.decode(request_body, content_types.JSON))
+        except errors.ClientError as exc:
+            raise ValueError("caught " + type(exc).__name__) from exc
+    return xgb_encoders.decode(request_body, request_content_type)
+
+def predict_fn(input_data, model):
+    return model.predict(input_data)
+
+def output_fn(prediction, accept):
+    if accept == content_types.CSV:
+        return encoders.encode(prediction, content_types.CSV), accept
+    return encoders.encode(prediction, content_types.JSON), content_types.JSON
+"""
+
+
+@pytest.mark.parametrize("kind", ["csv", "libsvm", "recordio-dense", "recordio-sparse", "json"])
+def test_a_script_written_for_the_xgboost_container_runs_unchanged(tmp_path: pathlib.Path, kind: str) -> None:
+    model_dir, booster, rows = booster_model(tmp_path, CONTAINER_SCRIPT)
+    body, content_type = body_of(kind, rows)
+    worker = worker_for(model_dir)
+    reply = worker.invoke(body, {"Content-Type": content_type})
+    assert reply.status == 200, reply.text
+    want = in_process(booster, rows_of(kind, rows))
+    assert reply.body == json.dumps(want.tolist()).encode()
+    csv_reply = worker.invoke(body, {"Content-Type": content_type, "Accept": "text/csv"})
+    # sagemaker_containers' CSV: a value per line.
+    assert csv_reply.text == "".join(str(value) + "\n" for value in want)
+
+
+def test_stand_in_decoders_raise_client_errors_answered_400(tmp_path: pathlib.Path) -> None:
+    model_dir, _, _ = booster_model(tmp_path, CONTAINER_SCRIPT)
+    worker = worker_for(model_dir)
+    caught = worker.invoke(b"[[1, 2", {"Content-Type": "application/json"})
+    assert_error(caught, 500, "ValueError: caught PayloadError")
+    uncaught = worker.invoke(b"1:x", {"Content-Type": "text/libsvm"})
+    assert_error(uncaught, 400, "LIBSVM row 1: '1:x' is not index:value")
+    unsupported = worker.invoke(b"\x89PNG", {"Content-Type": "image/png"})
+    assert_error(unsupported, 415, "image/png")
+
+
+def test_a_real_installed_package_wins_over_the_stand_in(tmp_path: pathlib.Path) -> None:
+    site = tmp_path / "site"
+    (site / "sagemaker_containers").mkdir(parents=True)
+    (site / "sagemaker_containers" / "__init__.py").write_text("ORIGIN = 'installed'\n")
+    sys.path.insert(0, str(site))  # restored by the conftest fixture
+    model_dir = write_model(
+        tmp_path / "model",
+        """
+        import sagemaker_containers
+
+        def model_fn(model_dir):
+            return None
+
+        def transform_fn(model, body, content_type, accept):
+            return sagemaker_containers.ORIGIN
+        """,
+    )
+    assert worker_for(model_dir).invoke(b"{}", {"Content-Type": "application/json"}).text == "installed"
+
+
+@pytest.mark.parametrize(
+    ("imports", "message"),
+    [
+        (
+            "from sagemaker_containers.beta.framework import content_types, encoders, env, modules, worker",
+            "sagemaker_containers.beta.framework.env is not available in openmme, whose stand-in "
+            "sagemaker_containers provides only beta.framework's encoders",
+        ),
+        ("from sagemaker_containers.beta.framework import worker", "instead of a worker.Response"),
+        ("from sagemaker_containers import entry_point", "sagemaker_containers.entry_point is not available"),
+        ("import sagemaker_containers.beta.framework.modules", "sagemaker_containers.beta.framework.modules is not"),
+        ("from sagemaker_containers.record_pb2 import Record", "recordio_protobuf_to_dmatrix"),
+        ("from sagemaker_xgboost_container.data_utils import get_dmatrix", "sagemaker_xgboost_container.data_utils"),
+        ("from sagemaker_xgboost_container import distributed", "sagemaker_xgboost_container.distributed is not"),
+        ("from sagemaker_xgboost_container.encoder import json_to_jsonlines", "encoder.json_to_jsonlines is not"),
+    ],
+)
+def test_importing_what_the_stand_ins_lack_fails_at_load_with_one_line(
+    tmp_path: pathlib.Path, imports: str, message: str
+) -> None:
+    model_dir = write_model(tmp_path, imports + "\n\ndef model_fn(model_dir):\n    return None\n")
+    with pytest.raises(ScriptLoadError) as caught:
+        worker_for(model_dir)
+    line = str(caught.value)
+    assert line.startswith("code/inference.py failed to import: ImportError: ")
+    assert message in line
+    assert "\n" not in line
+
+
+def test_the_stand_ins_are_installed_with_openmme() -> None:
+    # They are imported from the installed package's directory, so every one of their packages must be listed.
+    import tomllib
+
+    from openmme.handlers._compat import COMPAT_DIR
+
+    packages = tomllib.loads((COMPAT_DIR.parents[3] / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    for init in COMPAT_DIR.rglob("__init__.py"):
+        dotted = ".".join(("openmme", "handlers", *init.parent.relative_to(COMPAT_DIR.parent).parts))
+        assert dotted in packages, f"{dotted} is missing from pyproject.toml's packages"
 
 
 # --- loading -------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from openmme.endpoint.cache import mms_model_name
 from openmme.publish import pack_directory
 from openmme.publish.samples import make_rows, sample_archive
 from tests.conftest import Endpoint, EndpointFactory
-from tests.support import CountingProxy, csv_body, expected, make_tar, wait_until
+from tests.support import CountingProxy, csv_body, expected, make_tar, served_json, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -33,7 +33,7 @@ def invoke(endpoint: Endpoint, target: str, rows: np.ndarray, client: Any = None
     response = client.invoke_endpoint(
         EndpointName=endpoint.name, TargetModel=target, ContentType="text/csv", Body=csv_body(rows)
     )
-    return [float(value) for value in response["Body"].read().decode().split(",")]
+    return served_json(response["Body"].read())
 
 
 def gets(proxy: CountingProxy, prefix: str, target: str) -> int:
@@ -308,7 +308,7 @@ def test_sagemaker_container_contract(
         endpoint.url + "/models/abc123/invoke", data=csv_body(ROWS).encode(), headers={"Content-Type": "text/csv"}
     )
     with urllib.request.urlopen(request, timeout=60) as response:
-        assert [float(value) for value in response.read().decode().split(",")] == expected(booster, ROWS)
+        assert served_json(response.read()) == expected(booster, ROWS)
 
     assert _post(endpoint.url + "/models/abc123", method="DELETE")[0] == 200
     assert _post(endpoint.url + "/models/abc123", method="DELETE")[0] == 404

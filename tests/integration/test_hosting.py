@@ -15,7 +15,7 @@ from openmme.endpoint.cache import mms_model_name
 from openmme.publish import pack_directory
 from openmme.publish.samples import make_rows, train_booster
 from tests.conftest import Endpoint, EndpointFactory
-from tests.support import csv_body, expected
+from tests.support import csv_body, expected, served_json
 
 pytestmark = pytest.mark.integration
 
@@ -27,7 +27,7 @@ def invoke(endpoint: Endpoint, target: str, rows: np.ndarray = ROWS, client: Any
     response = client.invoke_endpoint(
         EndpointName=endpoint.name, TargetModel=target, ContentType="text/csv", Body=csv_body(rows)
     )
-    return [float(value) for value in response["Body"].read().decode().split(",")]
+    return served_json(response["Body"].read())
 
 
 def archive(directory: Path, booster: xgboost.Booster, settings: str | None = None) -> bytes:

@@ -1,5 +1,6 @@
 """Invocations through the unchanged boto3 client and the sagemaker SDK against a real endpoint: real SeaweedFS,
-real MMS workers, real xgboost. Predictions must equal the same booster predicting in-process."""
+real MMS workers, real xgboost. Predictions must equal the same booster predicting in-process, and answers be the
+SageMaker XGBoost container's bytes (JSON by default, ``json.dumps(predictions.tolist())``)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from openmme.publish import publish_archive
 from openmme.publish.samples import make_rows, sample_archive
 from openmme.seaweed import EmbeddedS3
 from tests.conftest import Endpoint, EndpointFactory, Launcher
-from tests.support import csv_body, expected
+from tests.support import container_csv, container_json, csv_body, expected, served_json
 
 pytestmark = pytest.mark.integration
 
@@ -26,7 +27,8 @@ OBJECTIVES = ("binary:logistic", "multi:softmax", "reg:squarederror")
 
 
 def served_csv(body: bytes) -> list[float]:
-    # One comma-separated line for single-output models, as SageMaker's XGBoost container answers.
+    """The predictions of an ``Accept: text/csv`` answer: one comma-separated line for single-output models, as
+    SageMaker's XGBoost container answers."""
     text = body.decode()
     assert "\n" not in text
     return [float(value) for value in text.split(",")]
@@ -54,7 +56,7 @@ def target_for(objective: str) -> str:
 
 
 @pytest.mark.parametrize("objective", OBJECTIVES)
-def test_boto3_csv_predictions_equal_in_process_xgboost(
+def test_boto3_csv_without_accept_gets_the_containers_json(
     module_endpoint: Endpoint, boosters: dict[str, xgboost.Booster], objective: str
 ) -> None:
     rows = make_rows(5, seed=7)
@@ -64,9 +66,29 @@ def test_boto3_csv_predictions_equal_in_process_xgboost(
         ContentType="text/csv",
         Body=csv_body(rows),
     )
-    assert response["ContentType"] == "text/csv"
+    assert response["ContentType"] == "application/json"
     assert response["InvokedProductionVariant"] == "AllTraffic"
-    assert served_csv(response["Body"].read()) == expected(boosters[objective], rows)
+    body = response["Body"].read()
+    assert body == container_json(boosters[objective], rows)
+    assert served_json(body) == expected(boosters[objective], rows)
+
+
+@pytest.mark.parametrize("objective", OBJECTIVES)
+def test_boto3_accept_csv_gets_the_containers_one_line(
+    module_endpoint: Endpoint, boosters: dict[str, xgboost.Booster], objective: str
+) -> None:
+    rows = make_rows(5, seed=7)
+    response = module_endpoint.runtime().invoke_endpoint(
+        EndpointName=module_endpoint.name,
+        TargetModel=target_for(objective),
+        ContentType="text/csv",
+        Accept="text/csv",
+        Body=csv_body(rows),
+    )
+    assert response["ContentType"] == "text/csv"
+    body = response["Body"].read()
+    assert body == container_csv(boosters[objective], rows)
+    assert served_csv(body) == expected(boosters[objective], rows)
 
 
 @pytest.mark.parametrize("objective", OBJECTIVES)
@@ -82,15 +104,37 @@ def test_boto3_json_predictions_equal_in_process_xgboost(
         Body=json.dumps([[float(value) for value in row] for row in rows]),
     )
     assert response["ContentType"] == "application/json"
-    scores = [item["score"] for item in json.loads(response["Body"].read())["predictions"]]
-    assert scores == expected(boosters[objective], rows)
+    assert response["Body"].read() == container_json(boosters[objective], rows)
+
+
+def test_openmmes_own_answer_shapes_are_asked_for_by_name(
+    module_endpoint: Endpoint, boosters: dict[str, xgboost.Booster]
+) -> None:
+    rows = make_rows(3, seed=13)
+    want = expected(boosters["reg:squarederror"], rows)
+    answers = {
+        accept: module_endpoint.runtime()
+        .invoke_endpoint(
+            EndpointName=module_endpoint.name,
+            TargetModel=target_for("reg:squarederror"),
+            ContentType="text/csv",
+            Accept=accept,
+            Body=csv_body(rows),
+        )["Body"]
+        .read()
+        for accept in ("application/json; format=predictions", "text/csv; format=rows")
+    }
+    assert json.loads(answers["application/json; format=predictions"]) == {
+        "predictions": [{"score": value} for value in want]
+    }
+    assert answers["text/csv; format=rows"].decode() == "\n".join(repr(value) for value in want)
 
 
 def test_sagemaker_sdk_predictor_gets_the_same_answer(
     module_endpoint: Endpoint, boosters: dict[str, xgboost.Booster]
 ) -> None:
     import sagemaker
-    from sagemaker.deserializers import CSVDeserializer
+    from sagemaker.deserializers import CSVDeserializer, JSONDeserializer
     from sagemaker.predictor import Predictor
     from sagemaker.serializers import CSVSerializer
 
@@ -98,16 +142,42 @@ def test_sagemaker_sdk_predictor_gets_the_same_answer(
         boto_session=boto3.Session(aws_access_key_id="test", aws_secret_access_key="test", region_name="us-east-1"),
         sagemaker_runtime_client=module_endpoint.runtime(),
     )
-    predictor = Predictor(
-        module_endpoint.name,
-        sagemaker_session=session,
-        serializer=CSVSerializer(),
-        deserializer=CSVDeserializer(),
-    )
     rows = make_rows(3, seed=9)
-    answer = predictor.predict(rows.tolist(), target_model=target_for("binary:logistic"))
-    # CSVDeserializer splits the answer into lines of values: one line, one value per row.
-    assert [[float(value) for value in line] for line in answer] == [expected(boosters["binary:logistic"], rows)]
+    want = expected(boosters["binary:logistic"], rows)
+    as_csv, as_json = (
+        Predictor(
+            module_endpoint.name, sagemaker_session=session, serializer=CSVSerializer(), deserializer=deserializer
+        )
+        for deserializer in (CSVDeserializer(), JSONDeserializer())
+    )
+    # CSVDeserializer (Accept: text/csv) splits the answer into lines of values: one line, one value per row.
+    answer = as_csv.predict(rows.tolist(), target_model=target_for("binary:logistic"))
+    assert [[float(value) for value in line] for line in answer] == [want]
+    # JSONDeserializer (Accept: application/json) reads the bare array.
+    assert as_json.predict(rows.tolist(), target_model=target_for("binary:logistic")) == want
+
+
+@pytest.mark.parametrize("content_type", ["text/libsvm", "application/x-recordio-protobuf"])
+def test_libsvm_and_recordio_protobuf_bodies(
+    module_endpoint: Endpoint, boosters: dict[str, xgboost.Booster], content_type: str
+) -> None:
+    from sagemaker.serializers import RecordSerializer
+
+    rows = make_rows(3, seed=14)
+    if content_type == "text/libsvm":
+        body = "\n".join(
+            "1 " + " ".join(f"{index}:{float(value)!r}" for index, value in enumerate(row)) for row in rows
+        )
+        payload: bytes = body.encode()
+    else:
+        payload = RecordSerializer().serialize(rows).getvalue()
+    response = module_endpoint.runtime().invoke_endpoint(
+        EndpointName=module_endpoint.name,
+        TargetModel=target_for("multi:softmax"),
+        ContentType=content_type,
+        Body=payload,
+    )
+    assert response["Body"].read() == container_json(boosters["multi:softmax"], rows)
 
 
 def test_plain_http_invocations_route_with_target_model_header(
@@ -120,7 +190,7 @@ def test_plain_http_invocations_route_with_target_model_header(
         headers={"X-Amzn-SageMaker-Target-Model": target_for("reg:squarederror"), "Content-Type": "text/csv"},
     )
     with urllib.request.urlopen(request, timeout=60) as response:
-        assert served_csv(response.read()) == expected(boosters["reg:squarederror"], rows)
+        assert response.read() == container_json(boosters["reg:squarederror"], rows)
 
 
 def test_custom_attributes_and_inference_id_are_echoed(module_endpoint: Endpoint) -> None:
@@ -147,7 +217,9 @@ def test_models_listing_shows_states_in_sagemaker_shape(module_endpoint: Endpoin
     by_name = {model["modelName"]: model for model in listing["models"]}
     entry = by_name[target_for("binary:logistic")]
     assert entry["state"] == "ready"
-    assert entry["modelUrl"].startswith(str(module_endpoint.cache_dir))
+    # Where the model comes from (the archive's S3 URI); where it is extracted is "path".
+    assert entry["modelUrl"] == module_endpoint.prefix + target_for("binary:logistic")
+    assert entry["path"].startswith(str(module_endpoint.cache_dir))
     assert entry["memoryBytes"] > 0 and entry["diskBytes"] > 0
     assert listing["loadedModels"] == sum(model["state"] == "ready" for model in listing["models"])
 
@@ -208,7 +280,7 @@ def test_a_body_just_under_six_mib_is_served_whole(
     body = "\n".join([row] * copies)
     assert 5 * 1024 * 1024 < len(body) <= 6 * 1024 * 1024
     response = _invoke(module_endpoint, TargetModel=target_for("reg:squarederror"), Body=body)
-    served = served_csv(response["Body"].read())
+    served = served_json(response["Body"].read())
     assert served == expected(boosters["reg:squarederror"], make_rows(1, seed=12)) * copies
 
 
@@ -223,11 +295,32 @@ def test_bad_rows_are_a_model_error_with_the_original_status(module_endpoint: En
     assert "Traceback" not in json.dumps(error, default=str)
 
 
-def test_unsupported_content_type_is_a_model_error_415(module_endpoint: Endpoint) -> None:
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"ContentType": "image/png", "Body": b"\x89PNG"}, "Content-Type image/png is not supported"),
+        ({"ContentType": "text/csv; label_size=2"}, "label_size must be 1"),
+        ({"Accept": "application/xml"}, "Accept application/xml is not supported"),
+    ],
+    ids=["content-type", "label-size", "accept"],
+)
+def test_unsupported_content_type_or_accept_is_a_model_error_415(
+    module_endpoint: Endpoint, overrides: dict[str, Any], message: str
+) -> None:
     client = module_endpoint.runtime()
     with pytest.raises(client.exceptions.ModelError) as caught:
-        _invoke(module_endpoint, ContentType="image/png", Body=b"\x89PNG")
+        _invoke(module_endpoint, **overrides)
     assert caught.value.response["OriginalStatusCode"] == 415
+    assert message in caught.value.response["OriginalMessage"]
+
+
+def test_an_empty_body_is_a_model_error_400(module_endpoint: Endpoint) -> None:
+    client = module_endpoint.runtime()
+    with pytest.raises(client.exceptions.ModelError) as caught:
+        _invoke(module_endpoint, Body=b"")
+    error = caught.value.response
+    assert error["OriginalStatusCode"] == 400
+    assert error["OriginalMessage"] == "Unable to evaluate payload provided: the request body is empty"
 
 
 def test_endpoint_is_still_healthy_after_the_errors(module_endpoint: Endpoint) -> None:
@@ -245,4 +338,4 @@ def test_a_new_model_is_served_after_upload_without_restart(
     publish(prefix, "late/model.tar.gz", boosters["reg:squarederror"])
     rows = make_rows(3, seed=11)
     response = _invoke(endpoint, TargetModel="late/model.tar.gz", Body=csv_body(rows))
-    assert served_csv(response["Body"].read()) == expected(boosters["reg:squarederror"], rows)
+    assert served_json(response["Body"].read()) == expected(boosters["reg:squarederror"], rows)

@@ -29,7 +29,8 @@ from openmme.router import RouterOptions, nginx_config
 from openmme.seaweed import EmbeddedS3
 from tests.conftest import Endpoint, Launcher
 from tests.integration import test_invoke as single_node
-from tests.integration.test_invoke import OBJECTIVES, csv_body, expected, served_csv, target_for
+from tests.integration.test_invoke import OBJECTIVES, csv_body, expected, target_for
+from tests.support import served_json
 
 # Off CI a machine without nginx skips these; CI installs nginx (scripts/install), so there they must run.
 NGINX_MISSING = shutil.which("nginx") is None and not os.environ.get("CI")
@@ -106,7 +107,7 @@ class Cluster:
             headers={"Content-Type": "text/csv", "X-Amzn-SageMaker-Target-Model": target},
         )
         with urllib.request.urlopen(request, timeout=120) as response:
-            return served_csv(response.read()), response.headers["X-Openmme-Replica"]
+            return served_json(response.read()), response.headers["X-Openmme-Replica"]
 
     def loaded(self) -> dict[str, set[str]]:
         """Models in state ready, by replica address (host:port)."""
@@ -148,7 +149,10 @@ def module_endpoint(cluster: Cluster) -> Endpoint:
 
 # The single-node suite's client-facing tests, run here through the router (its /models listing test is left out:
 # /models answers for one replica, whichever the router picked).
-test_boto3_csv_predictions_equal_in_process_xgboost = single_node.test_boto3_csv_predictions_equal_in_process_xgboost
+test_boto3_csv_without_accept_gets_the_containers_json = (
+    single_node.test_boto3_csv_without_accept_gets_the_containers_json
+)
+test_boto3_accept_csv_gets_the_containers_one_line = single_node.test_boto3_accept_csv_gets_the_containers_one_line
 test_boto3_json_predictions_equal_in_process_xgboost = single_node.test_boto3_json_predictions_equal_in_process_xgboost
 test_sagemaker_sdk_predictor_gets_the_same_answer = single_node.test_sagemaker_sdk_predictor_gets_the_same_answer
 test_plain_http_invocations_route_with_target_model_header = (
@@ -168,7 +172,9 @@ test_a_body_just_under_six_mib_is_served_whole = single_node.test_a_body_just_un
 test_bad_rows_are_a_model_error_with_the_original_status = (
     single_node.test_bad_rows_are_a_model_error_with_the_original_status
 )
-test_unsupported_content_type_is_a_model_error_415 = single_node.test_unsupported_content_type_is_a_model_error_415
+test_unsupported_content_type_or_accept_is_a_model_error_415 = (
+    single_node.test_unsupported_content_type_or_accept_is_a_model_error_415
+)
 test_endpoint_is_still_healthy_after_the_errors = single_node.test_endpoint_is_still_healthy_after_the_errors
 
 

@@ -3,6 +3,7 @@ accepts (compared with the SageMaker SDK's ``MultiDataModel.list_models()`` and 
 
 from __future__ import annotations
 
+import json
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -63,7 +64,7 @@ def test_list_reads_every_page_and_shows_exactly_the_invocable_names(
     answer = runtime.invoke_endpoint(
         EndpointName=endpoint.name, TargetModel="zz-real/model.tar.gz", ContentType="text/csv", Body=body
     )
-    assert float(answer["Body"].read()) == float(booster.predict(xgboost.DMatrix(make_rows(1)))[0])
+    assert json.loads(answer["Body"].read()) == booster.predict(xgboost.DMatrix(make_rows(1))).tolist()
     for name in NOT_INVOCABLE:
         with pytest.raises(botocore.exceptions.ClientError) as refused:
             runtime.invoke_endpoint(EndpointName=endpoint.name, TargetModel=name, ContentType="text/csv", Body=body)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import tarfile
 import textwrap
 from pathlib import Path
@@ -130,7 +131,7 @@ def test_the_check_loads_a_booster_with_the_xgboost_handler(tmp_path: Path) -> N
 
     assert report.handler == XGBOOST_HANDLER
     assert report.sample_reply is not None
-    assert float(report.sample_reply.body) == float(booster.predict(xgboost.DMatrix([[1.0, 2.0]]))[0])
+    assert report.sample_reply.body == json.dumps(booster.predict(xgboost.DMatrix([[1.0, 2.0]])).tolist()).encode()
 
 
 def test_a_script_at_the_root_gets_a_hint(tmp_path: Path) -> None:

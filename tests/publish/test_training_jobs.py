@@ -4,6 +4,7 @@ artifact, the endpoint serves it with xgboost's own predictions, and a refused j
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -62,8 +63,7 @@ def test_a_training_job_publishes_a_byte_equal_copy_that_the_endpoint_serves(
     response = endpoint.runtime().invoke_endpoint(
         EndpointName=endpoint.name, TargetModel=f"{job}/model.tar.gz", ContentType="text/csv", Body=csv_body(rows)
     )
-    served = [float(value) for value in response["Body"].read().decode().split(",")]
-    assert served == [float(value) for value in booster.predict(xgboost.DMatrix(rows))]
+    assert json.loads(response["Body"].read()) == booster.predict(xgboost.DMatrix(rows)).tolist()
 
 
 def test_an_artifact_above_the_threshold_is_copied_in_parts(

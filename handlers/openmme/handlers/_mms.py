@@ -30,12 +30,14 @@ __all__ = [
     "LoadError",
     "MmsContext",
     "accepted_types",
+    "media_parameters",
     "media_type",
     "one_line",
     "record_load_error",
     "reject",
     "request_body",
     "request_content_type",
+    "request_content_type_header",
     "request_header",
 ]
 
@@ -106,17 +108,39 @@ def media_type(value: str | None) -> str | None:
     return mime or None
 
 
-def request_content_type(context: MmsContext, idx: int) -> str | None:
-    """Request ``idx``'s media type: the Content-Type header, else the type MMS recorded for the body."""
-    found = media_type(request_header(context, idx, "Content-Type"))
-    if found is not None:
+def media_parameters(value: str | None) -> dict[str, str]:
+    """``"text/csv; Label_Size=1; charset=UTF-8"`` -> ``{"label_size": "1", "charset": "utf-8"}``.
+
+    Names and values are lower-cased (media-type parameters are compared case-insensitively in practice,
+    and the SageMaker XGBoost container lower-cases the whole header); quotes around a value are dropped.
+    """
+    if not value:
+        return {}
+    parameters: dict[str, str] = {}
+    for part in value.split(";")[1:]:
+        name, separator, raw = part.partition("=")
+        name = name.strip().lower()
+        if name and separator:
+            parameters[name] = raw.strip().strip('"').lower()
+    return parameters
+
+
+def request_content_type_header(context: MmsContext, idx: int) -> str | None:
+    """Request ``idx``'s Content-Type as sent (parameters included), else the type MMS recorded for the body."""
+    found = request_header(context, idx, "Content-Type")
+    if media_type(found) is not None:
         return found
     body_part = context.get_all_request_header(idx).get("body")
     if isinstance(body_part, dict):
         recorded = body_part.get("content-type")
-        if isinstance(recorded, str):
-            return media_type(recorded)
+        if isinstance(recorded, str) and media_type(recorded) is not None:
+            return recorded
     return None
+
+
+def request_content_type(context: MmsContext, idx: int) -> str | None:
+    """Request ``idx``'s media type: the Content-Type header, else the type MMS recorded for the body."""
+    return media_type(request_content_type_header(context, idx))
 
 
 def accepted_types(accept: str | None) -> list[str]:

@@ -1,15 +1,23 @@
 """MMS handler service for archives with ``code/inference.py`` (SageMaker script mode).
 
 The user's module supplies ``model_fn(model_dir)`` and either ``transform_fn`` or any of ``input_fn``,
-``predict_fn`` and ``output_fn``; the sagemaker-inference toolkit's ``Transformer`` calls them. Where the
-toolkit (1.10.1) falls short, this module steps in:
+``predict_fn`` and ``output_fn``; the sagemaker-inference toolkit's ``Transformer`` calls them. The ones a
+script leaves out behave as in the SageMaker XGBoost container's script mode (``SafeInferenceHandler``):
+``input_fn`` reads CSV, LIBSVM and RecordIO-protobuf into an ``xgboost.DMatrix`` (JSON and NPY, openmme's
+additions, into arrays), ``predict_fn`` calls ``model.predict`` (with a DMatrix and
+``validate_features=False`` for a Booster), and ``output_fn`` encodes JSON, CSV or NPY by Accept, with the
+toolkit's encoder; no Accept (or ``*/*``) means ``$SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT``, by default JSON.
+
+Scripts written for that container import ``sagemaker_xgboost_container.encoder`` and ``sagemaker_containers``:
+openmme's stand-ins for their inference-time pieces go on ``sys.path`` last (see ``openmme.handlers._compat``).
+
+Where the toolkit (1.10.1) falls short, this module steps in:
 
 - ``DefaultHandlerService.initialize`` only edits the PYTHONPATH variable, which a running worker never
   re-reads, so ``code/inference.py`` would not be found. Here ``<model_dir>/code`` goes on ``sys.path``
   and ``inference.py`` is imported from its file under a name unique to the model directory, so two
   models in one process each get their own module instead of sharing ``inference``.
-- The toolkit's default NPY decoder unpickles request bodies: the default ``input_fn`` here decodes
-  CSV, JSON and NPY without pickle.
+- The toolkit's default NPY decoder unpickles request bodies: the default ``input_fn`` here never does.
 - The toolkit answers errors with the traceback in the body, reads the headers of a batch's first
   request for every request, and sets status and content type on the first response only. Here every
   request is handled with its own headers, and every failure answers with a status (a
@@ -35,6 +43,7 @@ import types
 from typing import Any
 
 import numpy as np
+import xgboost
 from sagemaker_inference import content_types, encoder
 from sagemaker_inference.default_inference_handler import DefaultInferenceHandler
 from sagemaker_inference.errors import (
@@ -44,14 +53,26 @@ from sagemaker_inference.errors import (
 )
 from sagemaker_inference.transformer import Transformer
 
-from openmme.handlers._decoding import body_bytes, body_text, parse_csv, parse_json, parse_npy
+from openmme.handlers._compat import add_compat_path, translate_missing_module
+from openmme.handlers._decoding import (
+    CSV,
+    JSON,
+    LIBSVM,
+    NPY,
+    RECORDIO,
+    body_bytes,
+    body_text,
+    parse_json,
+    parse_npy,
+    parse_rows,
+    request_kind,
+)
 from openmme.handlers._mms import (
     HandlerError,
     HandlerService,
     LoadError,
     MmsContext,
     accepted_types,
-    media_type,
     one_line,
     reject,
     request_body,
@@ -96,6 +117,7 @@ def load_user_module(model_dir: pathlib.Path) -> types.ModuleType:
         raise ScriptLoadError("the model archive has no code/inference.py")
     if str(code_dir) not in sys.path:
         sys.path.insert(0, str(code_dir))
+    add_compat_path()
     name = user_module_name(model_dir)
     spec = importlib.util.spec_from_file_location(name, script)
     if spec is None or spec.loader is None:
@@ -107,8 +129,9 @@ def load_user_module(model_dir: pathlib.Path) -> types.ModuleType:
         spec.loader.exec_module(module)
     except Exception as exc:
         del sys.modules[name]
+        reason = translate_missing_module(exc)
         raise ScriptLoadError(
-            f"code/inference.py failed to import: {type(exc).__name__}: {one_line(str(exc))}"
+            f"code/inference.py failed to import: {type(reason).__name__}: {one_line(str(reason))}"
         ) from exc
     return module
 
@@ -129,29 +152,51 @@ def _status_of(error: BaseInferenceToolkitError) -> int:
     return status if isinstance(status, int) and 100 <= status <= 599 else 500
 
 
+# The Accept values the default output_fn encodes, bare names included.
+_OUTPUT_TYPES = {
+    content_types.JSON: content_types.JSON,
+    "json": content_types.JSON,
+    content_types.CSV: content_types.CSV,
+    "csv": content_types.CSV,
+    content_types.NPY: content_types.NPY,
+}
+
+
 class SafeInferenceHandler(DefaultInferenceHandler):  # type: ignore[misc]  # the toolkit is untyped
-    """Defaults for the functions ``code/inference.py`` leaves out, none of which unpickles."""
+    """Defaults for the functions ``code/inference.py`` leaves out, as the SageMaker XGBoost container's script
+    mode has them; none of them unpickles."""
 
     def default_input_fn(self, input_data: Any, content_type: str, context: Any = None) -> Any:
-        """CSV to a 2-D float64 array (a row per line, empty = NaN), JSON to ``np.array``, NPY as is."""
-        mime = media_type(content_type)
-        if mime == content_types.CSV:
-            return parse_csv(body_text(input_data))
-        if mime == content_types.JSON:
+        """CSV, LIBSVM and RecordIO-protobuf to an ``xgboost.DMatrix`` (read as the XGBoost service reads them,
+        a missing value being missing); JSON to ``np.array`` and NPY to a 2-D array, openmme's additions."""
+        kind = request_kind(content_type)
+        if kind in (CSV, LIBSVM, RECORDIO):
+            return xgboost.DMatrix(parse_rows(input_data, kind), missing=np.nan)
+        if kind == JSON:
             try:
                 return np.array(parse_json(body_text(input_data)))
             except ValueError as exc:
                 raise HandlerError(400, f"the JSON body is not an array: {exc}") from exc
-        if mime == content_types.NPY:
+        if kind == NPY:
             return parse_npy(body_bytes(input_data))
         raise HandlerError(
             415,
-            f"Content-Type {content_type} is not supported by the default input_fn (text/csv, "
-            "application/json, application/x-npy); define input_fn in code/inference.py",
+            f"Content-Type {content_type} is not supported by the default input_fn (text/csv, text/libsvm, "
+            "application/x-recordio-protobuf, application/json, application/x-npy); define input_fn in "
+            "code/inference.py",
         )
 
     def default_predict_fn(self, data: Any, model: Any, context: Any = None) -> Any:
-        """``model.predict(data)``, as the SageMaker framework containers do for their models."""
+        """``model.predict``, as the SageMaker XGBoost container calls it for the model ``model_fn`` returns.
+
+        A Booster predicts on a DMatrix (an array is wrapped into one) with ``validate_features=False``. An
+        xgboost scikit-learn model (anything with ``get_booster``, e.g. XGBClassifier) cannot take a DMatrix:
+        it gets the DMatrix's rows as a CSR matrix (a missing value stays missing), so that its own
+        ``predict`` (class labels for a classifier) answers. Any other model gets ``data`` as it is.
+        """
+        if isinstance(model, xgboost.Booster):
+            matrix = data if isinstance(data, xgboost.DMatrix) else xgboost.DMatrix(data, missing=np.nan)
+            return model.predict(matrix, validate_features=False)
         predict = getattr(model, "predict", None)
         if not callable(predict):
             raise GenericInferenceToolkitError(
@@ -159,13 +204,16 @@ class SafeInferenceHandler(DefaultInferenceHandler):  # type: ignore[misc]  # th
                 f"the model from model_fn (a {type(model).__name__}) has no predict method; "
                 "define predict_fn or transform_fn in code/inference.py",
             )
+        if isinstance(data, xgboost.DMatrix) and callable(getattr(model, "get_booster", None)):
+            return predict(data.get_data(), validate_features=False)
         return predict(data)
 
     def default_output_fn(self, prediction: Any, accept: str, context: Any = None) -> Any:
-        """The first of the Accept header's types the toolkit can encode: JSON, CSV or NPY."""
+        """The first of the Accept header's types the toolkit's encoder writes: JSON, CSV or NPY."""
         for mime in accepted_types(accept):
-            if mime in encoder.SUPPORTED_CONTENT_TYPES:
-                return encoder.encode(prediction, mime), mime
+            if mime in _OUTPUT_TYPES:
+                response_type = _OUTPUT_TYPES[mime]
+                return encoder.encode(prediction, response_type), response_type
         raise HandlerError(
             415,
             f"Accept {accept} is not supported by the default output_fn (application/json, text/csv, "

@@ -10,9 +10,24 @@ a Python pickle is refused unless the worker's environment has ``OPENMME_ALLOW_P
 unpickling runs whatever code the file names. A model that cannot load raises, so MMS fails its
 registration, and the one-line reason goes to ``$OPENMME_LOAD_ERRORS_DIR/<model name>.txt`` for the front.
 
-Requests: ``text/csv`` (the default), ``text/libsvm``, ``application/json`` and ``application/x-npy``
-in; ``text/csv`` (the default) or ``application/json`` (``{"predictions": [{"score": ...}]}``) out.
-Predictions are exactly ``booster.predict(xgboost.DMatrix(rows))``, missing values being NaN.
+Requests and answers are byte for byte those of the SageMaker XGBoost container in multi-model mode (its
+algorithm-mode handler service):
+
+- in: ``text/csv`` (also ``csv``; ``label_size``, if given, must be 1), ``text/libsvm`` (also
+  ``text/x-libsvm``, ``libsvm``) and ``application/x-recordio-protobuf``; openmme adds ``application/json``
+  and ``application/x-npy`` (never unpickled). A request without a Content-Type is CSV.
+- out, by Accept: no Accept or ``*/*`` means ``$SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT`` (default
+  ``application/json``). ``application/json`` (or ``json``) is ``json.dumps(predictions.tolist())``: a bare
+  array, a list per row for several outputs per row. ``text/csv`` (or ``csv``) is the container's one line,
+  ``",".join(map(str, predictions.tolist()))``, or with ``$SAGEMAKER_BATCH`` set one line per row and a
+  final newline. openmme's other shapes are asked for by name with the ``format`` parameter (``FORMAT``):
+  ``application/json; format=predictions`` (``{"predictions": [{"score": ...}]}``) and
+  ``text/csv; format=rows`` (a line per row, its outputs comma-separated).
+- errors: 415 for a Content-Type or Accept no one reads, 400 ("Unable to evaluate payload provided: ...")
+  for a body that cannot be read (an empty one included), 500 when predicting fails.
+
+Predictions are exactly ``booster.predict(xgboost.DMatrix(rows), validate_features=False)``, missing
+values being NaN.
 """
 
 from __future__ import annotations
@@ -22,58 +37,68 @@ import logging
 import os
 import pathlib
 import pickle
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import scipy.sparse
 import xgboost
 
 from openmme.handlers import find_booster
-from openmme.handlers._decoding import (
-    body_bytes,
-    body_text,
-    check_width,
-    parse_csv,
-    parse_json,
-    parse_json_rows,
-    parse_libsvm,
-    parse_npy,
-)
+from openmme.handlers._decoding import CSV, REQUEST_KINDS, Rows, parse_rows, request_kind
 from openmme.handlers._mms import (
     HandlerError,
     HandlerService,
     LoadError,
     MmsContext,
-    accepted_types,
+    media_parameters,
+    media_type,
     one_line,
     reject,
     request_body,
-    request_content_type,
+    request_content_type_header,
     request_header,
 )
 
 __all__ = [
     "ALLOW_PICKLE_ENV",
+    "BAD_PAYLOAD",
+    "BATCH_ENV",
+    "DEFAULT_ACCEPT_ENV",
+    "FORMAT",
+    "SUPPORTED_ACCEPTS",
     "ModelLoadError",
+    "ResponseFormat",
     "XGBoostService",
-    "encode_predictions",
+    "batch_csv",
+    "container_csv",
+    "container_json",
     "handle",
     "load_booster",
+    "predictions_json",
+    "request_kind_of",
+    "response_format",
+    "rows_csv",
 ]
 
 logger = logging.getLogger(__name__)
 
 ALLOW_PICKLE_ENV = "OPENMME_ALLOW_PICKLE"
+# The sagemaker-inference toolkit's: the Accept of a request that names none (or */*).
+DEFAULT_ACCEPT_ENV = "SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT"
+# Set (to anything) by SageMaker batch transform: CSV answers become a line per row.
+BATCH_ENV = "SAGEMAKER_BATCH"
+# The Accept parameter that names one of openmme's own answer shapes.
+FORMAT = "format"
 
-CSV = "text/csv"
-LIBSVM = "text/libsvm"
-JSON = "application/json"
-NPY = "application/x-npy"
-# The SageMaker XGBoost container also takes libsvm under this older name.
-_LIBSVM_ALIASES = (LIBSVM, "text/x-libsvm")
-_REQUEST_TYPES = (CSV, LIBSVM, JSON, NPY)
-_RESPONSE_TYPES = (CSV, JSON)
+JSON_TYPE = "application/json"
+CSV_TYPE = "text/csv"
+# The Accept values the container reads (exactly these two, and their bare names).
+_ACCEPT_ALIASES = {JSON_TYPE: JSON_TYPE, "json": JSON_TYPE, CSV_TYPE: CSV_TYPE, "csv": CSV_TYPE}
+
+# The prefix of the container's message for a body it cannot read.
+BAD_PAYLOAD = "Unable to evaluate payload provided: "
 
 # Protocol 2+ pickles start with the PROTO opcode; protocol 0 pickles of old containers with a GLOBAL.
 _PICKLE_PREFIXES = (b"\x80", b"ccopy_reg\n", b"cxgboost")
@@ -158,7 +183,7 @@ class XGBoostService(HandlerService):
     def serve(self, data: list[dict[str, Any]], context: MmsContext) -> list[Any]:
         return [self.respond(idx, request, context) for idx, request in enumerate(data)]
 
-    def predict(self, rows: npt.NDArray[Any] | scipy.sparse.csr_matrix) -> npt.NDArray[np.float32]:
+    def predict(self, rows: Rows) -> npt.NDArray[np.float32]:
         """Exactly what ``booster.predict(xgboost.DMatrix(rows))`` returns in-process."""
         matrix = xgboost.DMatrix(rows, missing=np.nan)
         # Boosters trained on a DataFrame carry feature names that positional rows lack; like the
@@ -168,66 +193,121 @@ class XGBoostService(HandlerService):
     def respond(self, idx: int, request: dict[str, Any], context: MmsContext) -> str:
         """Request ``idx`` of a batch: its predictions encoded, or a rejection (see ``reject``)."""
         try:
-            response_type = _response_type(request_header(context, idx, "Accept"))
-            rows = self._decode(request_body(request), request_content_type(context, idx) or CSV)
+            answer = response_format(
+                request_header(context, idx, "Accept"),
+                default_accept=os.environ.get(DEFAULT_ACCEPT_ENV) or JSON_TYPE,
+                batch=bool(os.environ.get(BATCH_ENV)),
+            )
+            kind = request_kind_of(request_content_type_header(context, idx))
+            rows = self._decode(request_body(request), kind)
             predictions = self.predict(rows)
         except HandlerError as exc:
-            return reject(context, idx, exc.status, exc.message)
+            message = BAD_PAYLOAD + exc.message if exc.status == 400 else exc.message
+            return reject(context, idx, exc.status, message)
         except Exception as exc:
             logger.exception("prediction failed for request %d", idx)
             return reject(context, idx, 500, f"prediction failed: {type(exc).__name__}: {one_line(str(exc))}")
-        context.set_response_content_type(idx, response_type)
-        return encode_predictions(predictions, response_type)
+        context.set_response_content_type(idx, answer.content_type)
+        return answer.encode(predictions)
 
-    def _decode(self, body: Any, content_type: str) -> npt.NDArray[Any] | scipy.sparse.csr_matrix:
-        num_features = self.booster.num_features()
-        if content_type == CSV:
-            return parse_csv(body_text(body), num_features)
-        if content_type in _LIBSVM_ALIASES:
-            return parse_libsvm(body_text(body), num_features)
-        if content_type == JSON:
-            # MMS may have parsed the JSON already (decode_input_request=true).
-            document = body if isinstance(body, (list, dict)) else parse_json(body_text(body))
-            return parse_json_rows(document, num_features)
-        if content_type == NPY:
-            array = parse_npy(body_bytes(body))
-            check_width(array.shape[1], num_features, "the NPY array")
-            # DMatrix reads float32/float64 as they are; anything else widens to float64 exactly.
-            if array.dtype not in (np.float32, np.float64):
-                array = array.astype(np.float64)
-            return array
-        raise HandlerError(415, f"Content-Type {content_type} is not supported; use {', '.join(_REQUEST_TYPES)}")
+    def _decode(self, body: Any, kind: str) -> Rows:
+        # The container answers an empty body with 204 and no content, which reads as a successful empty
+        # prediction; a client is better told what went wrong.
+        if isinstance(body, (bytes, bytearray, str)) and not body:
+            raise HandlerError(400, "the request body is empty")
+        return parse_rows(body, kind, self.booster.num_features())
 
 
-def _response_type(accept: str | None) -> str:
-    """The response media type for an Accept header: text/csv unless JSON is asked for; 415 if neither."""
-    wanted = accepted_types(accept)
-    if not wanted:
+def request_kind_of(content_type: str | None) -> str:
+    """The kind of body a request's Content-Type header names (CSV when there is none); 415 if unsupported."""
+    if content_type is None:
         return CSV
-    for mime in wanted:
-        if mime == "*/*":
-            return CSV
-        if mime in _RESPONSE_TYPES:
-            return mime
-    raise HandlerError(415, f"Accept {accept} is not supported; use {' or '.join(_RESPONSE_TYPES)}")
+    kind = request_kind(content_type)
+    if kind is None:
+        supported = ", ".join(REQUEST_KINDS)
+        raise HandlerError(415, f"Content-Type {content_type} is not supported; use one of {supported}")
+    label_size = media_parameters(content_type).get("label_size")
+    if kind == CSV and label_size not in (None, "1"):
+        raise HandlerError(
+            415, f"Content-Type {content_type} is not supported: its optional parameter label_size must be 1"
+        )
+    return kind
 
 
-def encode_predictions(predictions: npt.NDArray[np.float32], response_type: str) -> str:
-    """CSV as the SageMaker XGBoost container writes it, or its JSON shape.
+@dataclass(frozen=True)
+class ResponseFormat:
+    """How predictions are answered: the response's Content-Type and the encoder of its body."""
 
-    CSV: one output per row (binary, regression, softmax) is ONE line of comma-separated values, one per
-    row, so that clients written for SageMaker (``np.fromstring(body, sep=",")``) work unchanged; several
-    outputs per row (softprob, multi-target) are a line per row.
+    content_type: str
+    encode: Callable[[npt.NDArray[np.float32]], str]
 
-    Values are written as ``repr(float(value))``: parsing them gives back exactly the float32 predictions.
+
+def container_json(predictions: npt.NDArray[np.float32]) -> str:
+    """The container's JSON: the bare array of predictions (a list per row for several outputs per row)."""
+    # tolist() widens float32 to Python floats exactly; json writes their shortest repr.
+    return json.dumps(predictions.tolist())
+
+
+def container_csv(predictions: npt.NDArray[np.float32]) -> str:
+    """The container's CSV: ONE line, the rows joined by commas, no final newline.
+
+    Several outputs per row come out as ``[0.1, 0.9],[0.8, 0.2]``: not CSV, and kept by the container for
+    its old clients, so kept here too.
     """
-    # tolist() widens float32 to Python floats exactly; repr is the shortest text that parses back.
-    values = predictions.tolist()
-    if response_type == JSON:
-        return json.dumps({"predictions": [{"score": value} for value in values]})
-    if predictions.ndim == 1:
-        return ",".join(map(repr, values))
-    return "\n".join(",".join(map(repr, row)) for row in values)
+    return ",".join(map(str, predictions.tolist()))
+
+
+def batch_csv(predictions: npt.NDArray[np.float32]) -> str:
+    """The container's CSV under batch transform (``$SAGEMAKER_BATCH``): a line per row, a final newline."""
+    return "\n".join(map(str, predictions.tolist())) + "\n"
+
+
+def predictions_json(predictions: npt.NDArray[np.float32]) -> str:
+    """openmme's ``format=predictions``: ``{"predictions": [{"score": ...}, ...]}``, a score per row."""
+    return json.dumps({"predictions": [{"score": value} for value in predictions.tolist()]})
+
+
+def rows_csv(predictions: npt.NDArray[np.float32]) -> str:
+    """openmme's ``format=rows``: real CSV, a line per row with its outputs comma-separated, no final newline.
+
+    Values are ``repr(float(value))``, which parses back to exactly the float32 prediction.
+    """
+    return "\n".join(",".join(map(repr, row)) if isinstance(row, list) else repr(row) for row in predictions.tolist())
+
+
+# (media type, format parameter) -> the answer; None is the container's own shape.
+_FORMATS: dict[tuple[str, str | None], ResponseFormat] = {
+    (JSON_TYPE, None): ResponseFormat(JSON_TYPE, container_json),
+    (CSV_TYPE, None): ResponseFormat(CSV_TYPE, container_csv),
+    (JSON_TYPE, "predictions"): ResponseFormat(JSON_TYPE, predictions_json),
+    (CSV_TYPE, "rows"): ResponseFormat(CSV_TYPE, rows_csv),
+}
+_BATCH_CSV = ResponseFormat(CSV_TYPE, batch_csv)
+SUPPORTED_ACCEPTS = (JSON_TYPE, CSV_TYPE, f"{JSON_TYPE}; {FORMAT}=predictions", f"{CSV_TYPE}; {FORMAT}=rows")
+
+
+def response_format(accept: str | None, *, default_accept: str, batch: bool = False) -> ResponseFormat:
+    """The answer to a request with ``accept``: the first type it lists that is supported; 415 if none is.
+
+    No Accept, or ``*/*``, means ``default_accept`` (``$SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT``). Parameters
+    other than ``format`` (``charset``, ``q`` ...) are ignored.
+    """
+    if not accept or not accept.strip() or accept.strip() == "*/*":
+        return _format_of(default_accept, batch, f" (the default, from {DEFAULT_ACCEPT_ENV})")
+    return _format_of(accept, batch, "", default_accept)
+
+
+def _format_of(accept: str, batch: bool, source: str, default_accept: str | None = None) -> ResponseFormat:
+    for part in accept.split(","):
+        mime = media_type(part)
+        if mime == "*/*" and default_accept is not None:
+            return _format_of(default_accept, batch, f" (the default, from {DEFAULT_ACCEPT_ENV})")
+        key = (_ACCEPT_ALIASES.get(mime or "", ""), media_parameters(part).get(FORMAT))
+        if key == (CSV_TYPE, None) and batch:
+            return _BATCH_CSV
+        if key in _FORMATS:
+            return _FORMATS[key]
+    raise HandlerError(415, f"Accept {accept}{source} is not supported; use one of: {', '.join(SUPPORTED_ACCEPTS)}")
 
 
 _service = XGBoostService()
