@@ -5,10 +5,12 @@ the exposure rule, and the middleware on a small aiohttp app with the front's ro
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import re
 import stat
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, replace
@@ -22,6 +24,7 @@ import boto3
 import botocore.auth
 import botocore.awsrequest
 import botocore.credentials
+import botocore.exceptions
 import pytest
 import yarl
 from aiohttp import web
@@ -56,6 +59,7 @@ from openmme.endpoint.errors import (
     render,
 )
 from openmme.endpoint.settings import Settings
+from openmme.ports import free_port
 
 HOUSTON = AccessKey("AKIDHOUSTON", "houston-secret/+=", ("houston/*",))
 ADMIN = AccessKey("AKIDADMIN", "admin-secret", ("*",))
@@ -289,16 +293,26 @@ def test_signature_older_or_newer_than_five_minutes_is_expired(boto3_sends: Call
     assert early.message.startswith("Signature not yet current")
 
 
-def test_replayed_signature_is_refused(boto3_sends: Callable[..., Sent]) -> None:
+def test_a_signature_is_good_for_its_whole_window_as_on_aws(boto3_sends: Callable[..., Sent]) -> None:
+    """SigV4 has no nonce: the same request sent again within its 5 minutes is served (identical requests within
+    one second carry identical signatures)."""
     sent = boto3_sends()
     verifier = SigV4Verifier(KEYS)
+    assert [verify(sent, verifier) for _ in range(20)] == [HOUSTON] * 20
+
+
+def test_replayed_signature_is_refused_when_asked(boto3_sends: Callable[..., Sent]) -> None:
+    sent = boto3_sends()
+    memory = ReplayCache()
+    verifier = SigV4Verifier(KEYS, memory)
     grant = verifier.verify(sent.method, sent.target, sent.headers, sent.body)
     error = refused(sent, verifier)
     assert type(error) is InvalidSignature
     assert "used already" in error.message
     # A request the endpoint failed to serve gives its signature back: botocore's retry may carry the same one.
-    verifier.replay.give_back(grant.signature)
+    memory.give_back(grant.signature)
     assert verify(sent, verifier) == HOUSTON
+    assert len(memory) == 1
 
 
 def test_payload_hash_header_must_match_and_be_signed_content() -> None:
@@ -488,14 +502,36 @@ def test_start_message_says_how_the_endpoint_is_protected() -> None:
     assert "no authentication" in message and "127.0.0.1" in message and "only this machine" in message
     level, message = describe(settings("--host", "0.0.0.0", "--allow-unauthenticated-remote"), None)
     assert level >= 30 and "something in front must authenticate" in message
-    assert "2 key(s)" in describe(settings("--auth", "sigv4"), KEYS)[1]
+    level, message = describe(settings("--auth", "sigv4"), KEYS)
+    assert level < 30 and "2 key(s)" in message and "seen before" not in message
+    assert (
+        "a signature seen before is refused" in describe(settings("--auth", "sigv4", "--auth-refuse-replays"), KEYS)[1]
+    )
+    # Signed but in clear on the network: said at start, with what to do.
+    level, message = describe(settings("--auth", "sigv4", "--host", "0.0.0.0"), KEYS)
+    assert level >= 30 and "plain HTTP on 0.0.0.0" in message and "--tls-cert" in message
+    tls = settings("--auth", "sigv4", "--host", "0.0.0.0", "--tls-cert", "c.pem", "--tls-key", "k.pem")
+    assert describe(tls, KEYS)[0] < 30
+
+
+def test_refusing_replays_is_an_opt_in_flag_or_variable() -> None:
+    assert settings().auth_refuse_replays is False
+    assert settings("--auth-refuse-replays").auth_refuse_replays is True
+    assert Settings.from_sources([], {"OPENMME_AUTH_REFUSE_REPLAYS": "true"}).auth_refuse_replays is True
 
 
 # The middleware, on a real aiohttp server with the front's routes and stub handlers.
 
 
-def signed_app(replies: dict[str, Callable[[], web.StreamResponse]], exempt_metrics: bool = False) -> web.Application:
-    configured = settings("--auth", "sigv4", *(["--auth-exempt-metrics"] if exempt_metrics else []))
+def signed_app(
+    replies: dict[str, Callable[[], web.StreamResponse]], exempt_metrics: bool = False, refuse_replays: bool = False
+) -> web.Application:
+    configured = settings(
+        "--auth",
+        "sigv4",
+        *(["--auth-exempt-metrics"] if exempt_metrics else []),
+        *(["--auth-refuse-replays"] if refuse_replays else []),
+    )
     app = web.Application(middlewares=[errors_middleware, sigv4_middleware(configured, KEYS, _read_body)])
 
     def route(name: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
@@ -542,16 +578,21 @@ def test_middleware_passes_boto3_and_hands_the_body_to_the_handler(boto3_sends: 
     assert (status, body) == (200, {"route": "endpoint_invocations", "body": "1,2"})
 
 
-def test_middleware_refuses_unsigned_and_replayed_but_not_ping(boto3_sends: Callable[..., Sent]) -> None:
+def test_middleware_refuses_unsigned_but_not_ping_and_serves_a_request_sent_again(
+    boto3_sends: Callable[..., Sent],
+) -> None:
     sent = boto3_sends()
     unsigned = sent.with_header("Authorization", None)
     ping = Sent("GET", "/ping", CIMultiDict(), b"")
     metrics = Sent("GET", "/metrics", CIMultiDict(), b"")
     answers = exchange(signed_app({}), [ping, metrics, unsigned, sent, sent])
-    assert [status for status, _ in answers] == [200, 403, 403, 200, 403]
+    assert [status for status, _ in answers] == [200, 403, 403, 200, 200]
     assert answers[1][1]["__type"] == answers[2][1]["__type"] == "MissingAuthenticationTokenException"
-    assert answers[4][1]["__type"] == "InvalidSignatureException"
     assert [status for status, _ in exchange(signed_app({}, exempt_metrics=True), [metrics])] == [200]
+    replayed = exchange(signed_app({}, refuse_replays=True), [sent, sent])
+    assert [status for status, _ in replayed] == [200, 403]
+    assert replayed[1][1]["__type"] == "InvalidSignatureException"
+    assert "used already" in replayed[1][1]["message"]
 
 
 def test_middleware_checks_the_target_model_against_the_keys_patterns(boto3_sends: Callable[..., Sent]) -> None:
@@ -586,7 +627,7 @@ def test_a_request_the_endpoint_failed_gives_its_signature_back(boto3_sends: Cal
         return web.json_response({"route": "invocations"})
 
     sent = boto3_sends()
-    answers = exchange(signed_app({"endpoint_invocations": flaky}), [sent, sent, sent])
+    answers = exchange(signed_app({"endpoint_invocations": flaky}, refuse_replays=True), [sent, sent, sent])
     assert [status for status, _ in answers] == [503, 200, 403]
 
 
@@ -594,9 +635,73 @@ def test_replay_window_starts_at_the_signature_date(boto3_sends: Callable[..., S
     sent = boto3_sends()
     signed_at = datetime.strptime(sent.headers["X-Amz-Date"], "%Y%m%dT%H%M%S%z").timestamp()
     now = [time.time()]
-    verifier = SigV4Verifier(KEYS, clock=lambda: now[0])
+    verifier = SigV4Verifier(KEYS, ReplayCache(), clock=lambda: now[0])
     verify(sent, verifier)
     now[0] = signed_at + 300  # still valid, still remembered
     assert "used already" in refused(sent, verifier).message
     now[0] = signed_at + 301  # expired: refused as such, whatever the replay memory holds
     assert refused(sent, verifier).message.startswith("Signature expired")
+
+
+# The unchanged boto3 client, sending for real to the middleware on a real server.
+
+
+@contextlib.contextmanager
+def serving(app: web.Application) -> Iterator[str]:
+    """``app`` on 127.0.0.1 in a thread of its own, for a blocking client; yields its URL."""
+    loop = asyncio.new_event_loop()
+    runner = web.AppRunner(app)
+    port = free_port()
+    loop.run_until_complete(runner.setup())
+    loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.run_until_complete(runner.cleanup())
+        loop.close()
+
+
+def send_twenty_identical(app: web.Application) -> tuple[list[int | str], set[str]]:
+    """The same invoke_endpoint 20 times in a row through boto3: each outcome (200, or the error code botocore
+    raised) and the distinct signatures sent. Started just after a second begins, so that the 20 share their
+    X-Amz-Date, hence their signature, as a fast client's identical requests do."""
+    signatures: set[str] = set()
+    outcomes: list[int | str] = []
+    with serving(app) as url:
+        client = boto3.client(
+            "sagemaker-runtime",
+            endpoint_url=url,
+            region_name="us-east-1",
+            aws_access_key_id=HOUSTON.access_key_id,
+            aws_secret_access_key=HOUSTON.secret_access_key,
+        )
+        client.meta.events.register(
+            "before-send", lambda request, **_: signatures.add(request.headers["Authorization"].decode()[-64:])
+        )
+        time.sleep(1 - time.time() % 1)
+        for _ in range(20):
+            try:
+                response = client.invoke_endpoint(
+                    EndpointName="prod", TargetModel="houston/model.tar.gz", ContentType="text/csv", Body=b"1,2,3"
+                )
+                assert json.loads(response["Body"].read())["body"] == "1,2,3"
+                outcomes.append(response["ResponseMetadata"]["HTTPStatusCode"])
+            except botocore.exceptions.ClientError as error:
+                outcomes.append(error.response["Error"]["Code"])
+    return outcomes, signatures
+
+
+def test_boto3_sending_the_same_request_twenty_times_gets_twenty_answers() -> None:
+    outcomes, signatures = send_twenty_identical(signed_app({}))
+    assert outcomes == [200] * 20
+    assert len(signatures) < 20  # some were byte-for-byte the same signed request, and all were served
+
+
+def test_with_refuse_replays_only_the_first_of_each_signature_is_served() -> None:
+    outcomes, signatures = send_twenty_identical(signed_app({}, refuse_replays=True))
+    assert outcomes.count(200) == len(signatures) < 20
+    assert outcomes.count("InvalidSignatureException") == 20 - len(signatures)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from openmme.endpoint.cache import mms_model_name
+from openmme.endpoint.cache import Entry, mms_model_name
 from openmme.endpoint.errors import ValidationError
 from openmme.endpoint.mms import MmsConfig, java_command
 from openmme.endpoint.s3 import S3Location, validate_target_model
@@ -94,6 +94,35 @@ def test_valid_target_models(target: str) -> None:
 def test_invalid_target_models(target: str | None) -> None:
     with pytest.raises(ValidationError):
         validate_target_model(target)
+
+
+@pytest.mark.parametrize(
+    ("target", "says"),
+    [
+        # Under the prefix: the error names the TargetModel to give instead.
+        ("s3://models/prod/houston/model.tar.gz", "give TargetModel='houston/model.tar.gz'"),
+        ("S3://models/prod/m-17.tar.gz", "not a full S3 URI"),
+        # Elsewhere (or the prefix itself): where to put it, and what to give then.
+        ("s3://models/staging/houston/model.tar.gz", "is not an archive under it: publish the archive there"),
+        ("s3://models/prod/", "is not an archive under it"),
+    ],
+)
+def test_a_full_s3_uri_is_refused_with_the_relative_form_to_give(target: str, says: str) -> None:
+    prefix = S3Location.parse_prefix("s3://models/prod/")
+    with pytest.raises(ValidationError) as raised:
+        validate_target_model(target, prefix)
+    assert "relative to the endpoint's model prefix s3://models/prod/" in raised.value.message
+    assert says in raised.value.message
+    with pytest.raises(ValidationError, match="relative to the endpoint's model prefix, not an S3 URI"):
+        validate_target_model(target)  # SageMaker-hosted mode: no prefix to name
+
+
+def test_model_url_is_where_the_model_came_from_not_the_cache_path(tmp_path: Path) -> None:
+    handed_over = Entry("m1", "m1-abc", tmp_path / "models" / "m1-abc", managed=False, url="/opt/ml/models/m1/model/")
+    assert handed_over.describe()["modelUrl"] == "/opt/ml/models/m1/model/"  # as SageMaker sent it, byte for byte
+    assert handed_over.describe()["path"] == str(tmp_path / "models" / "m1-abc")
+    from_prefix = Entry("houston/model.tar.gz", "h-1", tmp_path / "h-1", url="s3://models/prod/houston/model.tar.gz")
+    assert from_prefix.describe()["modelUrl"] == "s3://models/prod/houston/model.tar.gz"
 
 
 def test_mms_names_are_safe_distinct_and_stable() -> None:

@@ -1,6 +1,6 @@
-"""Metrics, logs and the dashboard against a real endpoint: counters move by exactly what happened,
-evictions carry their reason, histograms get samples, log lines are JSON with the documented fields, and
-the dashboard asks only for metrics the server exports."""
+"""Metrics, logs and the dashboard against a real endpoint: series with known labels are there at 0 from the
+first scrape, counters move by exactly what happened, evictions carry their reason, histograms get samples, log
+lines are JSON with the documented fields, and the dashboard asks only for metrics the server exports."""
 
 from __future__ import annotations
 
@@ -63,6 +63,14 @@ def endpoint(
 
 def test_a_miss_then_a_hit_move_the_counters_by_exactly_one(endpoint: Endpoint) -> None:
     before = scrape(endpoint)
+    # The first scrape already has every series whose label values are known in advance, at 0.
+    for status in ("200", "400", "424", "429", "500", "503", "507"):
+        assert before[("openmme_invocations_total", (("status", status),))] == 0, status
+        assert before[("openmme_invocation_seconds_count", (("status", status),))] == 0, status
+    for reason in ("count", "memory", "disk", "request"):
+        assert before[("openmme_model_evictions_total", (("reason", reason),))] == 0, reason
+    for state in ("remote", "downloading", "on_disk", "loading", "ready", "unloading"):
+        assert before[("openmme_models", (("state", state),))] == 0, state
     invoke(endpoint, "first/model.tar.gz")
     after_miss = scrape(endpoint)
     invoke(endpoint, "first/model.tar.gz")

@@ -21,7 +21,6 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from pathlib import Path
 
 import aiohttp
 from aiohttp import web
@@ -55,6 +54,8 @@ INFERENCE_ID = "X-Amzn-SageMaker-Inference-Id"
 INVOKED_VARIANT = "x-Amzn-Invoked-Production-Variant"
 # Headers a model may see; everything else stays at the front.
 FORWARDED = ("Content-Type", "Accept", CUSTOM_ATTRIBUTES, INFERENCE_ID)
+# Bodies MMS parses into form parameters instead of passing them on: the model would see no body at all.
+FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 
 CACHE: web.AppKey[ModelCache] = web.AppKey("cache", ModelCache)
 MMS: web.AppKey[MmsClient] = web.AppKey("mms", MmsClient)
@@ -137,7 +138,8 @@ async def _invoke(request: web.Request, target: str | None, endpoint: str | None
             raise ValidationError(
                 f"Endpoint {endpoint} not found; this server serves endpoint {settings.endpoint_name}."
             )
-        valid_target = validate_target_model(target)
+        valid_target = validate_target_model(target, cache.source.prefix if cache.source else None)
+        _refuse_form(request.content_type, valid_target)
         body = await _read_body(request)
         headers = {key: request.headers[key] for key in FORWARDED if key in request.headers}
         hit = cache.is_ready(valid_target)
@@ -175,6 +177,23 @@ async def _invoke(request: web.Request, target: str | None, endpoint: str | None
         record["total_ms"] = _ms_since(started)
         request.app[METRICS].invocation(valid_target, status, time.perf_counter() - started)
         log_json(access_log, record)
+
+
+def _refuse_form(content_type: str, target: str) -> None:
+    """A form body (curl's default for ``-d``) would reach the model as no body at all: refuse it as the model's
+    415 would be answered, saying what to send instead."""
+    if content_type not in FORM_TYPES:
+        return
+    message = (
+        f"Content-Type {content_type} is not supported: a form body never reaches the model (curl -d sends one "
+        "unless told otherwise). Send the body with its real type, e.g. curl -H 'Content-Type: text/csv' "
+        "--data-binary @rows.csv, or ContentType='text/csv' in invoke_endpoint"
+    )
+    raise ModelError(
+        f'Received client error (415) from model {target!r} with message "{message}".',
+        original_status=415,
+        original_message=message,
+    )
 
 
 def _ms_since(started: float) -> float:
@@ -254,7 +273,7 @@ async def add_model(request: web.Request) -> web.Response:
     """SageMaker's ``POST /models``: load a model directory it has already downloaded."""
     try:
         spec = json.loads(await _read_body(request))
-        name, url = str(spec["model_name"]), Path(str(spec["url"]))
+        name, url = str(spec["model_name"]), str(spec["url"])  # url kept as sent: GET /models answers it back
     except (ValueError, KeyError, TypeError) as exc:
         raise ValidationError('POST /models takes JSON {"model_name": ..., "url": ...}') from exc
     await request.app[CACHE].register_local(name, url)

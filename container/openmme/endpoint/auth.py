@@ -16,7 +16,7 @@ raises a ``ClientError`` whose ``Error.Code`` is the code):
     unknown access key id                                             UnrecognizedClientException
     X-Amz-Date more than 5 minutes from now, either way               InvalidSignatureException ("Signature expired")
     signature, or x-amz-content-sha256, does not match                InvalidSignatureException
-    the same signature seen before within its validity (a replay)     InvalidSignatureException
+    with --auth-refuse-replays only: the same signature seen before   InvalidSignatureException
     the key's allow patterns do not match the TargetModel             AccessDeniedException
 
 Only header authentication is implemented; presigned URLs (``X-Amz-Signature`` in the query) are not.
@@ -28,11 +28,15 @@ percent-encoded once more. botocore (like the SigV4 spec for every service but S
 twice: EndpointName ``a b`` travels as ``/endpoints/a%20b/invocations`` and is signed as
 ``/endpoints/a%2520b/invocations``. The TargetModel travels in a header, signed as it is sent.
 
-Replays are caught in memory, per process: each endpoint process remembers the signatures it has accepted until
-they expire; replicas and restarts do not share that memory. A request the endpoint failed to serve (429 or 5xx)
-gives its signature back, because botocore's retry of it carries the identical signature when it falls within the
-same second (X-Amz-Date has one-second resolution). For the same reason two identical requests signed within one
-second cannot be told from a replay: the second is refused, unless each carries its own (signed) InferenceId.
+Replays: as on AWS, a signature is good for any number of requests within its 5-minute window. SigV4 has no
+nonce and X-Amz-Date has one-second resolution, so a client sending the same request twice within a second sends
+the same signature twice, and AWS serves both; so does openmme. What keeps an eavesdropper from replaying a
+captured request is TLS (``--tls-cert``/``--tls-key``, or a TLS proxy in front), which keeps it from being
+captured. ``--auth-refuse-replays`` is the stricter defence for plain HTTP: each endpoint process remembers the
+signatures it accepted until they expire (in memory; replicas and restarts do not share it) and refuses one seen
+before, at the price of refusing a legitimate identical request signed within the same second (unless each carries
+its own, signed, InferenceId). A request the endpoint failed to serve (429 or 5xx) then gives its signature back,
+because botocore's retry of it carries the identical signature when it falls within the same second.
 """
 
 from __future__ import annotations
@@ -219,7 +223,10 @@ def is_loopback(host: str) -> bool:
 
 
 def check_exposure(settings: Settings) -> None:
-    """Refuse to serve a non-loopback address with no authentication unless the operator says so explicitly."""
+    """Refuse to serve a non-loopback address with no authentication unless the operator says so explicitly.
+
+    ``--tls-cert`` changes nothing here: TLS hides and protects what travels, but without client certificates it
+    does not say who calls; an unauthenticated endpoint over HTTPS is open to anyone who reaches it."""
     if settings.auth or settings.allow_unauthenticated_remote or is_loopback(settings.host):
         return
     raise AuthConfigError(
@@ -232,7 +239,15 @@ def describe(settings: Settings, keys: KeyStore | None) -> tuple[int, str]:
     """The start-up line about authentication, with its log level."""
     if keys is not None:
         metrics = "open" if settings.auth_exempt_metrics else "signed"
-        return logging.INFO, f"authentication: AWS SigV4 with {len(keys)} key(s); /ping open, /metrics {metrics}"
+        replays = "; a signature seen before is refused" if settings.auth_refuse_replays else ""
+        message = f"authentication: AWS SigV4 with {len(keys)} key(s); /ping open, /metrics {metrics}{replays}"
+        if settings.tls_cert is not None or is_loopback(settings.host):
+            return logging.INFO, message
+        return logging.WARNING, (
+            f"{message}; plain HTTP on {settings.host or 'every address'}: anyone on the path can read requests and "
+            "predictions and replay a captured request for 5 minutes, unless a TLS proxy in front terminates "
+            "HTTPS (else --tls-cert/--tls-key)"
+        )
     if is_loopback(settings.host):
         return logging.INFO, (
             f"no authentication (see --auth): listening on {settings.host} only, so only this machine can call it"
@@ -372,6 +387,7 @@ class ReplayCache:
         return True
 
     def give_back(self, signature_: str) -> None:
+        """Forget a signature spent on a request the endpoint failed to serve: its retry may carry it again."""
         self._expiry.pop(signature_, None)
 
     def _drop_expired(self, now: float) -> None:
@@ -416,8 +432,10 @@ class SigV4Verifier:
     def __init__(
         self, keys: KeyStore, replay: ReplayCache | None = None, clock: Callable[[], float] = time.time
     ) -> None:
+        """``replay``: the memory that refuses a signature seen before (``--auth-refuse-replays``); None: a
+        signature is good for its whole 5-minute window, as on AWS."""
         self.keys = keys
-        self.replay = ReplayCache() if replay is None else replay
+        self.replay = replay
         self.clock = clock
 
     def verify(self, method: str, raw_target: str, headers: Headers, body: bytes) -> Grant:
@@ -477,12 +495,12 @@ class SigV4Verifier:
         return Grant(claim.key, claim.credential.signature, claim.expires_at)
 
     def spend(self, grant: Grant) -> None:
-        """Remember the signature until it expires; refuse it if it was seen already (a replay).
+        """With a replay memory: remember the signature until it expires; refuse it if it was seen already.
 
         Two requests that are byte for byte the same and signed within the same second carry the same signature:
         the second is refused too. boto3 signs ``InferenceId`` (``X-Amzn-SageMaker-Inference-Id``), so a client
         that sends identical requests that fast gives each its own id."""
-        if not self.replay.spend(grant.signature, grant.expires_at, self.clock()):
+        if self.replay is not None and not self.replay.spend(grant.signature, grant.expires_at, self.clock()):
             raise InvalidSignature(
                 "This signature has been used already: a replay, or the same request signed twice in one second "
                 "(give each request its own InferenceId)"
@@ -520,12 +538,13 @@ def sigv4_middleware(
     read_body: Callable[[web.Request], Awaitable[bytes]],
     verifier: SigV4Verifier | None = None,
 ) -> Middleware:
-    """Authenticate and authorize every request but ``/ping`` (and ``/metrics`` with ``--auth-exempt-metrics``).
+    """Authenticate and authorize every request but ``/ping`` (and ``/metrics`` with ``--auth-exempt-metrics``);
+    with ``--auth-refuse-replays``, refuse a signature seen before.
 
     ``read_body`` reads the body once, bounded, and keeps it for the handler: the signature covers it."""
     if keys is None:
         raise AuthConfigError("--auth sigv4 needs a key store")
-    checker = verifier or SigV4Verifier(keys)
+    checker = verifier or SigV4Verifier(keys, ReplayCache() if settings.auth_refuse_replays else None)
     open_paths = {"/ping"} | ({"/metrics"} if settings.auth_exempt_metrics else set())
 
     @web.middleware
@@ -564,7 +583,7 @@ def sigv4_middleware(
             served = not _retryable(error.status)
             raise
         finally:
-            if not served:
+            if not served and checker.replay is not None:
                 checker.replay.give_back(grant.signature)
 
     return sigv4

@@ -5,14 +5,15 @@ body) and the body's ``message``; a ``ModelError`` also surfaces ``OriginalStatu
 ``render`` is the one place that shapes an error into such a response; bodies never carry a traceback.
 
     EndpointError                 500  InternalFailure
-    ├── ValidationError           400  bad request, unknown endpoint, unknown or invalid TargetModel
+    ├── ValidationError           400  bad request, unknown endpoint, unknown or invalid TargetModel (a full s3:// URI)
     ├── Forbidden                 403  not authenticated or not authorized (auth.py, with --auth sigv4)
-    │   ├── InvalidSignature             InvalidSignatureException: the signature is wrong, expired or replayed
+    │   ├── InvalidSignature             InvalidSignatureException: wrong or expired signature (or a replay, opt-in)
     │   ├── MissingAuthenticationToken   MissingAuthenticationTokenException: no Authorization header
     │   ├── IncompleteSignature          IncompleteSignatureException: malformed, or leaves out what must be signed
     │   ├── UnrecognizedClient           UnrecognizedClientException: unknown access key id
     │   └── AccessDenied                 AccessDeniedException: the key may not invoke that TargetModel (or route)
-    ├── ModelError                424  the model's handler failed, or its archive cannot be loaded
+    ├── ModelError                424  the model's handler failed, or its archive cannot be loaded; also a form body
+    │                                  (OriginalStatusCode 415), refused at the front because MMS would eat it
     ├── Conflict                  409  POST /models for a model that is loaded already
     ├── ModelNotReady             429  the model is still loading after the wait budget; retry
     ├── ServiceUnavailable        503  overload, or MMS is not up

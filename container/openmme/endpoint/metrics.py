@@ -21,10 +21,14 @@ from prometheus_client.registry import Collector
 
 from openmme.endpoint.cache import CacheEvents, Entry, ModelCache, State
 
-__all__ = ["OTHER_MODELS", "Metrics"]
+__all__ = ["EVICTION_REASONS", "INVOCATION_STATUSES", "OTHER_MODELS", "Metrics"]
 
 OTHER_MODELS = "other"
+# Label values known in advance get their series at 0 from the first scrape (Prometheus' instrumentation practice:
+# a series that appears only at its first event hides that event from rate() and from alerts on it).
 EVICTION_REASONS = ("count", "memory", "disk", "request")
+# Every status an invocation is answered with: the prediction, or one of the front's errors (errors.py).
+INVOCATION_STATUSES = ("200", "400", "424", "429", "500", "503", "507")
 # Loads take from tens of milliseconds (a file) to minutes (a large archive over a slow link).
 _LOAD_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, float("inf"))
 # Invocations: sub-millisecond to the 60 s a client waits.
@@ -120,6 +124,9 @@ class Metrics(CacheEvents):
             buckets=_REQUEST_BUCKETS,
             registry=registry,
         )
+        for status in INVOCATION_STATUSES:
+            self.invocations.labels(status)
+            self.invocation_seconds.labels(status)
         self.model_invocations = Counter(
             "openmme_model_invocations",
             f"Invocations by model (first {model_labels} models by name, the rest as '{OTHER_MODELS}') and status.",

@@ -51,20 +51,39 @@ class S3Location:
         return f"s3://{self.bucket}/{self.key}"
 
 
-def validate_target_model(target: str | None) -> str:
-    """The TargetModel header as SageMaker checks it, plus no path tricks; returns it unchanged."""
+def validate_target_model(target: str | None, prefix: S3Location | None = None) -> str:
+    """The TargetModel header as SageMaker checks it, plus no path tricks; returns it unchanged. ``prefix``, the
+    endpoint's model prefix, lets the error for a full S3 URI name the relative TargetModel to give instead."""
     if target is None or target == "":
         raise ValidationError("the X-Amzn-SageMaker-Target-Model header is required for a multi-model endpoint")
     if len(target) > 1024:
         raise ValidationError("TargetModel is longer than 1024 characters")
     if not target.isprintable() or target.startswith(" "):
         raise ValidationError("TargetModel must be printable characters and must not start with a space")
+    if target[:5].lower() == "s3://":
+        raise ValidationError(_not_a_uri(target, prefix))
     if target.startswith("/") or "\\" in target:
         raise ValidationError(f"TargetModel must be a key relative to the model prefix: {target!r}")
     segments = target.split("/")
     if any(segment in {"", ".", ".."} for segment in segments):
         raise ValidationError(f"TargetModel must not contain empty, '.' or '..' path segments: {target!r}")
     return target
+
+
+def _not_a_uri(uri: str, prefix: S3Location | None) -> str:
+    """What to give instead of a full S3 URI: the key relative to the prefix, named when the URI is under it."""
+    if prefix is None:
+        return f"TargetModel must be the archive's key relative to the endpoint's model prefix, not an S3 URI: {uri!r}"
+    relative = uri[len(str(prefix)) :] if uri.startswith(str(prefix)) else ""
+    if relative:
+        return (
+            f"TargetModel must be relative to the endpoint's model prefix {prefix}, not a full S3 URI: "
+            f"give TargetModel={relative!r}"
+        )
+    return (
+        f"TargetModel must be relative to the endpoint's model prefix {prefix}, not a full S3 URI; {uri!r} is not an "
+        "archive under it: publish the archive there (openmme publish) and give its key relative to the prefix"
+    )
 
 
 class ModelSource:
