@@ -160,6 +160,9 @@ def _demo(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM before the end: everything it started is stopped by now
         print("openmme demo: interrupted", file=sys.stderr)
         return 130
+    except RuntimeError as exc:  # SeaweedFS or the endpoint did not come up; its log is kept and named
+        print(f"openmme demo: {exc}", file=sys.stderr)
+        return 1
 
 
 def _router_config(args: argparse.Namespace) -> int:
@@ -180,8 +183,20 @@ def _router_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def version() -> str:
+    """The installed openmme's version, from its package metadata."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed_version
+
+    try:
+        return installed_version("openmme")
+    except PackageNotFoundError:  # imported from a checkout that was never installed
+        return "unknown (not installed)"
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="openmme", description="A self-hosted SageMaker multi-model endpoint.")
+    root.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     commands = root.add_subparsers(dest="command", required=True)
     commands.add_parser("serve", help="run the endpoint (all flags: openmme serve --help)", add_help=False)
 

@@ -1,4 +1,5 @@
-"""Free TCP ports on 127.0.0.1 for the servers openmme starts (MMS, SeaweedFS, test endpoints).
+"""Free TCP ports on 127.0.0.1 for the servers openmme starts (MMS, SeaweedFS, test endpoints), and whether the
+front can listen on its address before anything is started.
 
 Ports are drawn below the kernel's ephemeral range (32768 and up on Linux): a port picked there could be
 taken by some client's outgoing connection between the check and the server's bind. MMS also refuses
@@ -11,7 +12,7 @@ import random
 import socket
 from collections.abc import Iterable
 
-__all__ = ["PORT_CEILING", "free_port", "free_ports", "port_is_free"]
+__all__ = ["PORT_CEILING", "free_port", "free_ports", "listen_error", "port_is_free"]
 
 PORT_CEILING = 32767
 
@@ -24,6 +25,25 @@ def port_is_free(port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+def listen_error(host: str, port: int) -> OSError | None:
+    """Why a server could not listen on ``host``:``port`` right now, or None if it could. Binds as asyncio's (and
+    aiohttp's) servers do: every address ``host`` resolves to, with SO_REUSEADDR."""
+    try:
+        addresses = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as exc:
+        return exc
+    for family, kind, proto, _, address in dict.fromkeys(addresses):
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                return exc
+    return None
 
 
 def free_port(exclude: Iterable[int] = ()) -> int:

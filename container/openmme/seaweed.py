@@ -3,6 +3,10 @@
 Used by ``openmme demo`` and the test suite. Every SeaweedFS port is chosen free and bound to loopback, S3
 requires the credentials generated here, and ``stop`` falls back to SIGKILL because ``weed`` does not stop
 on SIGTERM quickly.
+
+Everything ``weed`` writes goes under ``directory`` (its logs, which it would put in the machine's temp dir),
+except the unix sockets of its gRPC servers, whose place it hard-codes (``/tmp/seaweedfs-<server>-grpc-<port>
+.sock``): ``stop`` removes those.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import os
 import secrets
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -27,6 +32,8 @@ __all__ = ["EmbeddedS3", "find_weed"]
 
 _BUCKET_EXISTS = {"BucketAlreadyOwnedByYou", "BucketAlreadyExists"}
 _PORT_NAMES = ("master", "master_grpc", "volume", "volume_grpc", "filer", "filer_grpc", "s3", "s3_grpc")
+# Where weed puts the unix socket of each gRPC server, whatever its flags say: "/tmp/seaweedfs-%s-grpc-%d.sock".
+_GRPC_SOCKET_SERVERS = ("master", "volume", "filer", "s3")
 
 
 def find_weed() -> str:
@@ -50,6 +57,7 @@ class EmbeddedS3:
     region: str = "us-east-1"
     process: subprocess.Popen[bytes] | None = None
     ports: dict[str, int] = field(default_factory=dict)
+    started_at: float = 0.0  # wall-clock time of the last start
 
     @property
     def endpoint_url(self) -> str:
@@ -69,6 +77,7 @@ class EmbeddedS3:
         ports = self.ports
         return [
             find_weed(),
+            f"-logdir={self.directory / 'logs'}",
             "server",
             "-ip=127.0.0.1",
             "-ip.bind=127.0.0.1",
@@ -85,13 +94,19 @@ class EmbeddedS3:
             "-s3",
             f"-s3.port={ports['s3']}",
             f"-s3.port.grpc={ports['s3_grpc']}",
+            f"-s3.localSocket={self.directory / 's3.sock'}",
             "-s3.port.iceberg=0",
             "-s3.port.lance=0",
             f"-s3.config={self.directory / 's3.json'}",
         ]
 
+    def grpc_sockets(self) -> list[Path]:
+        """The unix sockets weed makes in /tmp for this server's gRPC ports."""
+        return [Path(f"/tmp/seaweedfs-{name}-grpc-{self.ports[f'{name}_grpc']}.sock") for name in _GRPC_SOCKET_SERVERS]
+
     def start(self, timeout: float = 60.0) -> EmbeddedS3:
         (self.directory / "data").mkdir(parents=True, exist_ok=True)
+        (self.directory / "logs").mkdir(exist_ok=True)
         identities = {
             "identities": [
                 {
@@ -106,6 +121,7 @@ class EmbeddedS3:
         config.chmod(0o600)
         # A restart keeps the ports (and the data): clients configured with the endpoint keep working.
         self.ports = self.ports or dict(zip(_PORT_NAMES, free_ports(len(_PORT_NAMES)), strict=True))
+        self.started_at = time.time()
         with (self.directory / "weed.log").open("ab") as log:
             self.process = subprocess.Popen(
                 self.command(),
@@ -173,6 +189,16 @@ class EmbeddedS3:
                 os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(10)
         self.process = None
+        self._remove_grpc_sockets()
+
+    def _remove_grpc_sockets(self) -> None:
+        """Remove the sockets weed left in /tmp: those on this server's ports made since it started (its ports were
+        its own meanwhile, so no other server's)."""
+        for path in self.grpc_sockets():
+            with contextlib.suppress(OSError):
+                status = path.lstat()
+                if stat.S_ISSOCK(status.st_mode) and status.st_ctime >= self.started_at - 1.0:
+                    path.unlink()
 
     def __enter__(self) -> EmbeddedS3:
         return self.start() if self.process is None else self

@@ -1,10 +1,11 @@
 """Faults the endpoint must survive, each broken on purpose against the real processes: MMS killed, a model
-worker killed, the S3 server stopped and back, a client that gives up during a cold load, and SIGTERM with
-a request in flight."""
+worker killed, the S3 server stopped and back, a client that gives up during a cold load, SIGTERM with a
+request in flight, the front itself killed with SIGKILL, and extracted models deleted under a running endpoint."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import threading
@@ -23,7 +24,7 @@ from openmme.endpoint.cache import mms_model_name
 from openmme.publish import pack_directory, publish_archive
 from openmme.publish.samples import make_rows, sample_archive
 from openmme.seaweed import EmbeddedS3
-from tests.conftest import Endpoint, EndpointFactory
+from tests.conftest import Endpoint, EndpointFactory, Launcher
 from tests.support import csv_body, expected, wait_until
 
 pytestmark = pytest.mark.integration
@@ -34,7 +35,7 @@ ROWS = make_rows(2, seed=31)
 def invoke(endpoint: Endpoint, target: str, client: Any = None) -> list[float]:
     client = client or endpoint.runtime(retries=1)
     response = client.invoke_endpoint(
-        EndpointName=endpoint.name, TargetModel=target, ContentType="text/csv", Body=csv_body(ROWS)
+        EndpointName=endpoint.name, TargetModel=target, ContentType="text/csv", Accept="text/csv", Body=csv_body(ROWS)
     )
     return [float(value) for value in response["Body"].read().decode().split(",")]
 
@@ -55,6 +56,13 @@ def mms_java(endpoint: Endpoint) -> psutil.Process:
         for child in psutil.Process(endpoint.process.pid).children()
         if any(arg.startswith("-Dmodel_server_home=") for arg in child.cmdline())
     )
+
+
+def running(process: psutil.Process) -> bool:
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def eventually_served(endpoint: Endpoint, target: str, want: list[float], timeout: float) -> int:
@@ -264,3 +272,66 @@ def test_sigterm_finishes_the_request_in_flight_and_stops_everything(
     assert answers == ["slept 2"]
     assert endpoint.process.wait(timeout=60) == 0
     assert wait_until(lambda: not any(p.is_running() and p.status() != "zombie" for p in processes), timeout=10)
+
+
+def test_a_front_killed_with_sigkill_leaves_no_process_behind_and_a_new_one_starts_on_its_cache_dir(
+    s3: EmbeddedS3,
+    tmp_path_factory: pytest.TempPathFactory,
+    start_endpoint: EndpointFactory,
+    hosting: str,
+    prefix: str,
+    publish: Any,
+    boosters: dict[str, xgboost.Booster],
+) -> None:
+    booster = boosters["reg:squarederror"]
+    publish(prefix, "orphan.tar.gz", booster)
+    # Started apart from `start_endpoint`, whose clean-up expects every front it started to exit 0.
+    victim = Launcher(s3, tmp_path_factory).start(prefix, "--hosting", hosting, "--shards", "1")
+    try:
+        assert invoke(victim, "orphan.tar.gz") == expected(booster, ROWS)
+        java = mms_java(victim)
+        workers = [pid for pids in victim.worker_pids().values() for pid in pids]
+        assert workers  # the model's (isolated) or the shard's (dense) listener and serving process
+        everything = psutil.Process(victim.process.pid).children(recursive=True)
+        assert {java.pid, *workers} <= {process.pid for process in everything}
+        mms_tmp = Path(next(arg for arg in java.cmdline() if arg.startswith("-Djava.io.tmpdir=")).split("=", 1)[1])
+
+        victim.process.kill()  # as the OOM killer, or a supervisor that kills the front's PID only
+        victim.process.wait()
+
+        assert wait_until(lambda: not any(running(process) for process in everything), timeout=5), [
+            (process.pid, process.cmdline()) for process in everything if running(process)
+        ]
+    finally:
+        if victim.process.poll() is None:
+            victim.process.kill()
+            victim.process.wait()
+    # The next front on the same cache directory starts, serves, and clears what the killed one could not.
+    successor = start_endpoint(prefix, "--hosting", hosting, "--shards", "1", "--cache-dir", str(victim.cache_dir))
+    assert invoke(successor, "orphan.tar.gz") == expected(booster, ROWS)
+    assert not mms_tmp.exists()
+
+
+@pytest.mark.parametrize("gone", ["the model's directory", "the whole model store"])
+def test_a_model_whose_extracted_files_were_deleted_is_fetched_again_on_its_next_request(
+    start_endpoint: EndpointFactory,
+    hosting: str,
+    prefix: str,
+    publish: Any,
+    boosters: dict[str, xgboost.Booster],
+    gone: str,
+) -> None:
+    booster = boosters["multi:softmax"]
+    for target in ("first.tar.gz", "second.tar.gz"):
+        publish(prefix, target, booster)
+    endpoint = start_endpoint(prefix, "--hosting", hosting, "--max-models", "1")
+    assert invoke(endpoint, "first.tar.gz") == expected(booster, ROWS)
+    assert invoke(endpoint, "second.tar.gz") == expected(booster, ROWS)  # first leaves memory, stays on disk
+    assert wait_until(lambda: endpoint.models()["first.tar.gz"]["state"] == "on_disk", timeout=30)
+
+    models_dir = endpoint.cache_dir / "models"
+    shutil.rmtree(models_dir / mms_model_name("first.tar.gz") if gone == "the model's directory" else models_dir)
+
+    assert invoke(endpoint, "first.tar.gz") == expected(booster, ROWS)
+    assert endpoint.models()["first.tar.gz"]["downloads"] == 2
+    assert (models_dir / mms_model_name("first.tar.gz")).is_dir()

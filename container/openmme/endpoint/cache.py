@@ -124,6 +124,9 @@ class Entry:
     name: str
     path: Path
     managed: bool = True  # False: the directory was handed over by SageMaker (POST /models) and is not ours.
+    # modelUrl: where the model comes from. POST /models: its url exactly as SageMaker sent it (SageMaker compares
+    # them); from the prefix: the archive's s3:// URI (the cache path is an internal detail, shown as "path").
+    url: str = ""
     state: State = State.REMOTE
     handler: str = ""
     hosting: str = ""  # dense or isolated, decided when it loads
@@ -143,7 +146,8 @@ class Entry:
     def describe(self) -> dict[str, Any]:
         return {
             "modelName": self.target,
-            "modelUrl": str(self.path),
+            "modelUrl": self.url or str(self.path),
+            "path": str(self.path),
             "state": self.state.value,
             "handler": self.handler.partition(":")[0].rpartition(".")[2] or None,
             "hosting": self.hosting or None,
@@ -206,7 +210,7 @@ class ModelCache:
             if self.source is None:
                 raise ModelError(f"model {target!r} is not loaded", original_status=404)
             name = mms_model_name(target)
-            entry = Entry(target, name, self.settings.models_dir / name)
+            entry = Entry(target, name, self.settings.models_dir / name, url=str(self.source.prefix.child(target)))
             self.entries[target] = entry
         self.entries.move_to_end(target)
         hit = entry.state is State.READY
@@ -284,6 +288,11 @@ class ModelCache:
 
     async def _bring_up(self, entry: Entry) -> None:
         try:
+            if entry.state is State.ON_DISK and entry.managed and not await asyncio.to_thread(entry.path.is_dir):
+                # Deleted under the running endpoint (by hand, by a cleaner of /tmp): fetched again, not a failure.
+                log.warning("the extracted files of %s are gone from %s; fetching it again", entry.target, entry.path)
+                entry.disk_bytes = 0
+                entry.state = State.REMOTE
             if entry.state is State.REMOTE:
                 await self._fetch(entry)
             if entry.state is State.ON_DISK:
@@ -329,6 +338,7 @@ class ModelCache:
             entry.timings["extract"] = time.perf_counter() - started
             if entry.path.exists():
                 shutil.rmtree(entry.path)
+            entry.path.parent.mkdir(parents=True, exist_ok=True)  # the whole store may have been deleted
             staging.rename(entry.path)
             return size
         finally:
@@ -637,8 +647,9 @@ class ModelCache:
         await self._unload(entry, None)
         await self._bring_up(entry)
 
-    async def register_local(self, model_name: str, path: Path) -> Entry:
-        """SageMaker's ``POST /models``: serve a directory SageMaker already downloaded."""
+    async def register_local(self, model_name: str, url: str) -> Entry:
+        """SageMaker's ``POST /models``: serve the directory ``url`` SageMaker already downloaded."""
+        path = Path(url)
         entry = self.entries.get(model_name)
         if entry is not None and entry.state in _LOADED:
             raise Conflict(f"model {model_name!r} is already loaded")
@@ -646,7 +657,7 @@ class ModelCache:
         # MMS loads only directories directly under its model store: link SageMaker's directory in.
         link = self.settings.models_dir / name
         await asyncio.to_thread(_link_directory, link, path)
-        entry = Entry(model_name, name, link, managed=False, state=State.ON_DISK)
+        entry = Entry(model_name, name, link, managed=False, state=State.ON_DISK, url=url)
         self.entries[model_name] = entry
         async with self.use(model_name, wait=max(self.settings.response_timeout, 120.0)):
             return entry

@@ -2,11 +2,18 @@
 
 MMS binds 127.0.0.1 only; the front is the one door in. The Java front is started directly (not through the
 ``multi-model-server`` launcher, which detaches it) so that this process owns its PID, and with ``--python``
-set to this interpreter so that its Python workers import openmme's handlers from the same environment.
+set to a script that runs this interpreter, so that its Python workers import openmme's handlers from the same
+environment.
 
 MMS's worker processes are found by their command line: every worker of this MMS instance names a socket in
 this instance's private temp dir, and the model it serves. That is how loaded models' memory is measured and
 how workers that outlive their model (seen with MMS) are found and killed.
+
+Nothing MMS starts outlives the front, however the front ends (a SIGKILL included): the kernel kills the Java
+front when the thread that started it exits (``PR_SET_PDEATHSIG``), and the Java front starts its Python
+workers through a launcher that does the same for them (see ``openmme.handlers._lifetime``). What an earlier
+front of the same cache directory left running anyway (a machine without that kernel request, a front of an
+older version) is stopped by the next one: ``reap_leftovers``.
 """
 
 from __future__ import annotations
@@ -17,12 +24,14 @@ import json
 import logging
 import math
 import os
+import shlex
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Awaitable, Iterable, Mapping
+import threading
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -32,6 +41,7 @@ import psutil
 from multidict import CIMultiDict
 
 from openmme.endpoint.settings import MAX_BODY_BYTES, Settings
+from openmme.handlers._lifetime import parent_death_setter
 from openmme.ports import free_port
 
 __all__ = ["MmsClient", "MmsConfig", "MmsProcess", "MmsResponse", "java_command", "tracked_call"]
@@ -39,6 +49,9 @@ __all__ = ["MmsClient", "MmsConfig", "MmsProcess", "MmsResponse", "java_command"
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+# Every MMS instance's private temp dir (worker sockets) is named so: what an earlier front left is removed.
+TMP_PREFIX = "openmme-mms-"
 
 
 @dataclass(frozen=True)
@@ -88,6 +101,8 @@ def java_command(config: MmsConfig, config_file: Path, python: str = sys.executa
         f"-Djava.io.tmpdir={config.tmp_dir}",
         f"-Xmx{config.heap}",
         "-XX:+UseSerialGC",
+        # No hsperfdata file in the machine's /tmp: one the JVM would leave behind if it were killed.
+        "-XX:-UsePerfData",
         "-cp",
         f".:{mms_home / 'mms' / 'frontend' / '*'}",
         "com.amazonaws.ml.mms.ModelServer",
@@ -229,9 +244,10 @@ class MmsProcess:
         self.home = settings.cache_dir / "mms"
         # Worker sockets live in the temp dir; a private, short one keeps instances apart and under the
         # 108-byte limit of a unix socket path.
-        self.tmp_dir = Path(tempfile.mkdtemp(prefix="openmme-mms-"))
-        inference = settings.mms_inference_port or free_port()
-        management = settings.mms_management_port or free_port(exclude={inference})
+        self.tmp_dir = Path(tempfile.mkdtemp(prefix=TMP_PREFIX))
+        # Not the front's own port either: it is free until the front binds it, after MMS started.
+        inference = settings.mms_inference_port or free_port(exclude={settings.port})
+        management = settings.mms_management_port or free_port(exclude={settings.port, inference})
         self.config = MmsConfig(
             inference_port=inference,
             management_port=management,
@@ -244,6 +260,7 @@ class MmsProcess:
         )
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = self.home / "mms.out"
+        self._starting_thread: int | None = None
 
     def environment(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -258,13 +275,24 @@ class MmsProcess:
     def load_errors_dir(self) -> Path:
         return self.home / "load-errors"
 
+    @property
+    def record_path(self) -> Path:
+        """Which Java front this cache directory's MMS is, for the next front to stop if this one dies first."""
+        return self.home / "mms.json"
+
     def start(self) -> None:
+        """Start the Java front. Call it from a thread that lives as long as this process (the event loop's, never
+        a pool thread's): the kernel kills the Java front when the *thread* that started it exits."""
+        thread = threading.get_ident()
+        if self._starting_thread not in (None, thread):
+            raise RuntimeError("MMS must be started again from the thread that started it first")
+        self._starting_thread = thread
         self.home.mkdir(parents=True, exist_ok=True)
         self.load_errors_dir.mkdir(exist_ok=True)
         self.settings.models_dir.mkdir(parents=True, exist_ok=True)
         config_file = self.home / "config.properties"
         config_file.write_text(self.config.properties())
-        command = java_command(self.config, config_file)
+        command = java_command(self.config, config_file, python=self._worker_python())
         log.info(
             "starting MMS on 127.0.0.1:%d (inference) and :%d (management)",
             self.config.inference_port,
@@ -278,8 +306,55 @@ class MmsProcess:
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                start_new_session=True,
+                start_new_session=True,  # Ctrl-C at a terminal reaches the front only, which stops MMS in order
+                preexec_fn=_dies_with(os.getpid()),
             )
+        self._record(self.process.pid)
+
+    def _worker_python(self) -> str:
+        """The interpreter MMS starts its workers with: this one, through ``openmme.handlers._lifetime``, so that
+        they die with the Java front. ``-P``: the worker's directory (its model's) is not put on ``sys.path``."""
+        if not hasattr(os, "ST_NOEXEC") or os.statvfs(self.home).f_flag & os.ST_NOEXEC:
+            log.warning("%s is mounted noexec: MMS workers will not stop by themselves if MMS is killed", self.home)
+            return sys.executable
+        launcher = self.home / "worker-python"
+        launcher.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} -P -m openmme.handlers._lifetime "$@"\n')
+        launcher.chmod(0o755)
+        return str(launcher)
+
+    def _record(self, pid: int) -> None:
+        try:
+            created = psutil.Process(pid).create_time()
+        except psutil.Error:
+            return  # it already died: the supervisor notices
+        staged = self.record_path.with_suffix(".tmp")
+        staged.write_text(json.dumps({"pid": pid, "create_time": created, "tmp_dir": str(self.tmp_dir)}))
+        staged.replace(self.record_path)
+
+    def reap_leftovers(self) -> list[int]:
+        """Blocking: stop the MMS (and its workers) an earlier front of this cache directory left running, and
+        remove its temp dir; returns the PIDs stopped. Only for the owner of the cache directory (its lock held),
+        so that the earlier front is surely dead. A PID is stopped only if it still is that process: the same
+        start time and a command line naming the recorded temp dir (PIDs are reused)."""
+        try:
+            record = json.loads(self.record_path.read_text())
+            pid, created, tmp_dir = int(record["pid"]), float(record["create_time"]), str(record["tmp_dir"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return []
+        leftovers: list[psutil.Process] = []
+        with contextlib.suppress(psutil.Error):
+            java = psutil.Process(pid)
+            cmdline = java.cmdline()
+            # create_time is computed from the boot time, which the kernel may report a second apart.
+            if abs(java.create_time() - created) < 1.0 and f"-Djava.io.tmpdir={tmp_dir}" in cmdline:
+                leftovers.append(java)
+        leftovers.extend(process for group in _workers_of(Path(tmp_dir)).values() for process in group)
+        stopped = [process.pid for process in leftovers]
+        kill_processes(leftovers, grace=5.0)
+        if Path(tmp_dir).name.startswith(TMP_PREFIX):
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+        self.record_path.unlink(missing_ok=True)
+        return stopped
 
     @property
     def pid(self) -> int | None:
@@ -290,14 +365,7 @@ class MmsProcess:
 
     def worker_processes(self) -> dict[str, list[psutil.Process]]:
         """This instance's MMS worker processes, by the model they serve."""
-        marker = f"{self.tmp_dir}/.mms.sock."
-        workers: dict[str, list[psutil.Process]] = {}
-        for process in psutil.process_iter(["cmdline"]):
-            cmdline = process.info["cmdline"] or []
-            sock, model = _argument(cmdline, "--sock-name"), _argument(cmdline, "--model-name")
-            if sock.startswith(marker) and model:
-                workers.setdefault(model, []).append(process)
-        return workers
+        return _workers_of(self.tmp_dir)
 
     def stop(self, grace: float = 10.0, *, final: bool = True) -> None:
         """Stop MMS and every worker it started, including workers a crashed MMS left behind.
@@ -317,11 +385,33 @@ class MmsProcess:
         kill_processes(leftovers, grace=2.0)
         if final:
             shutil.rmtree(self.tmp_dir, ignore_errors=True)
+            self.record_path.unlink(missing_ok=True)
 
-    def restart(self) -> None:
-        """Blocking: after MMS died, clear what it left and start it again with the same config."""
-        self.stop(final=False)
-        self.start()
+
+def _dies_with(parent: int) -> Callable[[], None] | None:
+    """What the Java front runs between ``fork`` and ``exec``: ask to be killed when the thread that forked it
+    exits, and end at once if ``parent`` died before the request was made."""
+    set_parent_death_signal = parent_death_setter()
+    if set_parent_death_signal is None:
+        return None
+
+    def die_with_parent() -> None:
+        if set_parent_death_signal() and os.getppid() != parent:
+            os._exit(1)
+
+    return die_with_parent
+
+
+def _workers_of(tmp_dir: Path) -> dict[str, list[psutil.Process]]:
+    """The MMS worker processes whose socket is in ``tmp_dir`` (one MMS instance's), by the model they serve."""
+    marker = f"{tmp_dir}/.mms.sock."
+    workers: dict[str, list[psutil.Process]] = {}
+    for process in psutil.process_iter(["cmdline"]):
+        cmdline = process.info["cmdline"] or []
+        sock, model = _argument(cmdline, "--sock-name"), _argument(cmdline, "--model-name")
+        if sock.startswith(marker) and model:
+            workers.setdefault(model, []).append(process)
+    return workers
 
 
 def _argument(cmdline: list[str], flag: str) -> str:

@@ -4,28 +4,44 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import shutil
 import signal
+import ssl
 
 from aiohttp import web
 
 from openmme.endpoint.app import build_app
 from openmme.endpoint.auth import AuthConfigError, KeyStore, check_exposure, describe, load_keys
 from openmme.endpoint.cache import Budgets, ModelCache
+from openmme.endpoint.lock import CacheDirError, CacheDirLock
 from openmme.endpoint.logs import EventLog, configure_logging
 from openmme.endpoint.metrics import Metrics
 from openmme.endpoint.mms import MmsClient, MmsProcess
 from openmme.endpoint.s3 import ModelSource, S3Location
 from openmme.endpoint.settings import Settings
+from openmme.endpoint.tls import TlsConfigError, tls_context
+from openmme.ports import listen_error
 
-__all__ = ["run", "serve"]
+__all__ = ["CannotListen", "run", "serve"]
 
 log = logging.getLogger(__name__)
 
 HOUSEKEEPING_INTERVAL_S = 2.0
 MEMORY_EVERY_ROUNDS = 3
+
+
+class CannotListen(Exception):
+    """The front's address cannot be listened on (most often: another process has the port)."""
+
+    @classmethod
+    def explain(cls, settings: Settings, exc: OSError) -> CannotListen:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        if exc.errno == errno.EADDRINUSE:
+            return cls(f"port {settings.port} on {settings.host} is taken ({reason}); choose another --port")
+        return cls(f"cannot listen on {settings.host}:{settings.port} ({reason})")
 
 
 async def _wait_for_mms(process: MmsProcess, mms: MmsClient, timeout: float) -> None:
@@ -65,7 +81,10 @@ async def _supervise(cache: ModelCache, process: MmsProcess, mms: MmsClient, set
         delay = 1.0
         while True:
             try:
-                await asyncio.to_thread(process.restart)
+                await asyncio.to_thread(process.stop, final=False)
+                # Started from this thread, the event loop's, never a pool thread: the kernel kills the Java
+                # front when the thread that started it exits (see MmsProcess.start).
+                process.start()
                 await _wait_for_mms(process, mms, settings.mms_start_timeout)
                 break
             except Exception as exc:
@@ -76,14 +95,40 @@ async def _supervise(cache: ModelCache, process: MmsProcess, mms: MmsClient, set
         await cache.mms_back(reload)
 
 
-async def run(settings: Settings, stop: asyncio.Event | None = None, keys: KeyStore | None = None) -> None:
-    """Serve until ``stop`` is set (or SIGTERM/SIGINT arrives); ``keys`` are those ``--auth sigv4`` accepts."""
+async def run(
+    settings: Settings,
+    stop: asyncio.Event | None = None,
+    keys: KeyStore | None = None,
+    tls: ssl.SSLContext | None = None,
+) -> None:
+    """Serve until ``stop`` is set (or SIGTERM/SIGINT arrives); ``keys`` are those ``--auth sigv4`` accepts, ``tls``
+    the context of ``--tls-cert``/``--tls-key`` (HTTPS; None: plain HTTP).
+
+    Raises CacheDirError when the cache directory cannot be this front's (another front owns it) and CannotListen
+    when the address is taken, both before anything is started or changed."""
+    with CacheDirLock(settings.cache_dir):
+        failure = listen_error(settings.host, settings.port)
+        if failure is not None:
+            raise CannotListen.explain(settings, failure)
+        await _run_owned(settings, stop, keys, tls)
+
+
+async def _run_owned(
+    settings: Settings, stop: asyncio.Event | None, keys: KeyStore | None, tls: ssl.SSLContext | None
+) -> None:
+    """``run``, once this process owns the cache directory."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signum, stop.set)
 
+    process = MmsProcess(settings)
+    stopped = await asyncio.to_thread(process.reap_leftovers)
+    if stopped:
+        log.warning(
+            "stopped %d MMS process(es) an earlier openmme serve of %s left running", len(stopped), settings.cache_dir
+        )
     # The cache is not persistent across restarts (as on a SageMaker instance): start from a clean store.
     for directory in (settings.models_dir, settings.staging_dir):
         shutil.rmtree(directory, ignore_errors=True)
@@ -91,7 +136,6 @@ async def run(settings: Settings, stop: asyncio.Event | None = None, keys: KeySt
     budgets = Budgets.from_settings(settings)
     source = ModelSource(S3Location.parse_prefix(settings.model_prefix)) if settings.model_prefix else None
 
-    process = MmsProcess(settings)
     process.start()
     try:
         async with MmsClient(process.config.inference_port, process.config.management_port) as mms:
@@ -104,11 +148,16 @@ async def run(settings: Settings, stop: asyncio.Event | None = None, keys: KeySt
             app = build_app(settings, cache, mms, metrics, keys)
             runner = web.AppRunner(app, access_log=None, shutdown_timeout=30.0)
             await runner.setup()
-            site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
-            await site.start()
+            site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True, ssl_context=tls)
+            try:
+                await site.start()
+            except OSError as exc:  # taken since the check above
+                await runner.cleanup()
+                raise CannotListen.explain(settings, exc) from exc
             log.info(
-                "openmme endpoint %r serving on http://%s:%d; models from %s; budgets: %s",
+                "openmme endpoint %r serving on %s://%s:%d; models from %s; budgets: %s",
                 settings.endpoint_name,
+                "https" if tls else "http",
                 settings.host,
                 settings.port,
                 settings.model_prefix or "SageMaker (POST /models)",
@@ -137,11 +186,17 @@ def serve(settings: Settings) -> None:
         # Before anything starts or binds: an endpoint that would be open to the network does not come up at all.
         keys = load_keys(settings, os.environ)
         check_exposure(settings)
-    except AuthConfigError as exc:
+        tls = tls_context(settings)
+    except (AuthConfigError, TlsConfigError) as exc:
         raise SystemExit(f"openmme serve: {exc}") from None
+    # The main thread runs the event loop, which starts MMS: a thread that lives as long as the process (see
+    # MmsProcess.start).
     try:
-        import uvloop  # a dependency where it builds (not on Windows)
-    except ImportError:
-        asyncio.run(run(settings, keys=keys))
-    else:
-        uvloop.run(run(settings, keys=keys))
+        try:
+            import uvloop  # a dependency where it builds (not on Windows)
+        except ImportError:
+            asyncio.run(run(settings, keys=keys, tls=tls))
+        else:
+            uvloop.run(run(settings, keys=keys, tls=tls))
+    except (CacheDirError, CannotListen) as exc:
+        raise SystemExit(f"openmme serve: {exc}") from None

@@ -76,8 +76,46 @@ def _parse_hosting(text: str) -> str:
     raise ValueError(f"not a hosting mode: {text!r} (dense or isolated)")
 
 
-def _opt(default: Any, help: str, parse: Callable[[str], Any] | None = None) -> Any:
-    return field(default=default, metadata={"help": help, "parse": parse})
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _parse_log_level(text: str) -> str:
+    level = text.strip().upper()
+    if level in _LOG_LEVELS:
+        return level
+    raise ValueError(f"not a log level: {text!r} ({', '.join(_LOG_LEVELS)})")
+
+
+def _opt(default: Any, help: str, parse: Callable[[str], Any] | None = None, metavar: str | None = None) -> Any:
+    """A setting; ``metavar`` names its values in ``--help`` (its choices, or its unit)."""
+    return field(default=default, metadata={"help": help, "parse": parse, "metavar": metavar})
+
+
+def _metavar(spec: dataclasses.Field[Any]) -> str:
+    """What ``--help`` shows after a flag: the field's own, else its kind of value (a size, a path, a number)."""
+    parse = spec.metadata["parse"]
+    if spec.metadata["metavar"]:
+        return str(spec.metadata["metavar"])
+    return {parse_bytes: "SIZE", Path: "PATH", int: "N", float: "NUMBER"}.get(parse, spec.name.upper())
+
+
+def _shown_default(spec: dataclasses.Field[Any]) -> str:
+    value: Any = spec.default
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if value is None or value == "":
+        return "unset"
+    if spec.metadata["parse"] is parse_bytes and value:
+        for unit in ("TiB", "GiB", "MiB", "KiB"):
+            if value % _UNITS[unit.lower()] == 0:
+                return f"{value // _UNITS[unit.lower()]}{unit}"
+    return str(value)
+
+
+_HELP_EPILOG = (
+    "SIZE: bytes, or a number with a unit: 500MB, 8GiB (k, M, G, T: powers of 1000; Ki, Mi, Gi, Ti: of 1024); 0 turns"
+    " a budget off. SECONDS may have a fraction (0.5). Every flag can also be set by the environment variable shown."
+)
 
 
 @dataclass(frozen=True)
@@ -90,9 +128,13 @@ class Settings:
     )
     endpoint_name: str = _opt("openmme", "the EndpointName clients call; other names get a ValidationError")
     host: str = _opt("127.0.0.1", "address the front binds")
-    port: int = _opt(8080, "port the front binds (SAGEMAKER_BIND_TO_PORT also sets it)", int)
+    port: int = _opt(8080, "port the front binds (SAGEMAKER_BIND_TO_PORT also sets it)", int, "PORT")
     cache_dir: Path = _opt(  # noqa: RUF009  (an immutable default)
-        Path("/tmp/openmme"), "where archives are extracted and MMS keeps its files", Path
+        Path("/tmp/openmme"),
+        "where archives are extracted and MMS keeps its files; emptied at start, and one endpoint's only (a second"
+        " openmme serve on the same directory is refused)",
+        Path,
+        "DIR",
     )
     max_models: int = _opt(0, "most models loaded in MMS at once (0: no count limit)", int)
     memory_budget: int = _opt(
@@ -109,7 +151,7 @@ class Settings:
         200, "an archive that expands more than this many times its size (past 16 MiB) is refused", int
     )
     wait_budget: float = _opt(
-        60.0, "seconds a request waits for its model to load before ModelNotReadyException (429)", float
+        60.0, "seconds a request waits for its model to load before ModelNotReadyException (429)", float, "SECONDS"
     )
     hosting: str = _opt(
         "dense",
@@ -117,6 +159,7 @@ class Settings:
         " process each, as on SageMaker); archives with code/inference.py always run isolated, and an archive's"
         ' openmme.json {"hosting": ...} overrides this',
         _parse_hosting,
+        "{dense,isolated}",
     )
     shards: int = _opt(0, "dense shards, each one MMS worker holding many models (0: one per CPU core)", int)
     workers_per_model: int = _opt(1, "MMS worker processes per isolated model", int)
@@ -131,6 +174,7 @@ class Settings:
         "sigv4: every request but GET /ping must carry an AWS Signature V4 made with a key from --auth-keys-file"
         " or OPENMME_AUTH_ACCESS_KEY_ID/OPENMME_AUTH_SECRET_ACCESS_KEY (empty: no authentication)",
         _parse_auth,
+        "{sigv4,none}",
     )
     auth_keys_file: Path | None = _opt(  # noqa: RUF009  (an immutable default)
         None,
@@ -147,15 +191,32 @@ class Settings:
         " SageMaker does)",
         _parse_bool,
     )
-    mms_heap: str = _opt("512m", "maximum heap of MMS's Java front (-Xmx)")
-    mms_inference_port: int = _opt(0, "MMS inference port on 127.0.0.1 (0: pick a free one below 32767)", int)
-    mms_management_port: int = _opt(0, "MMS management port on 127.0.0.1 (0: pick a free one below 32767)", int)
-    mms_start_timeout: float = _opt(120.0, "seconds MMS may take to start", float)
-    response_timeout: float = _opt(60.0, "seconds a prediction may take inside MMS", float)
+    auth_refuse_replays: bool = _opt(
+        False,
+        "with --auth, refuse a signature seen before, as a replay (AWS does not): for plain-HTTP deployments that"
+        " accept that two identical requests signed within the same second are refused; TLS is the real defence",
+        _parse_bool,
+    )
+    tls_cert: Path | None = _opt(  # noqa: RUF009  (an immutable default)
+        None, "PEM certificate (chain) to serve HTTPS with; needs --tls-key (neither: plain HTTP)", Path
+    )
+    tls_key: Path | None = _opt(  # noqa: RUF009  (an immutable default)
+        None, "PEM private key of --tls-cert (not encrypted)", Path
+    )
+    mms_heap: str = _opt("512m", "maximum heap of MMS's Java front (-Xmx; Java's units: 512m, 2g)", None, "JAVA_SIZE")
+    mms_inference_port: int = _opt(0, "MMS inference port on 127.0.0.1 (0: pick a free one below 32767)", int, "PORT")
+    mms_management_port: int = _opt(0, "MMS management port on 127.0.0.1 (0: pick a free one below 32767)", int, "PORT")
+    mms_start_timeout: float = _opt(120.0, "seconds MMS may take to start", float, "SECONDS")
+    response_timeout: float = _opt(60.0, "seconds a prediction may take inside MMS", float, "SECONDS")
     metrics_model_labels: int = _opt(
         50, 'models that get their own label in per-model metrics; later ones count as model="other"', int
     )
-    log_level: str = _opt("INFO", "DEBUG, INFO, WARNING or ERROR (JSON request and event lines go to stdout)")
+    log_level: str = _opt(
+        "INFO",
+        "the least severe of the text lines on stderr to show (JSON request and event lines go to stdout)",
+        _parse_log_level,
+        "{" + ",".join(_LOG_LEVELS) + "}",
+    )
 
     @property
     def models_dir(self) -> Path:
@@ -192,13 +253,13 @@ class Settings:
     @classmethod
     def argument_parser(cls, parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
         """The ``serve`` flags, one per field; unset flags stay None so the environment can fill them."""
-        parser = parser or argparse.ArgumentParser(prog="openmme serve")
+        parser = parser or argparse.ArgumentParser(prog="openmme serve", epilog=_HELP_EPILOG)
         for spec in dataclasses.fields(cls):
             env = ENV_PREFIX + spec.name.upper()
-            help_text = f"{spec.metadata['help']} [env {env}; default {spec.default}]"
+            help_text = f"{spec.metadata['help']} [env {env}; default {_shown_default(spec)}]"
             flag = "--" + spec.name.replace("_", "-")
             if isinstance(spec.default, bool):
                 parser.add_argument(flag, dest=spec.name, action="store_const", const="1", help=help_text)
             else:
-                parser.add_argument(flag, dest=spec.name, metavar=spec.name.upper(), help=help_text)
+                parser.add_argument(flag, dest=spec.name, metavar=_metavar(spec), help=help_text)
         return parser

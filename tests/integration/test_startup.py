@@ -1,0 +1,121 @@
+"""``openmme serve`` refuses to start, in one line and before touching anything, where it would harm: a cache
+directory another front owns, a port another process listens on; and a front clears what an earlier front of
+its cache directory left running."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+import xgboost
+
+from openmme.endpoint.cache import mms_model_name
+from openmme.publish.samples import make_rows
+from openmme.seaweed import EmbeddedS3
+from tests.conftest import EndpointFactory
+from tests.support import csv_body, expected
+
+pytestmark = pytest.mark.integration
+
+ROWS = make_rows(2, seed=5)
+
+
+def serve(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "openmme.cli", "serve", *args]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+
+
+def tree(directory: Path) -> dict[str, tuple[int, int, int]]:
+    """Every file and directory under a cache directory: inode, size and modification time, by path; MMS's logs
+    aside, which the running MMS appends to whenever it likes."""
+    return {
+        str(path.relative_to(directory)): (path.lstat().st_ino, path.lstat().st_size, path.lstat().st_mtime_ns)
+        for path in directory.rglob("*")
+        if not path.relative_to(directory).as_posix().startswith(("mms/logs", "mms/mms.out"))
+    }
+
+
+def invoke(runtime: Any, name: str, target: str) -> list[float]:
+    response = runtime.invoke_endpoint(
+        EndpointName=name, TargetModel=target, ContentType="text/csv", Accept="text/csv", Body=csv_body(ROWS)
+    )
+    return [float(value) for value in response["Body"].read().decode().split(",")]
+
+
+def test_a_second_front_on_a_cache_dir_in_use_is_refused_in_one_line_and_touches_nothing(
+    start_endpoint: EndpointFactory, s3: EmbeddedS3, prefix: str, publish: Any, boosters: dict[str, xgboost.Booster]
+) -> None:
+    booster = boosters["binary:logistic"]
+    publish(prefix, "owned.tar.gz", booster)
+    endpoint = start_endpoint(prefix, "--hosting", "isolated")
+    runtime = endpoint.runtime(retries=1)
+    assert invoke(runtime, endpoint.name, "owned.tar.gz") == expected(booster, ROWS)
+    before = tree(endpoint.cache_dir)
+    assert f"models/{mms_model_name('owned.tar.gz')}/xgboost-model" in before
+
+    # What a new user does: a second `openmme serve` with the same defaults (cache directory and port).
+    port = endpoint.url.rsplit(":", 1)[1]
+    env = {**os.environ, **s3.environment()}
+    second = serve("--model-prefix", prefix, "--cache-dir", str(endpoint.cache_dir), "--port", port, env=env)
+    assert second.returncode != 0
+    assert second.stderr == (
+        f"openmme serve: the cache directory {endpoint.cache_dir} is in use by another openmme serve "
+        f"(PID {endpoint.process.pid}); give each endpoint its own --cache-dir\n"
+    )
+    assert tree(endpoint.cache_dir) == before  # not a file deleted, added or rewritten
+    # The first endpoint serves on from its cache, as if nothing had happened.
+    assert invoke(runtime, endpoint.name, "owned.tar.gz") == expected(booster, ROWS)
+    assert endpoint.models()["owned.tar.gz"]["downloads"] == 1
+
+
+def test_a_taken_port_is_refused_in_one_line_before_anything_starts(tmp_path: Path) -> None:
+    cache_dir = tmp_path / "cache"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        started = time.monotonic()
+        refused = serve("--port", str(port), "--cache-dir", str(cache_dir))
+    assert refused.returncode != 0
+    assert refused.stderr == (
+        f"openmme serve: port {port} on 127.0.0.1 is taken (Address already in use); choose another --port\n"
+    )
+    assert refused.stdout == ""
+    assert time.monotonic() - started < 30  # no MMS was started and waited for
+    assert not (cache_dir / "mms").exists() and not (cache_dir / "models").exists()
+
+
+def test_a_front_stops_what_an_earlier_front_of_its_cache_dir_left_running(
+    start_endpoint: EndpointFactory, prefix: str, tmp_path: Path
+) -> None:
+    # What a front killed before it could stop MMS left: its Java front and a worker, and their record.
+    cache_dir = tmp_path / "cache"
+    earlier_tmp = tmp_path / "openmme-mms-earlier"
+    earlier_tmp.mkdir()
+    sleep = [sys.executable, "-c", "import time; time.sleep(120)"]
+    java = subprocess.Popen([*sleep, f"-Djava.io.tmpdir={earlier_tmp}", "com.amazonaws.ml.mms.ModelServer"])
+    worker = subprocess.Popen([*sleep, "--sock-name", f"{earlier_tmp}/.mms.sock.9000", "--model-name", "m-1"])
+    try:
+        (cache_dir / "mms").mkdir(parents=True)
+        record = {"pid": java.pid, "create_time": psutil.Process(java.pid).create_time(), "tmp_dir": str(earlier_tmp)}
+        (cache_dir / "mms" / "mms.json").write_text(json.dumps(record))
+
+        endpoint = start_endpoint(prefix, "--cache-dir", str(cache_dir))
+
+        assert java.wait(timeout=10) is not None
+        assert worker.wait(timeout=10) is not None
+        assert not earlier_tmp.exists()
+        assert "stopped 2 MMS process(es) an earlier openmme serve" in endpoint.log()
+    finally:
+        for process in (java, worker):
+            if process.poll() is None:
+                process.kill()
+                process.wait()
