@@ -96,6 +96,17 @@ class Endpoint:
             config=config,
         )
 
+    def predictor(self, serializer: Any, deserializer: Any) -> Any:
+        """The SageMaker SDK v2 ``Predictor`` of this endpoint, as the MME examples build it."""
+        import sagemaker
+        from sagemaker.predictor import Predictor
+
+        session = sagemaker.Session(
+            boto_session=boto3.Session(aws_access_key_id="test", aws_secret_access_key="test", region_name="us-east-1"),
+            sagemaker_runtime_client=self.runtime(),
+        )
+        return Predictor(self.name, sagemaker_session=session, serializer=serializer, deserializer=deserializer)
+
     def get(self, path: str) -> Any:
         """GET a path of the front and parse its JSON."""
         with urllib.request.urlopen(self.url + path, timeout=30) as response:

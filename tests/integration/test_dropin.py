@@ -144,21 +144,10 @@ def test_the_examples_boto3_client_reads_the_first_prediction_from_json(
 def test_the_sdk_predictor_with_csv_serializer_and_json_deserializer(
     endpoint: Endpoint, models: dict[str, xgboost.Booster]
 ) -> None:
-    import sagemaker
     from sagemaker.deserializers import JSONDeserializer
-    from sagemaker.predictor import Predictor
     from sagemaker.serializers import CSVSerializer
 
-    session = sagemaker.Session(
-        boto_session=boto3.Session(aws_access_key_id="test", aws_secret_access_key="test", region_name="us-east-1"),
-        sagemaker_runtime_client=endpoint.runtime(),
-    )
-    predictor = Predictor(
-        endpoint_name=endpoint.name,
-        sagemaker_session=session,
-        serializer=CSVSerializer(),
-        deserializer=JSONDeserializer(),
-    )
+    predictor = endpoint.predictor(CSVSerializer(), JSONDeserializer())
     rows = make_rows(4, seed=32)
 
     answer = predictor.predict(rows.tolist(), target_model=REGRESSION)
@@ -203,21 +192,10 @@ def test_softprob_answers_a_list_per_row_in_json_and_the_containers_one_line_qui
 def test_the_sdk_record_serializer_sends_recordio_protobuf(
     endpoint: Endpoint, models: dict[str, xgboost.Booster]
 ) -> None:
-    import sagemaker
     from sagemaker.amazon.common import RecordSerializer
     from sagemaker.deserializers import JSONDeserializer
-    from sagemaker.predictor import Predictor
 
-    session = sagemaker.Session(
-        boto_session=boto3.Session(aws_access_key_id="test", aws_secret_access_key="test", region_name="us-east-1"),
-        sagemaker_runtime_client=endpoint.runtime(),
-    )
-    predictor = Predictor(
-        endpoint_name=endpoint.name,
-        sagemaker_session=session,
-        serializer=RecordSerializer(),
-        deserializer=JSONDeserializer(),
-    )
+    predictor = endpoint.predictor(RecordSerializer(), JSONDeserializer())
     rows = make_rows(3, seed=35)
 
     assert predictor.predict(rows, target_model=CLASSIFIER) == in_process(models[CLASSIFIER], rows)

@@ -10,7 +10,6 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-import boto3
 import pytest
 import xgboost
 
@@ -133,23 +132,13 @@ def test_openmmes_own_answer_shapes_are_asked_for_by_name(
 def test_sagemaker_sdk_predictor_gets_the_same_answer(
     module_endpoint: Endpoint, boosters: dict[str, xgboost.Booster]
 ) -> None:
-    import sagemaker
     from sagemaker.deserializers import CSVDeserializer, JSONDeserializer
-    from sagemaker.predictor import Predictor
     from sagemaker.serializers import CSVSerializer
 
-    session = sagemaker.Session(
-        boto_session=boto3.Session(aws_access_key_id="test", aws_secret_access_key="test", region_name="us-east-1"),
-        sagemaker_runtime_client=module_endpoint.runtime(),
-    )
     rows = make_rows(3, seed=9)
     want = expected(boosters["binary:logistic"], rows)
-    as_csv, as_json = (
-        Predictor(
-            module_endpoint.name, sagemaker_session=session, serializer=CSVSerializer(), deserializer=deserializer
-        )
-        for deserializer in (CSVDeserializer(), JSONDeserializer())
-    )
+    as_csv = module_endpoint.predictor(CSVSerializer(), CSVDeserializer())
+    as_json = module_endpoint.predictor(CSVSerializer(), JSONDeserializer())
     # CSVDeserializer (Accept: text/csv) splits the answer into lines of values: one line, one value per row.
     answer = as_csv.predict(rows.tolist(), target_model=target_for("binary:logistic"))
     assert [[float(value) for value in line] for line in answer] == [want]
