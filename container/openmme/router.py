@@ -24,9 +24,11 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from openmme.endpoint.names import TARGET_MODEL
+
 __all__ = ["HEADER", "RouterOptions", "nginx_config"]
 
-HEADER = "X-Amzn-SageMaker-Target-Model"
+HEADER = TARGET_MODEL
 # SageMaker refuses bodies over 6 MB; openmme answers them with its own ValidationError, so nginx must let a little
 # more through (an nginx 413 would be an HTML page boto3 cannot parse).
 MAX_BODY = "8m"

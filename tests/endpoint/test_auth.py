@@ -1,6 +1,7 @@
 """SigV4 verification without an endpoint: requests signed by botocore exactly as boto3's sagemaker-runtime client
-signs them (captured from a real client just before it would send), checked by openmme's own verifier; key files,
-the exposure rule, and the middleware on a small aiohttp app with the front's routes."""
+signs them (captured from a real client just before it would send), checked by openmme's verifier (whose
+signature botocore computes); key files, the exposure rule, and the middleware on a small aiohttp app with the
+front's routes."""
 
 from __future__ import annotations
 
@@ -31,23 +32,19 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from multidict import CIMultiDict
 
-from openmme.endpoint.app import _read_body, errors_middleware
+from openmme.endpoint.app import _read_body
 from openmme.endpoint.auth import (
     AccessKey,
     AuthConfigError,
     KeyStore,
     ReplayCache,
     SigV4Verifier,
-    canonical_query,
-    canonical_request,
-    canonical_uri,
     check_exposure,
     describe,
     is_loopback,
     load_keys,
-    signature,
-    sigv4_middleware,
 )
+from openmme.endpoint.auth.signature import Credential, expected_signature
 from openmme.endpoint.errors import (
     AccessDenied,
     Forbidden,
@@ -56,10 +53,11 @@ from openmme.endpoint.errors import (
     MissingAuthenticationToken,
     ServiceUnavailable,
     UnrecognizedClient,
-    render,
 )
+from openmme.endpoint.http_errors import render
 from openmme.endpoint.settings import Settings
 from openmme.ports import free_port
+from tests.support import front_app, front_routes
 
 HOUSTON = AccessKey("AKIDHOUSTON", "houston-secret/+=", ("houston/*",))
 ADMIN = AccessKey("AKIDADMIN", "admin-secret", ("*",))
@@ -134,39 +132,17 @@ def verify(sent: Sent, verifier: SigV4Verifier | None = None) -> AccessKey:
     return (verifier or SigV4Verifier(KEYS)).verify(sent.method, sent.target, sent.headers, sent.body).key
 
 
-# The algorithm against AWS's own example and botocore's encoding.
+# The signature botocore computes, against AWS's own example.
 
 
 def test_signature_matches_aws_published_example() -> None:
-    """AWS's SigV4 test suite, "get-vanilla": a known answer independent of botocore."""
+    """AWS's SigV4 test suite, "get-vanilla": a known answer independent of botocore, for the request openmme hands
+    botocore's signer."""
     headers = CIMultiDict({"Host": "example.amazonaws.com", "X-Amz-Date": "20150830T123600Z"})
-    canonical = canonical_request("GET", "/", headers, ["host", "x-amz-date"], hashlib.sha256(b"").hexdigest())
-    scope = "20150830/us-east-1/service/aws4_request"
-    secret = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"
     expected = "5fa00fa31553b73ebf1942676e86291e8372ff2a2260956d9b8aae1d763fbf31"
-    assert signature(secret, "20150830T123600Z", scope, canonical) == expected
-
-
-@pytest.mark.parametrize(
-    ("sent", "signed"),
-    [
-        ("/endpoints/prod/invocations", "/endpoints/prod/invocations"),
-        # Segments travel encoded once and are signed encoded twice (every service but S3).
-        ("/endpoints/a%20b%2Fc%25d~e/invocations", "/endpoints/a%2520b%252Fc%2525d~e/invocations"),
-        ("/endpoints/caf%C3%A9/invocations", "/endpoints/caf%25C3%25A9/invocations"),
-        ("/models/a//b/./c/../invoke", "/models/a/b/invoke"),
-        ("", "/"),
-        ("/models/", "/models/"),
-    ],
-)
-def test_canonical_uri_encodes_the_sent_path_again(sent: str, signed: str) -> None:
-    assert canonical_uri(sent) == signed
-
-
-def test_canonical_query_is_sorted_and_encoded_one_way() -> None:
-    assert canonical_query("limit=5&next_page_token=2") == "limit=5&next_page_token=2"
-    assert canonical_query("b=2&a=x%20y&a=+&c") == "a=%2B&a=x%20y&b=2&c="
-    assert canonical_query("") == ""
+    credential = Credential("AKIDEXAMPLE", "20150830", "us-east-1", "service", ("host", "x-amz-date"), expected)
+    secret = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"
+    assert expected_signature(credential, secret, "20150830T123600Z", "GET", "/", headers, b"") == expected
 
 
 # boto3's own requests pass; every kind of tampering does not.
@@ -191,7 +167,7 @@ def test_botocore_signed_get_with_query_passes() -> None:
     sent = sign("GET", "/models?next_page_token=2&limit=5", ADMIN)
     assert verify(sent) == ADMIN
     reordered = replace(sent, target="/models?limit=5&next_page_token=2")
-    assert verify(reordered) == ADMIN  # the query is canonicalised, not compared as sent
+    assert verify(reordered) == ADMIN  # the query's pairs are sorted, not compared as sent
 
 
 def test_botocore_signed_post_with_content_sha256_header_passes() -> None:
@@ -200,10 +176,66 @@ def test_botocore_signed_post_with_content_sha256_header_passes() -> None:
     assert verify(sent) == ADMIN
 
 
+# openmme agrees with botocore on the requests where a copy of the algorithm would go wrong: botocore computes both.
+
+TRICKY_SIGNED = [
+    # Repeated keys (sorted by value too), encoded keys and values, a key without "=", an empty value.
+    ("GET", "/models?limit=5&next_page_token=2&limit=1&a%20b=c%2Fd%2B&e=&f&%C3%A9=%E2%82%AC", {}),
+    # Spaces, "%", "~" and an encoded "/" in a path segment: sent encoded once, signed encoded twice.
+    ("POST", "/endpoints/a%20b%25c~d%2Fe/invocations", {"X-Amzn-SageMaker-Target-Model": "houston/m.tar.gz"}),
+    ("POST", "/models/houston/a%20b%25%2520.tar.gz/invoke", {}),
+    # Dot segments and repeated slashes are dropped from the path botocore signs, not from the one sent.
+    ("POST", "/models/houston//x/./y/../m.tar.gz/invoke", {}),
+    # Runs of spaces and tabs inside a header value count as one space; the ends are trimmed.
+    (
+        "POST",
+        "/invocations",
+        {"X-Amzn-SageMaker-Target-Model": "houston/a  b.tar.gz", "X-Amzn-SageMaker-Custom-Attributes": "a   b \t c"},
+    ),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "headers"), TRICKY_SIGNED)
+def test_openmme_agrees_with_botocore_on_tricky_requests(method: str, path: str, headers: dict[str, str]) -> None:
+    """Signed by botocore, verified by openmme (the signature botocore's again): directly, then sent byte for byte
+    to a real server, where the path and headers are what aiohttp hands over."""
+    sent = sign(method, path, ADMIN, b"1,2" if method == "POST" else b"", headers)
+    assert verify(sent) == ADMIN
+    assert type(refused(replace(sent, body=sent.body + b"0"))) is InvalidSignature  # and still tells them apart
+    [(status, _)] = exchange(signed_app({}), [sent])
+    assert status == 200
+
+
+def test_openmme_agrees_with_boto3_on_a_unicode_endpoint_name_over_the_wire(
+    boto3_sends: Callable[..., Sent],
+) -> None:
+    """invoke_endpoint as boto3 sends it, through a real server: the path aiohttp hands over still encoded, and a
+    TargetModel, CustomAttributes and InferenceId with non-ASCII text and runs of spaces decoded as UTF-8."""
+    sent = boto3_sends(
+        EndpointName="café 日本 50%",
+        TargetModel="houston/naïve   model.tar.gz",
+        CustomAttributes="trace=1;   note=été",
+        InferenceId="req  ü",
+        Body=b"1,2",
+    )
+    assert "caf%C3%A9%20%E6%97%A5%E6%9C%AC%2050%25" in sent.target
+    assert verify(sent) == HOUSTON
+    [(status, body)] = exchange(signed_app({}), [sent])
+    assert (status, body) == (200, {"route": "endpoint_invocations", "body": "1,2"})
+
+
 def refused(sent: Sent, verifier: SigV4Verifier | None = None) -> Forbidden:
     with pytest.raises(Forbidden) as raised:
         verify(sent, verifier)
     return raised.value
+
+
+def test_a_signed_header_that_is_not_utf8_is_refused_not_a_failure(boto3_sends: Callable[..., Sent]) -> None:
+    """aiohttp decodes header bytes that are not UTF-8 with surrogateescape; botocore signs UTF-8 text only."""
+    sent = boto3_sends().with_header("X-Amzn-SageMaker-Target-Model", "houston/caf\udce9.tar.gz")
+    error = refused(sent)
+    assert type(error) is InvalidSignature
+    assert "not UTF-8" in error.message
 
 
 def test_wrong_secret_is_an_invalid_signature(boto3_sends: Callable[..., Sent]) -> None:
@@ -532,7 +564,6 @@ def signed_app(
         *(["--auth-exempt-metrics"] if exempt_metrics else []),
         *(["--auth-refuse-replays"] if refuse_replays else []),
     )
-    app = web.Application(middlewares=[errors_middleware, sigv4_middleware(configured, KEYS, _read_body)])
 
     def route(name: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         async def handle(request: web.Request) -> web.StreamResponse:
@@ -542,14 +573,8 @@ def signed_app(
 
         return handle
 
-    app.router.add_get("/ping", route("ping"))
-    app.router.add_get("/metrics", route("metrics"))
-    app.router.add_post("/invocations", route("invocations"))
-    app.router.add_post("/endpoints/{endpoint}/invocations", route("endpoint_invocations"))
-    app.router.add_get("/models", route("list"))
-    app.router.add_post("/models/{name:.+}/invoke", route("invoke"))
-    app.router.add_delete("/models/{name:.+}", route("delete"))
-    return app
+    # The front as build_app makes it (its routes and middlewares), each handler standing in by its name.
+    return front_app(configured, KEYS, route)
 
 
 def exchange(app: web.Application, requests: list[Sent]) -> list[tuple[int, dict[str, Any]]]:
@@ -705,3 +730,10 @@ def test_with_refuse_replays_only_the_first_of_each_signature_is_served() -> Non
     outcomes, signatures = send_twenty_identical(signed_app({}, refuse_replays=True))
     assert outcomes.count(200) == len(signatures) < 20
     assert outcomes.count("InvalidSignatureException") == 20 - len(signatures)
+
+
+def test_the_routes_whose_target_model_the_middleware_checks_are_the_fronts() -> None:
+    from openmme.endpoint.auth.middleware import HEADER_TARGET_ROUTES, PATH_TARGET_ROUTE
+
+    served = {(method, path) for method, path, _ in front_routes()}
+    assert {("POST", path) for path in HEADER_TARGET_ROUTES} | {("POST", PATH_TARGET_ROUTE)} <= served

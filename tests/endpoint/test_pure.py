@@ -9,7 +9,7 @@ import pytest
 from openmme.endpoint.cache import Entry, mms_model_name
 from openmme.endpoint.errors import ValidationError
 from openmme.endpoint.mms import MmsConfig, java_command
-from openmme.endpoint.s3 import S3Location, validate_target_model
+from openmme.endpoint.names import S3Location, validate_target_model
 from openmme.endpoint.settings import Settings, parse_bytes
 from openmme.ports import PORT_CEILING, free_port, free_ports
 

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from openmme.endpoint.errors import ValidationError
 from openmme.endpoint.extract import ArchiveRefused, ExtractLimits, extract_archive
-from openmme.endpoint.s3 import S3Location, validate_target_model
+from openmme.endpoint.names import S3Location, validate_target_model
 from tests.support import make_tar
 
 segments = st.sampled_from(["..", ".", "", "a", "b c", "model.tar.gz", "é", "\t", "x" * 30, " lead"])

@@ -2,11 +2,12 @@
 
 botocore turns a response into a typed exception from the ``x-amzn-ErrorType`` header (or ``__type`` in the
 body) and the body's ``message``; a ``ModelError`` also surfaces ``OriginalStatusCode`` and ``OriginalMessage``.
-``render`` is the one place that shapes an error into such a response; bodies never carry a traceback.
+This module is the tree only, with no HTTP library: ``http_errors.render`` is the one place that shapes an error
+into such a response (``status``, ``code`` in the header, ``body()``); bodies never carry a traceback.
 
     EndpointError                 500  InternalFailure
     ├── ValidationError           400  bad request, unknown endpoint, unknown or invalid TargetModel (a full s3:// URI)
-    ├── Forbidden                 403  not authenticated or not authorized (auth.py, with --auth sigv4)
+    ├── Forbidden                 403  not authenticated or not authorized (auth/, with --auth sigv4)
     │   ├── InvalidSignature             InvalidSignatureException: wrong or expired signature (or a replay, opt-in)
     │   ├── MissingAuthenticationToken   MissingAuthenticationTokenException: no Authorization header
     │   ├── IncompleteSignature          IncompleteSignatureException: malformed, or leaves out what must be signed
@@ -22,10 +23,6 @@ body) and the body's ``message``; a ``ModelError`` also surfaces ``OriginalStatu
 
 from __future__ import annotations
 
-import json
-
-from aiohttp import web
-
 __all__ = [
     "AccessDenied",
     "Conflict",
@@ -40,7 +37,6 @@ __all__ = [
     "ServiceUnavailable",
     "UnrecognizedClient",
     "ValidationError",
-    "render",
 ]
 
 
@@ -83,7 +79,7 @@ class ModelError(EndpointError):
 
 
 class Forbidden(EndpointError):
-    """Refused by authentication (see auth.py); the subclasses carry the codes AWS answers with."""
+    """Refused by authentication (see auth/); the subclasses carry the codes AWS answers with."""
 
     status = 403
     code = "InvalidSignatureException"
@@ -129,13 +125,3 @@ class ServiceUnavailable(EndpointError):
 class InsufficientMemory(EndpointError):
     status = 507
     code = "InsufficientMemory"
-
-
-def render(error: EndpointError) -> web.Response:
-    """The SageMaker-shaped JSON response for ``error``."""
-    return web.Response(
-        status=error.status,
-        body=json.dumps(error.body()).encode(),
-        content_type="application/json",
-        headers={"x-amzn-ErrorType": error.code},
-    )

@@ -1,4 +1,5 @@
-"""The model source: TargetModel names resolved under the endpoint's S3 prefix, and archives fetched from it.
+"""The model source: TargetModel names resolved under the endpoint's S3 prefix, and archives fetched from it
+(``S3Location`` and the TargetModel rules live in names.py; ``S3Location`` is re-exported here).
 
 The S3 endpoint and credentials come from the standard AWS settings (``AWS_ENDPOINT_URL_S3``,
 ``AWS_ACCESS_KEY_ID``, profiles …), so any S3 works. The functions here block: the cache calls them through
@@ -7,7 +8,6 @@ The S3 endpoint and credentials come from the standard AWS settings (``AWS_ENDPO
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
@@ -17,73 +17,15 @@ import botocore.config
 import botocore.exceptions
 
 from openmme.endpoint.errors import EndpointError, ServiceUnavailable, ValidationError
+from openmme.endpoint.names import S3Location
 
-__all__ = ["ModelSource", "S3Location", "validate_target_model"]
+__all__ = ["ModelSource", "S3Location"]
 
 log = logging.getLogger(__name__)
 
 _CHUNK = 1024 * 1024
 _MISSING = {"404", "NoSuchKey", "NotFound"}
 _NO_BUCKET = {"NoSuchBucket"}
-
-
-@dataclasses.dataclass(frozen=True)
-class S3Location:
-    bucket: str
-    key: str
-
-    @classmethod
-    def parse_prefix(cls, uri: str) -> S3Location:
-        """``s3://bucket/some/prefix/`` → bucket and key prefix (always ending in ``/`` unless empty)."""
-        if not uri.startswith("s3://"):
-            raise ValueError(f"not an S3 URI: {uri!r} (expected s3://bucket/prefix/)")
-        bucket, _, key = uri[len("s3://") :].partition("/")
-        if not bucket:
-            raise ValueError(f"no bucket in S3 URI: {uri!r}")
-        if key and not key.endswith("/"):
-            key += "/"
-        return cls(bucket, key)
-
-    def child(self, relative: str) -> S3Location:
-        return S3Location(self.bucket, self.key + relative)
-
-    def __str__(self) -> str:
-        return f"s3://{self.bucket}/{self.key}"
-
-
-def validate_target_model(target: str | None, prefix: S3Location | None = None) -> str:
-    """The TargetModel header as SageMaker checks it, plus no path tricks; returns it unchanged. ``prefix``, the
-    endpoint's model prefix, lets the error for a full S3 URI name the relative TargetModel to give instead."""
-    if target is None or target == "":
-        raise ValidationError("the X-Amzn-SageMaker-Target-Model header is required for a multi-model endpoint")
-    if len(target) > 1024:
-        raise ValidationError("TargetModel is longer than 1024 characters")
-    if not target.isprintable() or target.startswith(" "):
-        raise ValidationError("TargetModel must be printable characters and must not start with a space")
-    if target[:5].lower() == "s3://":
-        raise ValidationError(_not_a_uri(target, prefix))
-    if target.startswith("/") or "\\" in target:
-        raise ValidationError(f"TargetModel must be a key relative to the model prefix: {target!r}")
-    segments = target.split("/")
-    if any(segment in {"", ".", ".."} for segment in segments):
-        raise ValidationError(f"TargetModel must not contain empty, '.' or '..' path segments: {target!r}")
-    return target
-
-
-def _not_a_uri(uri: str, prefix: S3Location | None) -> str:
-    """What to give instead of a full S3 URI: the key relative to the prefix, named when the URI is under it."""
-    if prefix is None:
-        return f"TargetModel must be the archive's key relative to the endpoint's model prefix, not an S3 URI: {uri!r}"
-    relative = uri[len(str(prefix)) :] if uri.startswith(str(prefix)) else ""
-    if relative:
-        return (
-            f"TargetModel must be relative to the endpoint's model prefix {prefix}, not a full S3 URI: "
-            f"give TargetModel={relative!r}"
-        )
-    return (
-        f"TargetModel must be relative to the endpoint's model prefix {prefix}, not a full S3 URI; {uri!r} is not an "
-        "archive under it: publish the archive there (openmme publish) and give its key relative to the prefix"
-    )
 
 
 class ModelSource:

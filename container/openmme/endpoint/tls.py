@@ -2,7 +2,7 @@
 
 TLS is what keeps a signed request from being read, and replayed within SigV4's 5-minute window, by anyone on the
 path; it does not authenticate callers (that is ``--auth sigv4``), so it changes nothing in the exposure rule of
-auth.py. A TLS-terminating proxy in front (nginx, an ingress) does the same job; see README, "Authentication".
+auth/exposure.py. A TLS-terminating proxy in front (nginx, an ingress) does the same job; see README, "Authentication".
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ import botocore.exceptions
 from boto3.s3.transfer import TransferConfig
 
 from openmme.endpoint.errors import ValidationError
-from openmme.endpoint.s3 import S3Location, validate_target_model
+from openmme.endpoint.names import S3Location, validate_target_model
 from openmme.publish._errors import (
     ArtifactExists,
     BucketNotFound,

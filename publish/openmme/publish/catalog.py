@@ -14,7 +14,7 @@ from typing import Any
 import botocore.exceptions
 
 from openmme.endpoint.errors import ValidationError
-from openmme.endpoint.s3 import validate_target_model
+from openmme.endpoint.names import validate_target_model
 from openmme.publish._errors import ModelNotFound
 from openmme.publish._s3 import (
     check_target_model,

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from openmme.endpoint.s3 import S3Location
+from openmme.endpoint.names import S3Location
 from openmme.handlers import HOSTINGS, SETTINGS_FILE_NAME
 from openmme.publish._errors import ModelCheckFailed
 from openmme.publish._s3 import (

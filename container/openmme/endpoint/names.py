@@ -1,0 +1,94 @@
+"""Names every part of openmme agrees on: SageMaker's HTTP header names, where models live in S3, and the rules a
+TargetModel must follow. A leaf: it imports nothing of the endpoint but the error tree, so the front, the auth
+checks, the model source and ``openmme publish`` all take these from here without pulling in anything else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from openmme.endpoint.errors import ValidationError
+
+__all__ = [
+    "CUSTOM_ATTRIBUTES",
+    "ERROR_TYPE",
+    "INFERENCE_ID",
+    "INVOKED_VARIANT",
+    "MAX_TARGET_MODEL_LENGTH",
+    "SAGEMAKER_HEADER_PREFIX",
+    "TARGET_MODEL",
+    "S3Location",
+    "validate_target_model",
+]
+
+# HTTP header names, spelled as SageMaker sends them (HTTP header names are case-insensitive).
+TARGET_MODEL = "X-Amzn-SageMaker-Target-Model"
+CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
+INFERENCE_ID = "X-Amzn-SageMaker-Inference-Id"
+INVOKED_VARIANT = "x-Amzn-Invoked-Production-Variant"
+ERROR_TYPE = "x-amzn-ErrorType"
+# Every request header of the runtime API starts so; with --auth sigv4 each one sent must be signed.
+SAGEMAKER_HEADER_PREFIX = "x-amzn-sagemaker-"
+
+MAX_TARGET_MODEL_LENGTH = 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class S3Location:
+    """An object, or a key prefix, in a bucket."""
+
+    bucket: str
+    key: str
+
+    @classmethod
+    def parse_prefix(cls, uri: str) -> S3Location:
+        """``s3://bucket/some/prefix/`` → bucket and key prefix (always ending in ``/`` unless empty)."""
+        if not uri.startswith("s3://"):
+            raise ValueError(f"not an S3 URI: {uri!r} (expected s3://bucket/prefix/)")
+        bucket, _, key = uri[len("s3://") :].partition("/")
+        if not bucket:
+            raise ValueError(f"no bucket in S3 URI: {uri!r}")
+        if key and not key.endswith("/"):
+            key += "/"
+        return cls(bucket, key)
+
+    def child(self, relative: str) -> S3Location:
+        return S3Location(self.bucket, self.key + relative)
+
+    def __str__(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
+
+
+def validate_target_model(target: str | None, prefix: S3Location | None = None) -> str:
+    """The TargetModel header as SageMaker checks it, plus no path tricks; returns it unchanged. ``prefix``, the
+    endpoint's model prefix, lets the error for a full S3 URI name the relative TargetModel to give instead."""
+    if target is None or target == "":
+        raise ValidationError(f"the {TARGET_MODEL} header is required for a multi-model endpoint")
+    if len(target) > MAX_TARGET_MODEL_LENGTH:
+        raise ValidationError(f"TargetModel is longer than {MAX_TARGET_MODEL_LENGTH} characters")
+    if not target.isprintable() or target.startswith(" "):
+        raise ValidationError("TargetModel must be printable characters and must not start with a space")
+    if target[:5].lower() == "s3://":
+        raise ValidationError(_not_a_uri(target, prefix))
+    if target.startswith("/") or "\\" in target:
+        raise ValidationError(f"TargetModel must be a key relative to the model prefix: {target!r}")
+    segments = target.split("/")
+    if any(segment in {"", ".", ".."} for segment in segments):
+        raise ValidationError(f"TargetModel must not contain empty, '.' or '..' path segments: {target!r}")
+    return target
+
+
+def _not_a_uri(uri: str, prefix: S3Location | None) -> str:
+    """What to give instead of a full S3 URI: the key relative to the prefix, named when the URI is under it."""
+    if prefix is None:
+        return f"TargetModel must be the archive's key relative to the endpoint's model prefix, not an S3 URI: {uri!r}"
+    relative = uri[len(str(prefix)) :] if uri.startswith(str(prefix)) else ""
+    if relative:
+        return (
+            f"TargetModel must be relative to the endpoint's model prefix {prefix}, not a full S3 URI: "
+            f"give TargetModel={relative!r}"
+        )
+    return (
+        f"TargetModel must be relative to the endpoint's model prefix {prefix}, not a full S3 URI; {uri!r} is not an "
+        "archive under it: publish the archive there (openmme publish) and give its key relative to the prefix"
+    )
