@@ -1,4 +1,5 @@
-"""The front: SageMaker's runtime API and its multi-model container contract, over the cache and MMS.
+"""The front, HTTP only: SageMaker's runtime API and its multi-model container contract, over the data plane
+(dataplane.py: requests in as ``Invocation``, ``Answer`` or ``EndpointError`` out).
 
 Routes
     GET    /ping                                  200 when MMS answers its own ping
@@ -11,7 +12,7 @@ Routes
     DELETE /models/{name}                         unload now, or 404
     POST   /models/{name}/invoke                  SageMaker: invoke a loaded model, or 404
 
-With ``--auth sigv4`` every route but ``/ping`` needs an AWS SigV4 signature (see auth.py).
+With ``--auth sigv4`` every route but ``/ping`` needs an AWS SigV4 signature (see the auth package).
 The front imports no ML framework: it moves bytes between the client and MMS.
 """
 
@@ -19,65 +20,32 @@ from __future__ import annotations
 
 import json
 import logging
-import time
-from collections.abc import Awaitable, Callable, Mapping
 
-import aiohttp
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from openmme.endpoint.auth import KeyStore, sigv4_middleware
-from openmme.endpoint.cache import ModelCache, State
-from openmme.endpoint.errors import (
-    EndpointError,
-    InsufficientMemory,
-    ModelError,
-    ServiceUnavailable,
-    ValidationError,
-    render,
-)
-from openmme.endpoint.logs import access_log, log_json
+from openmme.endpoint.dataplane import Answer, DataPlane, Invocation
+from openmme.endpoint.errors import ServiceUnavailable, ValidationError
+from openmme.endpoint.http_errors import errors_middleware, render
 from openmme.endpoint.metrics import Metrics
-from openmme.endpoint.mms import MmsClient, MmsResponse
-from openmme.endpoint.s3 import validate_target_model
+from openmme.endpoint.mms import MmsClient
+from openmme.endpoint.names import CUSTOM_ATTRIBUTES, INFERENCE_ID, TARGET_MODEL
 from openmme.endpoint.settings import MAX_BODY_BYTES, Settings
-from openmme.handlers import ERROR_HEADER
 
 __all__ = ["build_app"]
 
 log = logging.getLogger(__name__)
 
-TARGET_MODEL = "X-Amzn-SageMaker-Target-Model"
-CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
-INFERENCE_ID = "X-Amzn-SageMaker-Inference-Id"
-INVOKED_VARIANT = "x-Amzn-Invoked-Production-Variant"
 # Headers a model may see; everything else stays at the front.
 FORWARDED = ("Content-Type", "Accept", CUSTOM_ATTRIBUTES, INFERENCE_ID)
-# Bodies MMS parses into form parameters instead of passing them on: the model would see no body at all.
-FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 
-CACHE: web.AppKey[ModelCache] = web.AppKey("cache", ModelCache)
+PLANE: web.AppKey[DataPlane] = web.AppKey("plane", DataPlane)
 MMS: web.AppKey[MmsClient] = web.AppKey("mms", MmsClient)
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings", Settings)
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
 BODY: web.RequestKey[bytes] = web.RequestKey("body", bytes)
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-@web.middleware
-async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """The one place errors become responses: SageMaker-shaped JSON, never a traceback."""
-    try:
-        return await handler(request)
-    except EndpointError as error:
-        return render(error)
-    except web.HTTPException:
-        raise
-    except Exception:
-        log.exception("unexpected failure on %s %s", request.method, request.path)
-        return render(EndpointError("the endpoint failed unexpectedly; see its log"))
 
 
 async def ping(request: web.Request) -> web.Response:
@@ -96,8 +64,7 @@ async def endpoint_invocations(request: web.Request) -> web.Response:
 
 async def container_invoke(request: web.Request) -> web.Response:
     name = request.match_info["name"]
-    entry = request.app[CACHE].entries.get(name)
-    if entry is None or entry.state is not State.READY:
+    if not request.app[PLANE].is_loaded(name):
         raise web.HTTPNotFound(text=json.dumps({"message": f"model {name!r} is not loaded"}))
     return await _invoke(request, name)
 
@@ -122,149 +89,43 @@ async def _read_body(request: web.Request) -> bytes:
 
 
 async def _invoke(request: web.Request, target: str | None, endpoint: str | None = None) -> web.Response:
-    """One invocation: validate, hold the model loaded (loading it on a miss), predict, answer; logged and
-    counted whatever the outcome."""
-    started = time.perf_counter()
-    cache, mms, settings = request.app[CACHE], request.app[MMS], request.app[SETTINGS]
-    record: dict[str, object] = {
-        "event": "invocation",
-        "inference_id": request.headers.get(INFERENCE_ID),
-        "target_model": target,
-    }
-    status = 500
-    valid_target: str | None = None
-    try:
-        if endpoint is not None and endpoint != settings.endpoint_name:
-            raise ValidationError(
-                f"Endpoint {endpoint} not found; this server serves endpoint {settings.endpoint_name}."
-            )
-        valid_target = validate_target_model(target, cache.source.prefix if cache.source else None)
-        _refuse_form(request.content_type, valid_target)
-        body = await _read_body(request)
-        headers = {key: request.headers[key] for key in FORWARDED if key in request.headers}
-        hit = cache.is_ready(valid_target)
-        record["cache"] = "hit" if hit else "miss"
-        for _attempt in range(2):
-            waiting = time.perf_counter()
-            async with cache.use(valid_target) as entry:
-                record["wait_ms"] = _ms_since(waiting)
-                if not hit:
-                    for phase, key in (("download", "download_ms"), ("extract", "extract_ms"), ("register", "load_ms")):
-                        if phase in entry.timings:
-                            record[key] = round(entry.timings[phase] * 1000, 2)
-                predicting = time.perf_counter()
-                route = cache.route(entry)
-                if route is None:
-                    continue  # its dense shard died just now: the model is loaded again on the next attempt
-                request_to = _predict(mms, route.model, body, {**headers, **route.headers}, settings.response_timeout)
-                response = await cache.call(entry, request_to, route.shard)
-                record["predict_ms"] = _ms_since(predicting)
-                if response is None:
-                    continue  # the model's workers died and are being replaced: wait for them, then retry
-                if response.status != 404 or response.headers.get(ERROR_HEADER):
-                    result = _answer(valid_target, response, request.headers)
-                    status = result.status
-                    return result
-            # MMS does not know the model (it was restarted, or raced an eviction): register it again.
-            cache.reset(entry)
-        raise ServiceUnavailable(f"model {valid_target!r} could not be kept loaded; retry")
-    except EndpointError as error:
-        status = error.status
-        record["error"] = error.code
-        raise
-    finally:
-        record["status"] = status
-        record["total_ms"] = _ms_since(started)
-        request.app[METRICS].invocation(valid_target, status, time.perf_counter() - started)
-        log_json(access_log, record)
+    """One invocation: the request into an ``Invocation``, the data plane's ``Answer`` back into a response (its
+    errors are rendered by the errors middleware)."""
+    headers = {key: request.headers[key] for key in FORWARDED if key in request.headers}
+    call = Invocation(target, headers, request.content_type, lambda: _read_body(request), endpoint)
+    answer = await request.app[PLANE].invoke(call)
+    return _response(answer)
 
 
-def _refuse_form(content_type: str, target: str) -> None:
-    """A form body (curl's default for ``-d``) would reach the model as no body at all: refuse it as the model's
-    415 would be answered, saying what to send instead."""
-    if content_type not in FORM_TYPES:
-        return
-    message = (
-        f"Content-Type {content_type} is not supported: a form body never reaches the model (curl -d sends one "
-        "unless told otherwise). Send the body with its real type, e.g. curl -H 'Content-Type: text/csv' "
-        "--data-binary @rows.csv, or ContentType='text/csv' in invoke_endpoint"
-    )
-    raise ModelError(
-        f'Received client error (415) from model {target!r} with message "{message}".',
-        original_status=415,
-        original_message=message,
-    )
-
-
-def _ms_since(started: float) -> float:
-    return round((time.perf_counter() - started) * 1000, 2)
-
-
-async def _predict(mms: MmsClient, name: str, body: bytes, headers: Mapping[str, str], timeout: float) -> MmsResponse:
-    try:
-        return await mms.predict(name, body, headers, timeout)
-    except TimeoutError as exc:
-        raise ModelError(
-            f"the model did not answer within {timeout:g} s",
-            original_status=408,
-            original_message="timed out",
-        ) from exc
-    except aiohttp.ClientError as exc:
-        raise ServiceUnavailable(f"the model server is not reachable: {exc}") from exc
-
-
-def _answer(target: str, response: MmsResponse, request_headers: Mapping[str, str]) -> web.Response:
-    """Turn MMS's answer into the runtime API's: the prediction, or the right typed error."""
-    if response.status == 200:
-        headers = {INVOKED_VARIANT: "AllTraffic"}
-        attributes = response.headers.get(CUSTOM_ATTRIBUTES) or request_headers.get(CUSTOM_ATTRIBUTES)
-        if attributes:
-            headers[CUSTOM_ATTRIBUTES] = attributes
-        if INFERENCE_ID in request_headers:
-            headers[INFERENCE_ID] = request_headers[INFERENCE_ID]
-        return web.Response(
-            body=response.body,
-            headers=headers,
-            content_type=response.headers.get("Content-Type", "application/octet-stream").split(";")[0],
-        )
-    message = response.message
-    if response.headers.get(ERROR_HEADER) or response.status not in (503, 507):
-        side = "client" if 400 <= response.status < 500 else "server"
-        raise ModelError(
-            f'Received {side} error ({response.status}) from model {target!r} with message "{message}".',
-            original_status=response.status,
-            original_message=message,
-        )
-    if response.status == 507:
-        raise InsufficientMemory(f"the model ran out of memory: {message}")
-    raise ServiceUnavailable(f"the endpoint is overloaded, retry: {message}")
+def _response(answer: Answer) -> web.Response:
+    return web.Response(body=answer.body, headers=answer.headers, content_type=answer.content_type)
 
 
 async def list_models(request: web.Request) -> web.Response:
     """SageMaker's list shape (modelName, modelUrl, nextPageToken) with openmme's state and figures."""
-    cache = request.app[CACHE]
+    plane = request.app[PLANE]
     try:
         start = int(request.query.get("next_page_token", "0"))
         limit = int(request.query.get("limit", request.query.get("max_results", "1000")))
     except ValueError as exc:
         raise ValidationError("next_page_token and limit must be integers") from exc
-    entries = list(cache.entries.values())
+    entries = plane.models()
     page = entries[start : start + max(limit, 1)]
-    body: dict[str, object] = {"models": [entry.describe() for entry in page], **cache.snapshot()}
+    body: dict[str, object] = {"models": [entry.describe() for entry in page], **plane.summary()}
     if start + len(page) < len(entries):
         body["nextPageToken"] = str(start + len(page))
     return web.json_response(body)
 
 
 async def describe_model(request: web.Request) -> web.Response:
-    entry = request.app[CACHE].entries.get(request.match_info["name"])
+    entry = request.app[PLANE].model(request.match_info["name"])
     if entry is None:
         raise web.HTTPNotFound(text=json.dumps({"message": "model not found"}), content_type="application/json")
     return web.json_response(entry.describe())
 
 
 async def delete_model(request: web.Request) -> web.Response:
-    if not await request.app[CACHE].unload(request.match_info["name"]):
+    if not await request.app[PLANE].unload(request.match_info["name"]):
         raise web.HTTPNotFound(text=json.dumps({"message": "model not loaded"}), content_type="application/json")
     return web.json_response({"status": "unloaded"})
 
@@ -276,7 +137,7 @@ async def add_model(request: web.Request) -> web.Response:
         name, url = str(spec["model_name"]), str(spec["url"])  # url kept as sent: GET /models answers it back
     except (ValueError, KeyError, TypeError) as exc:
         raise ValidationError('POST /models takes JSON {"model_name": ..., "url": ...}') from exc
-    await request.app[CACHE].register_local(name, url)
+    await request.app[PLANE].add(name, url)
     return web.json_response({"status": f"model {name} loaded"})
 
 
@@ -286,15 +147,15 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 def build_app(
-    settings: Settings, cache: ModelCache, mms: MmsClient, metrics_: Metrics, keys: KeyStore | None = None
+    settings: Settings, plane: DataPlane, mms: MmsClient, metrics_: Metrics, keys: KeyStore | None = None
 ) -> web.Application:
-    """The front; ``keys`` are what ``--auth sigv4`` checks signatures against (see auth.py)."""
+    """The front; ``keys`` are what ``--auth sigv4`` checks signatures against (see the auth package)."""
     middlewares: list[Middleware] = [errors_middleware]
     if settings.auth:
         middlewares.append(sigv4_middleware(settings, keys, _read_body))
     # The body limit is enforced by _read_body with SageMaker's error; aiohttp's own limit sits above it.
     app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY_BYTES + 1024 * 1024)
-    app[CACHE], app[MMS], app[SETTINGS], app[METRICS] = cache, mms, settings, metrics_
+    app[PLANE], app[MMS], app[SETTINGS], app[METRICS] = plane, mms, settings, metrics_
     app.router.add_get("/ping", ping)
     app.router.add_get("/metrics", metrics)
     app.router.add_post("/invocations", invocations)

@@ -7,27 +7,33 @@ it) and another shard is not, the model is loaded into that shard too: a hot mod
 instead of queueing behind one worker. Its replicas stay until the model is evicted.
 
 A shard whose worker dies is registered again (MMS 1.1 does not restart it in useful time); the models it
-held are reloaded on their next request, which costs a file read each.
+held are reloaded on their next request, which costs a file read each. ``DenseBackend`` is the cache's
+backend for dense models (see cache/backend.py); ``ShardPool`` the shards and the requests sent to them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
+import json
 import logging
 import os
-from collections.abc import Mapping
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
+import psutil
 
-from openmme.endpoint.errors import ServiceUnavailable
-from openmme.endpoint.mms import MmsClient, MmsResponse, tracked_call
+from openmme.endpoint.cache.backend import ModelLost, Models, Route
+from openmme.endpoint.cache.entry import Entry, State
+from openmme.endpoint.errors import InsufficientMemory, ModelError, ServiceUnavailable
+from openmme.endpoint.mms import MmsClient, MmsProcess, MmsResponse, memory_of, tracked_call
 from openmme.endpoint.settings import Settings
-from openmme.handlers import DENSE_HANDLER, MODEL_HEADER, OP_HEADER
+from openmme.handlers import DENSE, DENSE_HANDLER, ERROR_HEADER, MODEL_HEADER, OP_HEADER
 
-__all__ = ["HOT_IN_FLIGHT", "SHARD_PREFIX", "Shard", "ShardPool"]
+__all__ = ["HOT_IN_FLIGHT", "SHARD_PREFIX", "DenseBackend", "Shard", "ShardPool"]
 
 log = logging.getLogger(__name__)
 
@@ -76,10 +82,7 @@ class ShardPool:
     async def register(self, shard: Shard) -> None:
         (self.settings.models_dir / shard.directory).mkdir(parents=True, exist_ok=True)
         timeout = max(self.settings.response_timeout, 120.0)
-        try:
-            response = await self.mms.register(shard.name, shard.directory, DENSE_HANDLER, 1, timeout=timeout)
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            raise ServiceUnavailable(f"the model server is not reachable ({exc})") from exc
+        response = await self.mms.register(shard.name, shard.directory, DENSE_HANDLER, 1, timeout=timeout)
         if response.status not in (200, 409):
             raise RuntimeError(f"MMS could not start dense shard {shard.name}: {response.message}")
         shard.ready.set()
@@ -88,7 +91,7 @@ class ShardPool:
         shard.ready.clear()
         try:
             await self.mms.unregister(shard.name, timeout=60.0)
-        except (TimeoutError, aiohttp.ClientError) as exc:
+        except ServiceUnavailable as exc:
             log.warning("could not unregister dense shard %s: %s", shard.name, exc)
 
     def home(self, target: str) -> Shard:
@@ -131,3 +134,212 @@ class ShardPool:
             }
             for shard in self.shards
         ]
+
+
+class DenseBackend:
+    """Dense models in the shards: loaded into their home shard, spread when hot, reloaded when a shard dies."""
+
+    def __init__(self, settings: Settings, mms: MmsClient, process: MmsProcess) -> None:
+        self.settings = settings
+        self.mms = mms
+        self.process = process
+        self.pool = ShardPool(settings, mms)
+        self._models: Models | None = None
+        self._started: asyncio.Task[None] | None = None
+        self._spreading: dict[str, asyncio.Task[None]] = {}  # by MMS model name: a replica loading elsewhere
+
+    @property
+    def models(self) -> Models:
+        assert self._models is not None, "DenseBackend used before a cache attached it"
+        return self._models
+
+    def attach(self, models: Models) -> None:
+        self._models = models
+
+    # ---- the shards' lifetime ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Register the shards with MMS once (at start with ``--hosting dense``, else on first need)."""
+        started = self._started
+        if started is None or (started.done() and (started.cancelled() or started.exception() is not None)):
+            started = self._started = asyncio.create_task(self._start(), name="start dense shards")
+        await asyncio.shield(started)
+
+    def started(self) -> bool:
+        """Whether the shards were started (``--hosting dense``, or an archive asked for dense)."""
+        return self._started is not None
+
+    async def _start(self) -> None:
+        await self.pool.start()
+        await self._measure_baselines(self.pool.shards)
+
+    async def _measure_baselines(self, shards: Sequence[Shard]) -> None:
+        workers = await asyncio.to_thread(self.process.worker_processes)
+        for shard in shards:
+            shard.baseline_bytes = await asyncio.to_thread(memory_of, workers.get(shard.name, []))
+            shard.memory_bytes = shard.baseline_bytes
+            shard.registered_at = time.monotonic()
+
+    def host_lost(self) -> None:
+        """MMS died: no shard holds anything, and requests in them are sent again."""
+        for entry in self.models.models():
+            entry.replicas.clear()
+        for shard in self.pool.shards:
+            shard.ready.clear()
+            for call in list(shard.calls):
+                call.cancel()
+
+    async def host_back(self) -> None:
+        """MMS was restarted: the shards are registered again, if they ran."""
+        if self._started is None:
+            return
+        self._started = None
+        try:
+            await self.start()
+        except Exception:
+            # Not fatal: the next dense load starts them again (start retries a failed start).
+            log.exception("the dense shards did not start again after MMS restarted")
+
+    # ---- the cache's side of the Backend protocol --------------------------------------------------
+
+    async def load(self, entry: Entry) -> None:
+        """Load ``entry`` into its home shard's worker (a file read, no process start)."""
+        await self.start()
+        shard = self.pool.home(entry.target)
+        for _attempt in range(3):
+            try:
+                await asyncio.wait_for(shard.ready.wait(), timeout=max(self.settings.response_timeout, 120.0))
+            except TimeoutError as exc:
+                raise ServiceUnavailable(f"dense shard {shard.name} is not back yet; retry") from exc
+            response = await self.pool.operation(shard, "load", entry.name)
+            if response is None:
+                continue  # the shard's worker died during the load: wait for its replacement
+            if response.status == 200:
+                entry.replicas[shard.index] = int(json.loads(response.body)["memoryBytes"])
+                return
+            if response.headers.get(ERROR_HEADER):
+                raise ModelError(f"model {entry.target!r} failed to load: {response.message}", original_status=500)
+            if response.status == 507:
+                raise InsufficientMemory(f"not enough memory to load model {entry.target!r}: {response.message}")
+            raise ServiceUnavailable(f"dense shard {shard.name} could not load {entry.target!r}: {response.message}")
+        raise ServiceUnavailable(f"dense shard {shard.name} kept restarting while loading {entry.target!r}; retry")
+
+    async def measure(self, entry: Entry) -> int:
+        return sum(entry.replicas.values())  # the shards report the heap bytes of each booster
+
+    async def unload(self, entry: Entry) -> None:
+        try:
+            for index in list(entry.replicas):
+                response = await self.pool.operation(self.pool.shards[index], "unload", entry.name)
+                if response is not None and response.status != 200:
+                    log.warning("dense shard %d refused to unload %s: %s", index, entry.target, response.message)
+        finally:
+            entry.replicas.clear()
+
+    def overhead_bytes(self) -> int:
+        return self.pool.overhead_bytes()
+
+    def describe(self) -> list[dict[str, Any]]:
+        return self.pool.describe() if self.started() else []
+
+    # ---- the request path ------------------------------------------------------------------------------
+
+    def route(self, entry: Entry) -> Route:
+        """The least busy shard holding ``entry``; a model whose shards are all busy is spread to another."""
+        if not entry.replicas:
+            raise ModelLost(entry.target)  # its shard died just now: loaded again on the next attempt
+        spread_to = self.pool.spread_to(entry.replicas)
+        if spread_to is not None and entry.name not in self._spreading and entry.state is State.READY:
+            task = asyncio.create_task(self._spread(entry, spread_to), name=f"spread {entry.target}")
+            self._spreading[entry.name] = task
+            task.add_done_callback(functools.partial(self._spread_done, entry.name))
+        shard = self.pool.pick(entry.replicas)
+        return Route(shard.name, {MODEL_HEADER: entry.name}, shard.index)
+
+    async def call(self, entry: Entry, route: Route, body: bytes, headers: Mapping[str, str]) -> MmsResponse:
+        assert route.shard is not None
+        shard = self.pool.shards[route.shard]
+        request = self.mms.predict(route.model, body, {**headers, **route.headers}, self.settings.response_timeout)
+        shard.in_flight += 1
+        try:
+            response = await tracked_call(request, shard.calls)
+        finally:
+            shard.in_flight -= 1
+        if response is None:
+            raise ModelLost(entry.target)  # the shard's worker died: requests in it are sent again
+        if response.forgot_model:  # MMS was restarted, or the request raced an eviction
+            self._forgotten(entry)
+            raise ModelLost(entry.target)
+        return response
+
+    def _forgotten(self, entry: Entry) -> None:
+        if self.models.lost(entry):
+            for index in entry.replicas:  # any other shard that still holds it lets go
+                task = asyncio.create_task(self.pool.operation(self.pool.shards[index], "unload", entry.name))
+                task.add_done_callback(lambda done: done.cancelled() or done.exception())
+            entry.replicas.clear()
+
+    def _spread_done(self, name: str, task: asyncio.Task[None]) -> None:
+        self._spreading.pop(name, None)
+        _log_failure(task)
+
+    async def _spread(self, entry: Entry, shard: Shard) -> None:
+        """Load a hot ``entry`` into one more shard, so its requests stop queueing behind one worker."""
+        response = await self.pool.operation(shard, "load", entry.name)
+        if response is None or response.status != 200:
+            return
+        if entry.state is State.READY and entry.hosting == DENSE:
+            entry.replicas[shard.index] = int(json.loads(response.body)["memoryBytes"])
+            self.models.resized(entry, sum(entry.replicas.values()))
+            self.models.recheck()
+        else:  # evicted meanwhile
+            await self.pool.operation(shard, "unload", entry.name)
+
+    # ---- housekeeping ----------------------------------------------------------------------------------
+
+    def check(self, workers: Mapping[str, list[psutil.Process]], sizes: Mapping[str, int] | None, since: float) -> None:
+        """After a scan of MMS's workers at ``since``: the shards' memory, and a shard whose worker died started
+        again."""
+        if sizes is not None:
+            for shard in self.pool.shards:
+                shard.memory_bytes = sizes.get(shard.name, 0)
+        for shard in self.pool.shards:
+            if shard.ready.is_set() and shard.registered_at < since and shard.name not in workers:
+                self._shard_lost(shard)
+
+    def _shard_lost(self, shard: Shard) -> None:
+        """A shard's worker died: its models go back to disk (reloaded on their next request), requests in it
+        are sent again, and the shard is registered anew."""
+        log.warning("the worker of dense shard %s is gone; starting it again", shard.name)
+        shard.ready.clear()
+        for call in list(shard.calls):
+            call.cancel()
+        for entry in self.models.models():
+            if entry.replicas.pop(shard.index, None) is None:
+                continue
+            self.models.resized(entry, sum(entry.replicas.values()))
+            if not entry.replicas:
+                self.models.lost(entry)
+        shard.revival = asyncio.create_task(self._revive(shard), name=f"revive {shard.name}")
+        shard.revival.add_done_callback(_log_failure)
+
+    async def _revive(self, shard: Shard) -> None:
+        delay = 1.0
+        while True:
+            await self.pool.unregister(shard)
+            await asyncio.to_thread(self.process.kill_workers, shard.name)
+            try:
+                await self.pool.register(shard)
+            except Exception as exc:
+                log.error("starting dense shard %s again failed (%s); retrying in %.0f s", shard.name, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+                continue
+            await self._measure_baselines([shard])
+            return
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    """Retrieve a background task's exception so that asyncio does not report it as lost."""
+    if not task.cancelled() and task.exception() is not None:
+        log.debug("%s failed: %s", task.get_name(), task.exception())

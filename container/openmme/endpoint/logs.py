@@ -14,7 +14,8 @@ import sys
 import time
 from typing import Any
 
-from openmme.endpoint.cache import CacheEvents, Entry
+from openmme.endpoint.cache.entry import Entry
+from openmme.endpoint.cache.events import CacheEvents
 
 __all__ = ["EventLog", "configure_logging", "log_json"]
 

@@ -13,13 +13,14 @@ is usually asked about (the early, busy ones) keep names. ``GET /models`` has ev
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from openmme.endpoint.cache import CacheEvents, Entry, ModelCache, State
+from openmme.endpoint.cache.entry import Entry, State
+from openmme.endpoint.cache.events import CacheEvents, CacheView, ShardFigures
 
 __all__ = ["EVICTION_REASONS", "INVOCATION_STATUSES", "OTHER_MODELS", "Metrics"]
 
@@ -38,12 +39,14 @@ _REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0
 class _CacheState(Collector):
     """Gauges read from the cache at scrape time, so they can never drift from it."""
 
-    def __init__(self, cache: ModelCache) -> None:
+    def __init__(self, cache: CacheView, shards: Callable[[], Iterable[ShardFigures]]) -> None:
         self.cache = cache
+        self.shards = shards
 
     def collect(self) -> Iterator[Metric]:
         cache = self.cache
-        on_disk = sum(entry.disk_bytes > 0 for entry in cache.entries.values())
+        models = cache.models()
+        on_disk = sum(entry.disk_bytes > 0 for entry in models)
         budgets = cache.budgets
         for name, documentation, value in (
             ("openmme_loaded_models", "Models loaded in MMS (loading or ready).", cache.loaded_count()),
@@ -61,7 +64,7 @@ class _CacheState(Collector):
             yield GaugeMetricFamily(name, documentation, value=value)
         states = GaugeMetricFamily("openmme_models", "Models the endpoint knows, by state.", labels=["state"])
         for state in State:
-            states.add_metric([state.value], sum(entry.state is state for entry in cache.entries.values()))
+            states.add_metric([state.value], sum(entry.state is state for entry in models))
         yield states
         shard_memory = GaugeMetricFamily(
             "openmme_shard_memory_bytes", "PSS of each dense shard's MMS worker, last measured.", labels=["shard"]
@@ -69,7 +72,7 @@ class _CacheState(Collector):
         shard_requests = GaugeMetricFamily(
             "openmme_shard_requests_in_flight", "Requests inside each dense shard's worker.", labels=["shard"]
         )
-        for shard in cache.shards.shards if cache.shards_started() else ():
+        for shard in self.shards():
             shard_memory.add_metric([shard.name], shard.memory_bytes)
             shard_requests.add_metric([shard.name], shard.in_flight)
         yield shard_memory
@@ -145,9 +148,9 @@ class Metrics(CacheEvents):
             registry=registry,
         )  # fmt: skip
 
-    def watch(self, cache: ModelCache) -> None:
-        """Export the cache's gauges from now on."""
-        self.registry.register(_CacheState(cache))
+    def watch(self, cache: CacheView, shards: Callable[[], Iterable[ShardFigures]] = tuple) -> None:
+        """Export the cache's gauges (and the dense shards', as ``shards`` lists them) from now on."""
+        self.registry.register(_CacheState(cache, shards))
 
     def model_label(self, target: str) -> str:
         if target in self._labelled:

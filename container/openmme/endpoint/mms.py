@@ -40,11 +40,22 @@ import aiohttp
 import psutil
 from multidict import CIMultiDict
 
+from openmme.endpoint.errors import ModelError, ServiceUnavailable
 from openmme.endpoint.settings import MAX_BODY_BYTES, Settings
+from openmme.handlers import ERROR_HEADER
 from openmme.handlers._lifetime import parent_death_setter
 from openmme.ports import free_port
 
-__all__ = ["MmsClient", "MmsConfig", "MmsProcess", "MmsResponse", "java_command", "tracked_call"]
+__all__ = [
+    "MmsClient",
+    "MmsConfig",
+    "MmsProcess",
+    "MmsResponse",
+    "java_command",
+    "kill_processes",
+    "memory_of",
+    "tracked_call",
+]
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +133,11 @@ class MmsResponse:
     headers: Mapping[str, str]
 
     @property
+    def forgot_model(self) -> bool:
+        """MMS (or a dense shard) does not know the model asked for: a 404 that no handler answered."""
+        return self.status == 404 and not self.headers.get(ERROR_HEADER)
+
+    @property
     def message(self) -> str:
         """The text to show for this answer: MMS's (or a handler's) ``message`` field, else the body itself."""
         text = self.body.decode(errors="replace").strip()
@@ -135,7 +151,8 @@ class MmsResponse:
 
 
 class MmsClient:
-    """Async client for MMS's management and inference APIs on loopback."""
+    """Async client for MMS's management and inference APIs on loopback. Its calls raise the endpoint's errors,
+    never aiohttp's (see ``_call``)."""
 
     def __init__(self, inference_port: int, management_port: int) -> None:
         self.inference_url = f"http://127.0.0.1:{inference_port}"
@@ -165,23 +182,34 @@ class MmsClient:
         data: bytes | None = None,
         headers: Mapping[str, str] | None = None,
         timeout: float = 60.0,
+        prediction: bool = False,
     ) -> MmsResponse:
-        async with self.session.request(
-            method,
-            url,
-            params=params,
-            data=data,
-            headers=headers,
-            timeout=aiohttp.ClientTimeout(total=timeout),
-        ) as response:
-            body = await response.read()
-            # Header names as MMS spells them vary in case: keep the case-insensitive mapping.
-            return MmsResponse(response.status, body, CIMultiDict(response.headers))
+        """One request to MMS; the one place its transport errors become the endpoint's: a prediction that takes
+        too long is the model's failure (ModelError, original status 408), anything else unreachable is a 503."""
+        try:
+            async with self.session.request(
+                method,
+                url,
+                params=params,
+                data=data,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=timeout),
+            ) as response:
+                body = await response.read()
+                # Header names as MMS spells them vary in case: keep the case-insensitive mapping.
+                return MmsResponse(response.status, body, CIMultiDict(response.headers))
+        except TimeoutError as exc:
+            if prediction:
+                message = f"the model did not answer within {timeout:g} s"
+                raise ModelError(message, original_status=408, original_message="timed out") from exc
+            raise ServiceUnavailable(f"the model server did not answer within {timeout:g} s; retry") from exc
+        except aiohttp.ClientError as exc:
+            raise ServiceUnavailable(f"the model server is not reachable ({exc}); retry") from exc
 
     async def ping(self) -> bool:
         try:
             response = await self._call("GET", self.inference_url + "/ping", timeout=5)
-        except (TimeoutError, aiohttp.ClientError):
+        except ServiceUnavailable:
             return False
         return response.status == 200
 
@@ -212,9 +240,8 @@ class MmsClient:
                 return names
 
     async def predict(self, name: str, body: bytes, headers: Mapping[str, str], timeout: float) -> MmsResponse:
-        return await self._call(
-            "POST", f"{self.inference_url}/predictions/{name}", data=body, headers=headers, timeout=timeout
-        )
+        url = f"{self.inference_url}/predictions/{name}"
+        return await self._call("POST", url, data=body, headers=headers, timeout=timeout, prediction=True)
 
 
 async def tracked_call(request: Awaitable[T], *registries: set[asyncio.Future[Any]]) -> T | None:
@@ -367,6 +394,11 @@ class MmsProcess:
         """This instance's MMS worker processes, by the model they serve."""
         return _workers_of(self.tmp_dir)
 
+    def kill_workers(self, name: str) -> list[int]:
+        """Blocking: kill any worker process still serving ``name`` (after an unregister or a failed load)."""
+        leftovers = self.worker_processes().get(name, [])
+        return kill_processes(leftovers, grace=2.0) if leftovers else []
+
     def stop(self, grace: float = 10.0, *, final: bool = True) -> None:
         """Stop MMS and every worker it started, including workers a crashed MMS left behind.
 
@@ -420,6 +452,16 @@ def _argument(cmdline: list[str], flag: str) -> str:
         return cmdline[cmdline.index(flag) + 1]
     except (ValueError, IndexError):
         return ""
+
+
+def memory_of(processes: Iterable[psutil.Process]) -> int:
+    """Blocking: the proportional set size of processes (RSS where PSS is not available)."""
+    total = 0
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            info = process.memory_full_info()
+            total += int(getattr(info, "pss", 0) or info.rss)
+    return total
 
 
 def kill_processes(processes: Iterable[psutil.Process], grace: float) -> list[int]:

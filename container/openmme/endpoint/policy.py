@@ -1,5 +1,5 @@
 """The eviction policy, as pure functions of what the cache holds: which models leave memory, or the disk, so
-that a new one fits the budgets. The cache (cache.py) builds the inputs from its entries and carries the
+that a new one fits the budgets. The cache (cache/core.py) builds the inputs from its entries and carries the
 decisions out; tests check the policy's properties without any process (tests/endpoint/test_policy.py).
 
 Least recently used first, and only models that may go: a model with requests in flight or waiting, or one

@@ -15,7 +15,10 @@ from aiohttp import web
 
 from openmme.endpoint.app import build_app
 from openmme.endpoint.auth import AuthConfigError, KeyStore, check_exposure, describe, load_keys
-from openmme.endpoint.cache import Budgets, ModelCache
+from openmme.endpoint.cache.core import ModelCache, budgets_for
+from openmme.endpoint.cache.store import ModelStore
+from openmme.endpoint.dataplane import DataPlane
+from openmme.endpoint.hosting import MmsHosting
 from openmme.endpoint.lock import CacheDirError, CacheDirLock
 from openmme.endpoint.logs import EventLog, configure_logging
 from openmme.endpoint.metrics import Metrics
@@ -56,7 +59,7 @@ async def _wait_for_mms(process: MmsProcess, mms: MmsClient, timeout: float) -> 
     raise RuntimeError(f"MMS did not answer within {timeout:g} s; see {process.log_path}")
 
 
-async def _housekeeping(cache: ModelCache, process: MmsProcess) -> None:
+async def _housekeeping(hosting: MmsHosting, process: MmsProcess) -> None:
     """Every couple of seconds: find dead or leftover MMS workers; every few rounds, measure memory too (so the
     memory budget holds as models grow)."""
     rounds = 0
@@ -66,18 +69,21 @@ async def _housekeeping(cache: ModelCache, process: MmsProcess) -> None:
             continue  # the supervisor is restarting MMS
         rounds += 1
         try:
-            await cache.check_workers(measure_memory=rounds % MEMORY_EVERY_ROUNDS == 0)
+            await hosting.check_workers(measure_memory=rounds % MEMORY_EVERY_ROUNDS == 0)
         except Exception:
             log.exception("housekeeping failed")
 
 
-async def _supervise(cache: ModelCache, process: MmsProcess, mms: MmsClient, settings: Settings) -> None:
+async def _supervise(
+    cache: ModelCache, hosting: MmsHosting, process: MmsProcess, mms: MmsClient, settings: Settings
+) -> None:
     """Restart MMS whenever it dies, then load again what was loaded; /ping says unhealthy meanwhile."""
     while True:
         assert process.process is not None
         code = await asyncio.to_thread(process.process.wait)
         log.error("MMS exited with code %s; restarting it (see %s)", code, process.log_path)
-        reload = cache.mms_lost()
+        reload = cache.host_lost()
+        hosting.host_lost()
         delay = 1.0
         while True:
             try:
@@ -92,7 +98,8 @@ async def _supervise(cache: ModelCache, process: MmsProcess, mms: MmsClient, set
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
         log.info("MMS is back; loading %d model(s) again", len(reload))
-        await cache.mms_back(reload)
+        await hosting.host_back()
+        cache.reload(reload)
 
 
 async def run(
@@ -133,7 +140,7 @@ async def _run_owned(
     for directory in (settings.models_dir, settings.staging_dir):
         shutil.rmtree(directory, ignore_errors=True)
         directory.mkdir(parents=True, exist_ok=True)
-    budgets = Budgets.from_settings(settings)
+    budgets = budgets_for(settings)
     source = ModelSource(S3Location.parse_prefix(settings.model_prefix)) if settings.model_prefix else None
 
     process.start()
@@ -141,11 +148,12 @@ async def _run_owned(
         async with MmsClient(process.config.inference_port, process.config.management_port) as mms:
             await _wait_for_mms(process, mms, settings.mms_start_timeout)
             metrics = Metrics(model_labels=settings.metrics_model_labels)
-            cache = ModelCache(settings, budgets, mms, process, source, events=(metrics, EventLog()))
-            metrics.watch(cache)
+            hosting = MmsHosting(settings, mms, process)
+            cache = ModelCache(settings, budgets, hosting, ModelStore(settings, source), events=(metrics, EventLog()))
+            metrics.watch(cache, hosting.shards)
             if settings.hosting == "dense":
-                await cache.start_shards()
-            app = build_app(settings, cache, mms, metrics, keys)
+                await hosting.start_shards()
+            app = build_app(settings, DataPlane(settings, cache, hosting, metrics), mms, metrics, keys)
             runner = web.AppRunner(app, access_log=None, shutdown_timeout=30.0)
             await runner.setup()
             site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True, ssl_context=tls)
@@ -165,8 +173,8 @@ async def _run_owned(
             )
             log.log(*describe(settings, keys))
             background = [
-                asyncio.create_task(_housekeeping(cache, process), name="housekeeping"),
-                asyncio.create_task(_supervise(cache, process, mms, settings), name="supervise MMS"),
+                asyncio.create_task(_housekeeping(hosting, process), name="housekeeping"),
+                asyncio.create_task(_supervise(cache, hosting, process, mms, settings), name="supervise MMS"),
             ]
             try:
                 await stop.wait()

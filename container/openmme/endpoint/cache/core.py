@@ -1,0 +1,382 @@
+"""The model cache: which models are on disk and loaded, and the policy that moves them.
+
+A model's life: ``remote`` (only in S3) → ``downloading`` → ``on_disk`` → ``loading`` → ``ready``, and back
+through ``unloading`` → ``on_disk`` when evicted from memory, or removed when evicted from disk. Each model has
+at most one transition task at a time (single flight): however many requests miss on a model at once, it is
+downloaded once and loaded once, and they all wait on the same task. Requests wait through ``asyncio.shield``,
+so a client that gives up never cancels a load that the next request will use.
+
+How a loaded model is hosted is the backend's business (see backend.py): the cache only asks it to load, measure
+and unload, and hears from it when a host lost a model. The cache is keyed by immutable archive names: whatever
+a TargetModel means is resolved before it (the data plane's job).
+
+Eviction is least-recently-used under three budgets: the count of loaded models, the memory they hold (as the
+backend measures it, after its own overhead), and the bytes of extracted models on disk. A model with requests
+in flight (or waiting for it) is never evicted, and a new model is admitted before the old ones leave only when
+nothing idle can make room. Everything here runs on one event loop; bookkeeping between two awaits is atomic, so
+no lock guards it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import time
+from collections import Counter, OrderedDict
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from openmme.endpoint.cache.backend import Backend
+from openmme.endpoint.cache.entry import HELD, LOADED, Budgets, Entry, State, mms_model_name
+from openmme.endpoint.cache.events import CacheEvents
+from openmme.endpoint.cache.store import ModelStore
+from openmme.endpoint.errors import Conflict, ModelError, ModelNotReady
+from openmme.endpoint.policy import Slot, disk_victims, memory_victims
+from openmme.endpoint.settings import Settings
+
+__all__ = ["ModelCache", "budgets_for"]
+
+log = logging.getLogger(__name__)
+
+
+def budgets_for(settings: Settings) -> Budgets:
+    """The budgets of ``settings``, defaults measured on this machine (60% of memory, 80% of the free disk)."""
+    memory = settings.memory_budget or int(psutil.virtual_memory().total * 0.6)
+    settings.cache_dir.mkdir(parents=True, exist_ok=True)
+    disk = settings.disk_budget or int(shutil.disk_usage(settings.cache_dir).free * 0.8)
+    return Budgets(settings.max_models, memory, disk)
+
+
+class ModelCache:
+    """Single-flight loading and LRU eviction of models, hosted by ``backend``."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        budgets: Budgets,
+        backend: Backend,
+        store: ModelStore,
+        events: Sequence[CacheEvents] = (),
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.budgets = budgets
+        self.backend = backend
+        self.store = store
+        self.events = tuple(events)
+        self.clock = clock
+        self.entries: OrderedDict[str, Entry] = OrderedDict()  # least recently used first
+        self.evictions: Counter[str] = Counter()  # by reason: count, memory, disk
+        self.counters: Counter[str] = Counter()  # hits, misses, downloads, registrations
+        backend.attach(self)
+
+    # ---- the request path -------------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def use(self, target: str, wait: float | None = None, *, counted: bool = True) -> AsyncIterator[Entry]:
+        """Hold ``target`` loaded for the duration of a request; loads it on a miss. ``counted=False``: the request
+        was counted already (it is being sent again)."""
+        entry = self.entries.get(target)
+        if entry is None:
+            if self.store.source is None:
+                raise ModelError(f"model {target!r} is not loaded", original_status=404)
+            entry = self.entries[target] = self.store.new_entry(target, mms_model_name(target))
+        self.entries.move_to_end(target)
+        hit = entry.state is State.READY
+        if counted:
+            self.counters["hits" if hit else "misses"] += 1
+            for events in self.events:
+                events.lookup(entry, hit)
+        entry.in_flight += 1
+        try:
+            if not hit:
+                started = time.perf_counter()
+                try:
+                    await self._wait_ready(entry, self.settings.wait_budget if wait is None else wait)
+                finally:
+                    for events in self.events:
+                        events.waited(entry, time.perf_counter() - started)
+            yield entry
+        finally:
+            entry.in_flight -= 1
+            entry.last_used = self.clock()
+            if entry.in_flight == 0:
+                self._forget_if_remote(entry)
+                self._enforce_budgets_soon()
+
+    async def _wait_ready(self, entry: Entry, wait: float) -> None:
+        deadline = asyncio.get_running_loop().time() + wait
+        while entry.state is not State.READY:
+            if entry.transition is None or entry.transition.done():
+                self._transition(entry, self._bring_up(entry), "load")
+            assert entry.transition is not None
+            remaining = deadline - asyncio.get_running_loop().time()
+            try:
+                await asyncio.wait_for(asyncio.shield(entry.transition), max(remaining, 0.001))
+            except TimeoutError as exc:
+                raise ModelNotReady(
+                    f"model {entry.target!r} is still loading ({entry.state.value}); retry shortly"
+                ) from exc
+
+    # ---- what backends report (the Models protocol) -----------------------------------------------------
+
+    def models(self) -> list[Entry]:
+        """Every model known, least recently used first."""
+        return list(self.entries.values())
+
+    def lost(self, entry: Entry) -> bool:
+        if entry.state is not State.READY:
+            return False
+        entry.state = State.ON_DISK
+        entry.memory_bytes = 0
+        return True
+
+    def relaunch(self, entry: Entry) -> None:
+        if entry.state is State.READY:
+            entry.state = State.UNLOADING
+            self._transition(entry, self._reload(entry), "revive")
+
+    def resized(self, entry: Entry, memory_bytes: int) -> None:
+        entry.memory_bytes = memory_bytes
+
+    def recheck(self) -> None:
+        self._enforce_budgets_soon()
+
+    # ---- transitions ----------------------------------------------------------------------------------
+
+    def _transition(self, entry: Entry, work: Any, verb: str) -> None:
+        entry.transition = asyncio.create_task(work, name=f"{verb} {entry.target}")
+        entry.transition.add_done_callback(_log_failure)
+
+    async def _bring_up(self, entry: Entry) -> None:
+        try:
+            if entry.state is State.ON_DISK and entry.managed and not await self.store.present(entry):
+                # Deleted under the running endpoint (by hand, by a cleaner of /tmp): fetched again, not a failure.
+                log.warning("the extracted files of %s are gone from %s; fetching it again", entry.target, entry.path)
+                entry.disk_bytes = 0
+                entry.state = State.REMOTE
+            if entry.state is State.REMOTE:
+                await self._fetch(entry)
+            if entry.state is State.ON_DISK:
+                await self._load(entry)
+        except Exception as exc:
+            for events in self.events:
+                events.load_failed(entry, exc)
+            raise
+
+    async def _reload(self, entry: Entry) -> None:
+        await self._unload(entry, None)
+        await self._bring_up(entry)
+
+    async def _fetch(self, entry: Entry) -> None:
+        entry.state = State.DOWNLOADING
+        try:
+            size = await self.store.size(entry.target)
+            await self._make_disk_room(size, keep=entry)
+            entry.disk_bytes = await self.store.fetch(entry)
+            entry.downloads += 1
+            self.counters["downloads"] += 1
+            entry.state = State.ON_DISK
+        except BaseException:
+            entry.state = State.REMOTE
+            raise
+        for events in self.events:
+            events.fetched(entry)
+        await self._make_disk_room(0, keep=entry)
+
+    async def _load(self, entry: Entry) -> None:
+        entry.state = State.LOADING
+        try:
+            await self.backend.prepare(entry)
+            await self._make_memory_room(keep=entry)
+            started = time.perf_counter()
+            self.counters["registrations"] += 1  # loads asked of the backend, failed ones included
+            await self.backend.load(entry)
+            entry.timings["register"] = time.perf_counter() - started
+            entry.loads += 1
+            entry.state = State.READY
+            entry.ready_at = time.monotonic()
+        except BaseException:
+            entry.state = State.ON_DISK
+            raise
+        entry.memory_bytes = await self.backend.measure(entry)
+        for events in self.events:
+            events.loaded(entry)
+        await self._make_memory_room(keep=entry)
+
+    async def _unload(self, entry: Entry, reason: str | None) -> None:
+        """Unload ``entry`` from its host; ``reason`` is counted as an eviction."""
+        started = time.perf_counter()
+        try:
+            await self.backend.unload(entry)
+        finally:
+            entry.state = State.ON_DISK
+            entry.memory_bytes = 0
+            entry.timings["unload"] = time.perf_counter() - started
+            if reason:
+                self.evictions[reason] += 1
+            for events in self.events:
+                events.unloaded(entry, reason)
+
+    async def _remove_from_disk(self, entry: Entry) -> None:
+        await self.store.remove(entry)
+        entry.disk_bytes = 0
+        entry.state = State.REMOTE
+        self._forget_if_remote(entry)
+        self.evictions["disk"] += 1
+        for events in self.events:
+            events.removed(entry)
+
+    # ---- eviction ----------------------------------------------------------------------------------
+
+    def _slots(self, keep: Entry, evictable: set[State]) -> list[Slot]:
+        """The policy's view of every model but ``keep``, least recently used first."""
+        return [
+            Slot(
+                key=entry.target,
+                loaded=entry.state in LOADED,
+                evictable=entry.state in evictable and entry.in_flight == 0 and entry.managed,
+                memory=entry.memory_bytes,
+                disk=entry.disk_bytes,
+            )
+            for entry in self.entries.values()
+            if entry is not keep
+        ]
+
+    async def _make_memory_room(self, keep: Entry) -> None:
+        """Unload idle models, least recently used first, until ``keep`` fits the count and memory budgets."""
+        slots = self._slots(keep, evictable={State.READY})
+        victims = memory_victims(slots, keep.memory_bytes, self.budgets.max_models, self._model_memory_budget())
+        await _run_all(self._start_unload(self.entries[key], reason) for key, reason in victims)
+
+    async def _make_disk_room(self, incoming: int, keep: Entry) -> None:
+        """Remove idle models from disk, unloaded ones first, until ``incoming`` more bytes fit."""
+        slots = self._slots(keep, evictable={State.ON_DISK, State.READY})
+        # ``keep`` is not among the slots: its own bytes on disk count as incoming.
+        for key in disk_victims(slots, incoming + keep.disk_bytes, self.budgets.disk_bytes):
+            victim = self.entries.get(key)
+            if victim is None:
+                continue
+            if victim.state is State.READY and victim.in_flight == 0:
+                await self._start_unload(victim, None)
+            # The victim may have been asked for again while it unloaded.
+            if victim.state is State.ON_DISK and victim.in_flight == 0:
+                await self._remove_from_disk(victim)
+
+    def _start_unload(self, entry: Entry, reason: str | None) -> asyncio.Task[None]:
+        entry.state = State.UNLOADING
+        entry.transition = asyncio.create_task(self._unload(entry, reason), name=f"unload {entry.target}")
+        return entry.transition
+
+    def _model_memory_budget(self) -> int:
+        """The memory budget left for models once the backend's own overhead is counted (0: no budget)."""
+        if not self.budgets.memory_bytes:
+            return 0
+        return max(self.budgets.memory_bytes - self.backend.overhead_bytes(), 1)
+
+    def _forget_if_remote(self, entry: Entry) -> None:
+        if entry.state is State.REMOTE and entry.in_flight == 0 and self.entries.get(entry.target) is entry:
+            del self.entries[entry.target]
+
+    def _enforce_budgets_soon(self) -> None:
+        """After a request ends, models admitted over budget while others were busy may now leave."""
+        over_count = self.budgets.max_models and self.loaded_count() > self.budgets.max_models
+        over_memory = self.budgets.memory_bytes and self.memory_in_use() > self._model_memory_budget()
+        if over_count or over_memory:
+            newest = next(reversed(self.entries.values()))
+            task = asyncio.create_task(self._make_memory_room(keep=newest), name="enforce budgets")
+            task.add_done_callback(_log_failure)
+
+    # ---- the SageMaker container contract and the host's restarts ------------------------------------
+
+    async def register_local(self, model_name: str, url: str) -> Entry:
+        """SageMaker's ``POST /models``: serve the directory ``url`` SageMaker already downloaded."""
+        entry = self.entries.get(model_name)
+        if entry is not None and entry.state in LOADED:
+            raise Conflict(f"model {model_name!r} is already loaded")
+        name = mms_model_name(model_name)
+        link = await self.store.link(name, Path(url))
+        entry = Entry(model_name, name, link, managed=False, state=State.ON_DISK, url=url)
+        self.entries[model_name] = entry
+        async with self.use(model_name, wait=max(self.settings.response_timeout, 120.0)):
+            return entry
+
+    async def unload(self, target: str) -> bool:
+        """SageMaker's ``DELETE /models/{name}``: unload now (and forget a model SageMaker handed over)."""
+        entry = self.entries.get(target)
+        if entry is None or entry.state not in HELD:
+            return False
+        if entry.transition is not None and not entry.transition.done():
+            await asyncio.shield(entry.transition)
+        if entry.state is State.READY:
+            await self._start_unload(entry, "request")
+        if not entry.managed and entry.in_flight == 0:
+            del self.entries[target]
+            entry.path.unlink(missing_ok=True)
+        return True
+
+    def host_lost(self) -> list[Entry]:
+        """The host died and took every loaded model with it: mark them on disk; returns those that were ready."""
+        lost = [entry for entry in self.entries.values() if entry.state is State.READY]
+        for entry in self.entries.values():
+            if entry.state in HELD:
+                entry.state = State.ON_DISK
+                entry.memory_bytes = 0
+        return lost
+
+    def reload(self, entries: Iterable[Entry]) -> None:
+        """Load ``entries`` again in the background (after a host restart), unless something already is."""
+        for entry in entries:
+            idle = entry.transition is None or entry.transition.done()
+            if entry.state is State.ON_DISK and idle and self.entries.get(entry.target) is entry:
+                self._transition(entry, self._bring_up(entry), "reload")
+
+    # ---- figures ---------------------------------------------------------------------------------------
+
+    def get(self, target: str) -> Entry | None:
+        return self.entries.get(target)
+
+    def is_ready(self, target: str) -> bool:
+        entry = self.entries.get(target)
+        return entry is not None and entry.state is State.READY
+
+    def loaded_count(self) -> int:
+        return sum(entry.state in LOADED for entry in self.entries.values())
+
+    def memory_in_use(self) -> int:
+        return sum(entry.memory_bytes for entry in self.entries.values() if entry.state in LOADED)
+
+    def disk_in_use(self) -> int:
+        return sum(entry.disk_bytes for entry in self.entries.values())
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "loadedModels": self.loaded_count(),
+            "memoryBytes": self.memory_in_use(),
+            "diskBytes": self.disk_in_use(),
+            "budgets": {
+                "maxModels": self.budgets.max_models,
+                "memoryBytes": self.budgets.memory_bytes,
+                "diskBytes": self.budgets.disk_bytes,
+            },
+            "evictions": dict(self.evictions),
+            "counters": dict(self.counters),
+            **self.backend.describe(),
+        }
+
+
+async def _run_all(tasks: Iterable[asyncio.Task[None]]) -> None:
+    pending = list(tasks)
+    if pending:
+        await asyncio.gather(*pending)
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    """Retrieve a background task's exception so that asyncio does not report it as lost."""
+    if not task.cancelled() and task.exception() is not None:
+        log.debug("%s failed: %s", task.get_name(), task.exception())

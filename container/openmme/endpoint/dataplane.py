@@ -1,0 +1,207 @@
+"""The data plane: everything between a parsed request and its answer, with no HTTP in it.
+
+An invocation is resolved to the archive it means (today: the TargetModel itself, validated; aliases, variants
+and pipeline steps will resolve here, before the cache, which stays keyed by immutable archive names), run
+through the cache (held loaded, loaded on a miss) and its backend, sent again once when the backend reports
+``ModelLost`` (a worker died, or the host forgot the model), and recorded once: the metrics and one access-log
+line, whatever the outcome and however many attempts it took.
+
+The front (app.py) turns HTTP into an ``Invocation`` and an ``Answer`` or an ``EndpointError`` back into HTTP;
+the container API's model calls (list, describe, load, unload) go through here too, so that the data plane is
+the one caller of the cache.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from openmme.endpoint.cache.backend import Backend, ModelLost, Reply
+from openmme.endpoint.cache.core import ModelCache
+from openmme.endpoint.cache.entry import Entry, State
+from openmme.endpoint.errors import (
+    EndpointError,
+    InsufficientMemory,
+    ModelError,
+    ServiceUnavailable,
+    ValidationError,
+)
+from openmme.endpoint.logs import access_log, log_json
+from openmme.endpoint.metrics import Metrics
+from openmme.endpoint.names import CUSTOM_ATTRIBUTES, INFERENCE_ID, INVOKED_VARIANT, validate_target_model
+from openmme.endpoint.settings import Settings
+from openmme.handlers import ERROR_HEADER
+
+__all__ = ["Answer", "DataPlane", "Invocation"]
+
+# Bodies MMS parses into form parameters instead of passing them on: the model would see no body at all.
+FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+# The load phases a missing request waited for, as access-log fields.
+_PHASES = (("download", "download_ms"), ("extract", "extract_ms"), ("register", "load_ms"))
+
+
+@dataclass(frozen=True)
+class Invocation:
+    """One request to the runtime API, as the front parsed it."""
+
+    target: str | None  # the TargetModel as sent (None: not sent)
+    headers: Mapping[str, str]  # the request headers the model may see
+    content_type: str
+    read_body: Callable[[], Awaitable[bytes]]  # read after the request is validated (it may be refused first)
+    endpoint: str | None = None  # the EndpointName of the URL, if it named one
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A prediction: the model's bytes and the runtime API's headers."""
+
+    body: bytes
+    content_type: str
+    headers: Mapping[str, str]
+
+
+class DataPlane:
+    """Invocations and the container API's model calls, over the cache and its backend."""
+
+    def __init__(self, settings: Settings, cache: ModelCache, backend: Backend, metrics: Metrics) -> None:
+        self.settings = settings
+        self.cache = cache
+        self.backend = backend
+        self.metrics = metrics
+        source = cache.store.source
+        self.prefix = source.prefix if source is not None else None
+
+    async def invoke(self, call: Invocation) -> Answer:
+        """One invocation: validate, resolve, hold the model loaded (loading it on a miss), predict, answer; logged
+        and counted once whatever the outcome."""
+        started = time.perf_counter()
+        record: dict[str, object] = {
+            "event": "invocation",
+            "inference_id": call.headers.get(INFERENCE_ID),
+            "target_model": call.target,
+        }
+        status = 500
+        target: str | None = None
+        try:
+            if call.endpoint is not None and call.endpoint != self.settings.endpoint_name:
+                raise ValidationError(
+                    f"Endpoint {call.endpoint} not found; this server serves endpoint {self.settings.endpoint_name}."
+                )
+            target = self.resolve(call.target)
+            _refuse_form(call.content_type, target)
+            body = await call.read_body()
+            answer = await self._run(target, body, call.headers, record)
+            status = 200
+            return answer
+        except EndpointError as error:
+            status = error.status
+            record["error"] = error.code
+            raise
+        finally:
+            record["status"] = status
+            record["total_ms"] = _ms_since(started)
+            self.metrics.invocation(target, status, time.perf_counter() - started)
+            log_json(access_log, record)
+
+    def resolve(self, target: str | None) -> str:
+        """The archive a TargetModel means: today the TargetModel itself, checked as SageMaker checks it."""
+        return validate_target_model(target, self.prefix)
+
+    async def _run(self, target: str, body: bytes, headers: Mapping[str, str], record: dict[str, object]) -> Answer:
+        """Through the cache to the model; sent again once when the backend lost the model meanwhile."""
+        hit = self.cache.is_ready(target)
+        record["cache"] = "hit" if hit else "miss"
+        for attempt in range(2):
+            waiting = time.perf_counter()
+            async with self.cache.use(target, counted=attempt == 0) as entry:
+                record["wait_ms"] = _ms_since(waiting)
+                if not hit:
+                    _record_load(entry, record)
+                predicting = time.perf_counter()
+                try:
+                    route = self.backend.route(entry)
+                except ModelLost:
+                    continue  # its dense shard died just now: the model is loaded again on the next attempt
+                try:
+                    reply = await self.backend.call(entry, route, body, headers)
+                except ModelLost:
+                    record["predict_ms"] = _ms_since(predicting)
+                    continue  # its workers died, or the host forgot it: loaded again on the next attempt
+                record["predict_ms"] = _ms_since(predicting)
+                return _answer(target, reply, headers)
+        raise ServiceUnavailable(f"model {target!r} could not be kept loaded; retry")
+
+    # ---- the container API's model calls ----------------------------------------------------------------
+
+    def models(self) -> list[Entry]:
+        return self.cache.models()
+
+    def model(self, name: str) -> Entry | None:
+        return self.cache.get(name)
+
+    def is_loaded(self, name: str) -> bool:
+        entry = self.cache.get(name)
+        return entry is not None and entry.state is State.READY
+
+    def summary(self) -> dict[str, Any]:
+        return self.cache.snapshot()
+
+    async def add(self, name: str, url: str) -> None:
+        """SageMaker's ``POST /models``: serve the directory it already downloaded."""
+        await self.cache.register_local(name, url)
+
+    async def unload(self, name: str) -> bool:
+        return await self.cache.unload(name)
+
+
+def _refuse_form(content_type: str, target: str) -> None:
+    """A form body (curl's default for ``-d``) would reach the model as no body at all: refuse it as the model's
+    415 would be answered, saying what to send instead."""
+    if content_type not in FORM_TYPES:
+        return
+    message = (
+        f"Content-Type {content_type} is not supported: a form body never reaches the model (curl -d sends one "
+        "unless told otherwise). Send the body with its real type, e.g. curl -H 'Content-Type: text/csv' "
+        "--data-binary @rows.csv, or ContentType='text/csv' in invoke_endpoint"
+    )
+    raise ModelError(
+        f'Received client error (415) from model {target!r} with message "{message}".',
+        original_status=415,
+        original_message=message,
+    )
+
+
+def _record_load(entry: Entry, record: dict[str, object]) -> None:
+    for phase, key in _PHASES:
+        if phase in entry.timings:
+            record[key] = round(entry.timings[phase] * 1000, 2)
+
+
+def _ms_since(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 2)
+
+
+def _answer(target: str, reply: Reply, request_headers: Mapping[str, str]) -> Answer:
+    """The runtime API's answer to the model's reply: the prediction, or the right typed error."""
+    if reply.status == 200:
+        headers = {INVOKED_VARIANT: "AllTraffic"}
+        attributes = reply.headers.get(CUSTOM_ATTRIBUTES) or request_headers.get(CUSTOM_ATTRIBUTES)
+        if attributes:
+            headers[CUSTOM_ATTRIBUTES] = attributes
+        if INFERENCE_ID in request_headers:
+            headers[INFERENCE_ID] = request_headers[INFERENCE_ID]
+        content_type = reply.headers.get("Content-Type", "application/octet-stream").split(";")[0]
+        return Answer(reply.body, content_type, headers)
+    message = reply.message
+    if reply.headers.get(ERROR_HEADER) or reply.status not in (503, 507):
+        side = "client" if 400 <= reply.status < 500 else "server"
+        raise ModelError(
+            f'Received {side} error ({reply.status}) from model {target!r} with message "{message}".',
+            original_status=reply.status,
+            original_message=message,
+        )
+    if reply.status == 507:
+        raise InsufficientMemory(f"the model ran out of memory: {message}")
+    raise ServiceUnavailable(f"the endpoint is overloaded, retry: {message}")

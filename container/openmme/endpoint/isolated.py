@@ -1,0 +1,127 @@
+"""Isolated hosting: each model registered in MMS as a model of its own, with its own worker processes.
+
+The cache's backend for isolated models (see cache/backend.py). Its housekeeping is about those processes: their
+memory measured (PSS), and a model whose workers all died loaded again (MMS 1.1 does not restart a killed worker:
+it retries a dead socket with growing back-off, minutes apart).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from openmme.endpoint.cache.backend import ModelLost, Models, Route
+from openmme.endpoint.cache.entry import Entry, State
+from openmme.endpoint.errors import InsufficientMemory, ModelError
+from openmme.endpoint.mms import MmsClient, MmsProcess, MmsResponse, memory_of, tracked_call
+from openmme.endpoint.settings import Settings
+from openmme.handlers import DENSE
+
+__all__ = ["IsolatedBackend"]
+
+log = logging.getLogger(__name__)
+
+_NO_HEADERS: Mapping[str, str] = {}
+
+
+class IsolatedBackend:
+    """Isolated models: one MMS model (and its workers) each."""
+
+    def __init__(self, settings: Settings, mms: MmsClient, process: MmsProcess) -> None:
+        self.settings = settings
+        self.mms = mms
+        self.process = process
+        self._models: Models | None = None
+        self._calls: dict[str, set[asyncio.Future[Any]]] = {}  # by MMS model name: requests in its workers
+
+    @property
+    def models(self) -> Models:
+        assert self._models is not None, "IsolatedBackend used before a cache attached it"
+        return self._models
+
+    def attach(self, models: Models) -> None:
+        self._models = models
+
+    # ---- the cache's side of the Backend protocol --------------------------------------------------
+
+    async def load(self, entry: Entry) -> None:
+        """Register ``entry`` as an MMS model of its own; its workers start before this returns."""
+        error_file = self.process.load_errors_dir / f"{entry.name}.txt"
+        error_file.unlink(missing_ok=True)
+        response = await self.mms.register(
+            entry.name,
+            entry.path.name,
+            entry.handler,
+            self.settings.workers_per_model,
+            timeout=max(self.settings.response_timeout, 120.0),
+        )
+        if response.status == 409:  # MMS has it already (a register raced a restart): use it.
+            log.warning("MMS already had %s registered", entry.target)
+        elif response.status != 200:
+            await asyncio.to_thread(self.process.kill_workers, entry.name)
+            reason = _read_text(error_file) or response.message
+            if response.status == 507:
+                raise InsufficientMemory(f"not enough memory to load model {entry.target!r}: {reason}")
+            raise ModelError(f"model {entry.target!r} failed to load: {reason}", original_status=500)
+
+    async def measure(self, entry: Entry) -> int:
+        return await asyncio.to_thread(lambda: memory_of(self.process.worker_processes().get(entry.name, [])))
+
+    async def unload(self, entry: Entry) -> None:
+        """Unregister from MMS and make sure its workers are gone."""
+        try:
+            response = await self.mms.unregister(entry.name, timeout=60.0)
+            if response.status not in (200, 404):
+                log.warning("MMS refused to unload %s: %s", entry.target, response.message)
+        finally:
+            killed = await asyncio.to_thread(self.process.kill_workers, entry.name)
+            if killed:
+                log.warning("killed %d worker process(es) MMS left behind for %s", len(killed), entry.target)
+            self._calls.pop(entry.name, None)
+
+    # ---- the request path ------------------------------------------------------------------------------
+
+    def route(self, entry: Entry) -> Route:
+        return Route(entry.name, _NO_HEADERS)
+
+    async def call(self, entry: Entry, route: Route, body: bytes, headers: Mapping[str, str]) -> MmsResponse:
+        calls = self._calls.get(entry.name)
+        if calls is None:
+            calls = self._calls[entry.name] = set()
+        request = self.mms.predict(route.model, body, headers, self.settings.response_timeout)
+        response = await tracked_call(request, calls)
+        if response is None:
+            raise ModelLost(entry.target)  # its workers died and are being replaced: wait for them, then retry
+        if response.forgot_model:  # MMS was restarted, or the request raced an eviction
+            self.models.lost(entry)
+            raise ModelLost(entry.target)
+        return response
+
+    # ---- housekeeping ----------------------------------------------------------------------------------
+
+    def check(self, workers: Mapping[str, list[psutil.Process]], sizes: Mapping[str, int] | None, since: float) -> None:
+        """After a scan of MMS's workers at ``since``: fresh memory figures, and a ready model with no worker left
+        unloaded and loaded again (requests in its workers are sent again)."""
+        isolated = [entry for entry in self.models.models() if entry.hosting != DENSE]
+        if sizes is not None:
+            for entry in isolated:
+                if entry.state is State.READY:
+                    self.models.resized(entry, sizes.get(entry.name, entry.memory_bytes))
+        for entry in isolated:
+            if entry.state is State.READY and entry.ready_at < since and entry.name not in workers:
+                log.warning("every MMS worker of %s is gone; loading it again", entry.target)
+                self.models.relaunch(entry)
+                for call in list(self._calls.get(entry.name, ())):
+                    call.cancel()
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace").strip()
+    except OSError:
+        return ""
