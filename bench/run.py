@@ -162,6 +162,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="tiny sizes; checks the harness, measures nothing")
     parser.add_argument("--output", type=Path, default=None, help="where to write the Markdown report")
+    parser.add_argument(
+        "--results-dir", type=Path, default=ROOT / "bench" / "results", help="where the JSON (and plots) go"
+    )
     args = parser.parse_args()
     command = "python bench/run.py" + (" --smoke" if args.smoke else "")
     started = time.monotonic()
@@ -169,7 +172,7 @@ def main() -> int:
         results = run(Sizes.pick(args.smoke), Path(scratch))
     results |= {"command": command, "smoke": args.smoke, "wall_seconds": time.monotonic() - started}
 
-    results_dir = ROOT / "bench" / "results"
+    results_dir: Path = args.results_dir
     results_dir.mkdir(parents=True, exist_ok=True)
     # The smoke run measures nothing worth a picture, and CI does not install matplotlib.
     if not args.smoke:

@@ -1,7 +1,7 @@
 """Sections of BENCHMARKS.md that a benchmark other than bench/run.py owns, between its own two markers.
 
-bench/scale_out.py and bench/hosting.py each replace their section in place (or append it); bench/run.py
-rewrites the file from scratch and keeps every such section, at the end, as it was.
+bench/scale_out.py, bench/hosting.py and bench/revisions.py each replace their section in place (or append it);
+bench/run.py rewrites the file from scratch and keeps every such section, at the end, as it was.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ __all__ = ["MARKERS", "keep_sections", "replace_section", "section_main"]
 MARKERS = (
     ("<!-- scale-out:start -->", "<!-- scale-out:end -->"),
     ("<!-- hosting:start -->", "<!-- hosting:end -->"),
+    ("<!-- revisions:start -->", "<!-- revisions:end -->"),
 )
 
 
@@ -51,18 +52,19 @@ def section_main(
     markers: tuple[str, str],
 ) -> int:
     """The command line of a benchmark that owns a section: ``--smoke`` picks ``sizes[1]`` over ``sizes[0]``;
-    results go to bench/results/<script>[_smoke].json, the section to ``--output`` (default: BENCHMARKS.md
-    for a full run, nowhere for a smoke run) and to stdout."""
+    results go to <--results-dir>/<script>[_smoke].json (default: bench/results), the section to ``--output``
+    (default: BENCHMARKS.md for a full run, nowhere for a smoke run) and to stdout."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="tiny sizes; checks the harness, measures nothing")
     parser.add_argument("--output", type=Path, default=None, help="the Markdown file to update")
+    parser.add_argument("--results-dir", type=Path, default=ROOT / "bench" / "results", help="where the JSON goes")
     args = parser.parse_args()
     command = f"python bench/{script}.py" + (" --smoke" if args.smoke else "")
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix=f"openmme-{script}-") as scratch:
         results = run(sizes[1] if args.smoke else sizes[0], Path(scratch))
     results |= {"machine": describe_machine(), "wall_seconds": time.monotonic() - started}
-    results_dir = ROOT / "bench" / "results"
+    results_dir: Path = args.results_dir
     results_dir.mkdir(parents=True, exist_ok=True)
     (results_dir / f"{script}{'_smoke' if args.smoke else ''}.json").write_text(json.dumps(results, indent=2))
     section = markdown(results, command)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import subprocess
 import sys
 import threading
@@ -21,19 +22,20 @@ from typing import Any
 
 import boto3
 import botocore.config
+import numpy as np
 import psutil
 import pytest
 import xgboost
 from hypothesis import settings as hypothesis_settings
 
-from openmme.demo import wait_for_ping
 from openmme.endpoint.dense import SHARD_PREFIX
 from openmme.handlers import HOSTINGS, OP_HEADER
 from openmme.ports import free_port
 from openmme.publish import publish_archive
 from openmme.publish.samples import sample_archive, train_booster
 from openmme.seaweed import EmbeddedS3
-from tests.support import CountingProxy
+from tests.certificates import CertificateFiles
+from tests.support import CountingProxy, csv_body, served_csv, served_json
 
 BUCKET = "models"
 
@@ -82,10 +84,11 @@ class Endpoint:
     process: subprocess.Popen[bytes]
     log_path: Path
     children: list[psutil.Process] = field(default_factory=list)
+    verify: str | None = None  # the certificate a client trusts, for an endpoint serving HTTPS
 
     def runtime(self, retries: int | None = None, credentials: tuple[str, str] = ("test", "test")) -> Any:
         """The unchanged boto3 sagemaker-runtime client, pointed at this endpoint, signing with ``credentials``
-        (access key id, secret access key)."""
+        (access key id, secret access key); over HTTPS it trusts the endpoint's certificate."""
         config = botocore.config.Config(retries={"total_max_attempts": retries}) if retries else None
         return boto3.client(
             "sagemaker-runtime",
@@ -93,8 +96,40 @@ class Endpoint:
             region_name="us-east-1",
             aws_access_key_id=credentials[0],
             aws_secret_access_key=credentials[1],
+            verify=self.verify,
             config=config,
         )
+
+    def invoke(
+        self,
+        target: str | None,
+        body: str | bytes,
+        content_type: str = "text/csv",
+        accept: str | None = None,
+        client: Any = None,
+        **params: Any,
+    ) -> Any:
+        """boto3's ``invoke_endpoint`` on this endpoint, and its response (the Body unread): TargetModel
+        ``target`` (None: left out), ``body`` sent as ``content_type``, ``accept`` if given, and any other
+        parameter of the call in ``params`` (``InferenceId``, ``CustomAttributes``, another ``EndpointName``;
+        None leaves one out). ``client``: one of ``runtime()``'s; by default one that makes a single attempt, so
+        that no retry hides a failed request from a test."""
+        arguments = {
+            "EndpointName": self.name,
+            "TargetModel": target,
+            "ContentType": content_type,
+            "Accept": accept,
+            "Body": body,
+            **params,
+        }
+        client = client or self.runtime(retries=1)
+        return client.invoke_endpoint(**{name: value for name, value in arguments.items() if value is not None})
+
+    def predictions(self, target: str, rows: np.ndarray, accept: str | None = None, client: Any = None) -> list[float]:
+        """What ``target`` predicts for ``rows`` (sent as CSV), read from the answer SageMaker's XGBoost container
+        gives: its JSON array by default, its one CSV line with ``accept="text/csv"``."""
+        body = self.invoke(target, csv_body(rows), accept=accept, client=client)["Body"].read()
+        return served_csv(body) if accept == "text/csv" else served_json(body)
 
     def predictor(self, serializer: Any, deserializer: Any) -> Any:
         """The SageMaker SDK v2 ``Predictor`` of this endpoint, as the MME examples build it."""
@@ -109,8 +144,22 @@ class Endpoint:
 
     def get(self, path: str) -> Any:
         """GET a path of the front and parse its JSON."""
-        with urllib.request.urlopen(self.url + path, timeout=30) as response:
+        with urllib.request.urlopen(self.url + path, timeout=30, context=self.ssl_context()) as response:
             return json.loads(response.read() or b"null")
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """For urllib: trusting this endpoint's certificate if it serves HTTPS."""
+        return ssl.create_default_context(cafile=self.verify) if self.verify else None
+
+    def ping(self) -> int:
+        """The status of ``GET /ping``; 0 when nothing answers."""
+        try:
+            with urllib.request.urlopen(self.url + "/ping", timeout=5, context=self.ssl_context()) as response:
+                return int(response.status)
+        except urllib.error.HTTPError as error:
+            return error.code
+        except OSError:
+            return 0
 
     def models(self) -> dict[str, dict[str, Any]]:
         return {model["modelName"]: model for model in self.get("/models")["models"]}
@@ -191,7 +240,8 @@ EndpointFactory = Callable[..., Endpoint]
 
 
 class Launcher:
-    """Starts ``openmme serve`` as its own process; ``close`` stops every one and checks for leftovers."""
+    """Starts ``openmme serve`` as its own process, as an operator does; ``close`` stops every one and checks that
+    each exited 0 and left no process behind. The one way the tests start an endpoint."""
 
     def __init__(self, s3: EmbeddedS3, tmp_path_factory: pytest.TempPathFactory) -> None:
         self.s3 = s3
@@ -206,8 +256,11 @@ class Launcher:
         name: str = "test-endpoint",
         env: dict[str, str] | None = None,
         port: int | None = None,
+        tls: CertificateFiles | None = None,
     ) -> Endpoint:
-        """``port``: a given port (a replacement for a stopped replica, say); by default a free one."""
+        """``port``: a given port (a replacement for a stopped replica, say); by default a free one. ``tls``: serve
+        HTTPS with this certificate and key (``--tls-cert``, ``--tls-key``); clients of the returned endpoint
+        trust the certificate."""
         workdir = self.tmp_path_factory.mktemp("endpoint")
         port = port or free_port()
         env = {**os.environ, **self.s3.environment(), **(env or {})}
@@ -226,17 +279,30 @@ class Launcher:
             str(port),
             "--cache-dir",
             str(workdir / "cache"),
+            *(["--tls-cert", str(tls.cert), "--tls-key", str(tls.key)] if tls else []),
             *args,
         ]
         with log_path.open("ab") as log:
             process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
-        endpoint = Endpoint(f"http://127.0.0.1:{port}", name, prefix, workdir / "cache", process, log_path)
+        url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
+        endpoint = Endpoint(
+            url, name, prefix, workdir / "cache", process, log_path, verify=str(tls.cert) if tls else None
+        )
         self.started.append(endpoint)
-        try:
-            wait_for_ping(endpoint.url, process, timeout=120)
-        except RuntimeError as exc:
-            raise RuntimeError(f"{exc}\n{endpoint.log()[-4000:]}") from exc
+        self._wait_up(endpoint, timeout=120)
         return endpoint
+
+    @staticmethod
+    def _wait_up(endpoint: Endpoint, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while endpoint.ping() != 200:
+            if endpoint.process.poll() is not None:
+                raise RuntimeError(
+                    f"the endpoint exited with code {endpoint.process.returncode}\n{endpoint.log()[-4000:]}"
+                )
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the endpoint did not answer /ping within {timeout:g} s\n{endpoint.log()[-4000:]}")
+            time.sleep(0.25)
 
     def close(self) -> None:
         for endpoint in self.started:
@@ -308,3 +374,14 @@ def publish(s3_client: Any) -> Callable[..., Published]:
         return Published(target, booster)  # type: ignore[arg-type]
 
     return publish_model
+
+
+def run_serve(
+    *args: str, environ: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """``openmme serve`` run to its end, for the refusals it must exit with before it starts or binds anything:
+    this process's environment without any ``OPENMME_`` setting, plus ``environ``. ``--mms-start-timeout 0``: should
+    a check ever let start-up through, it still ends before the front could bind."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("OPENMME_")}
+    command = [sys.executable, "-m", "openmme.cli", "serve", *args, "--mms-start-timeout", "0"]
+    return subprocess.run(command, env={**env, **(environ or {})}, capture_output=True, text=True, timeout=timeout)

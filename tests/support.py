@@ -1,25 +1,46 @@
 """Helpers for the tests: a counting S3 proxy, hostile-archive builders, polling, CSV rows and the
-predictions (and answer bytes) they must get."""
+predictions (and answer bytes) they must get, nginx as a test's own process, the front's real route table,
+and the benchmarks' smoke runs."""
 
 from __future__ import annotations
 
 import http.client
 import http.server
+import importlib.util
 import io
 import json
+import os
+import shutil
 import subprocess
 import sys
 import tarfile
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pytest
 import xgboost
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from openmme.endpoint.auth import KeyStore
+    from openmme.endpoint.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# Off CI a machine without nginx skips the tests that need it; CI installs nginx (scripts/install), so there a
+# missing nginx fails them instead.
+needs_nginx = pytest.mark.skipif(
+    shutil.which("nginx") is None and not os.environ.get("CI"),
+    reason="nginx is not installed (scripts/install adds it)",
+)
 
 
 class CountingProxy(http.server.ThreadingHTTPServer):
@@ -112,6 +133,14 @@ def served_json(body: bytes) -> list[float]:
     return [float(value) for value in values]
 
 
+def served_csv(body: bytes) -> list[float]:
+    """The predictions of an ``Accept: text/csv`` answer: one comma-separated line for single-output models, as
+    SageMaker's XGBoost container answers."""
+    text = body.decode()
+    assert "\n" not in text
+    return [float(value) for value in text.split(",")]
+
+
 def container_json(booster: xgboost.Booster, rows: np.ndarray) -> bytes:
     """The SageMaker XGBoost container's JSON answer for ``rows`` (its default): the bare array of the
     booster's in-process predictions, ``json.dumps(predictions.tolist())``."""
@@ -124,13 +153,107 @@ def container_csv(booster: xgboost.Booster, rows: np.ndarray) -> bytes:
     return ",".join(map(str, booster.predict(xgboost.DMatrix(rows)).tolist())).encode()
 
 
-def run_bench_smoke(script: str, output: Path, timeout: float = 300) -> None:
-    """Run ``bench/<script>.py --smoke --output <output>`` as its own process; fails with its output's tail."""
-    completed = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / f"{script}.py"), "--smoke", "--output", str(output)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+class Nginx:
+    """nginx as a test's own process, on ``config`` (which must listen on 127.0.0.1:``port``): its own prefix
+    directory (``workdir``, for its pid file, logs and temp files); started at once, ready when it answers HTTP
+    on ``port``; stopped by its PID."""
+
+    def __init__(self, workdir: Path, config: str, port: int, timeout: float = 30.0) -> None:
+        self.workdir = workdir
+        self.url = f"http://127.0.0.1:{port}"
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "nginx.conf").write_text(config)
+        command = ["nginx", "-p", str(workdir), "-c", str(workdir / "nginx.conf"), "-g", "daemon off;"]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        try:
+            self._wait_up(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_up(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                urllib.request.urlopen(self.url + "/", timeout=2).close()
+                return
+            except urllib.error.HTTPError:
+                return  # an answer, whatever its status: nginx is up
+            except OSError as exc:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"nginx did not start: {self.error_log()}") from exc
+                time.sleep(0.05)
+
+    def error_log(self) -> str:
+        log = self.workdir / "error.log"
+        return log.read_text(errors="replace")[-4000:] if log.exists() else ""
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+        self.process.wait(30)
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def front_routes() -> list[tuple[str, str, str]]:
+    """The front's route table, asked of ``build_app``: (method, path as aiohttp states it, handler name)."""
+    from openmme.endpoint.app import build_app
+    from openmme.endpoint.settings import Settings
+
+    unused: Any = None  # build_app only stores the cache, MMS client and metrics for the handlers
+    app = build_app(Settings.from_sources([], {}), unused, unused, unused)
+    return [
+        (route.method, route.resource.canonical, route.handler.__name__)
+        for route in app.router.routes()
+        if route.resource is not None
+    ]
+
+
+def front_app(settings: Settings, keys: KeyStore | None, handler_for: Callable[[str], Handler]) -> web.Application:
+    """The front exactly as ``build_app`` builds it for ``settings`` (its routes, its middlewares, the auth one
+    included with ``keys``) but with every route's handler replaced by ``handler_for(<the real handler's name>)``:
+    for tests of what happens around a handler (authentication, error rendering) without a cache or MMS behind it.
+
+    The stand-in is an innermost middleware that answers instead of the route's handler, so the middlewares see
+    the real route (``request.match_info``) and the cache, MMS and metrics the real handlers would use are never
+    touched."""
+    from openmme.endpoint.app import build_app
+
+    unused: Any = None
+    app = build_app(settings, unused, unused, unused, keys)
+
+    @web.middleware
+    async def stand_in(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if isinstance(request.match_info, web.UrlMappingMatchInfo) and request.match_info.http_exception is None:
+            return await handler_for(request.match_info.route.handler.__name__)(request)
+        return await handler(request)  # no route: aiohttp's own 404 or 405
+
+    app.middlewares.append(stand_in)
+    return app
+
+
+def bench_module(name: str) -> ModuleType:
+    """bench/<name>.py imported as a module (bench/ is a folder of scripts that import each other by bare name)."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # where dataclasses look their module up while it runs
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+
+
+def run_bench_smoke(script: str, output: Path, results_dir: Path | None = None, timeout: float = 300) -> None:
+    """Run ``bench/<script>.py --smoke --output <output>`` as its own process, with ``--results-dir`` if given
+    (so that a test reads the results JSON this run wrote, never one left in the checkout); fails with its
+    output's tail."""
+    command = [sys.executable, str(ROOT / "bench" / f"{script}.py"), "--smoke", "--output", str(output)]
+    if results_dir is not None:
+        command += ["--results-dir", str(results_dir)]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]

@@ -1,4 +1,5 @@
-"""The benchmark's smoke mode, so that bench/run.py keeps working: tiny sizes, real processes, every section."""
+"""The benchmark's smoke mode, so that bench/run.py keeps working: tiny sizes, real processes, every section.
+Each test reads only what its own run wrote (the report and the results JSON, in its tmp_path)."""
 
 from __future__ import annotations
 
@@ -7,29 +8,39 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import run_bench_smoke
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support import bench_module, run_bench_smoke
 
 pytestmark = pytest.mark.integration
 
 SECTIONS = ("## 1. Warm path", "## 2. Cold start", "## 3. Many models", "## 4. Load storm", "## 5. Density")
+# The section each goal of bench/report.py belongs to, in the report's order.
+GOAL_SECTIONS = ("warm", "cold", "many", "storm")
 
 
 def test_bench_smoke_runs_and_reports_every_section(tmp_path: Path) -> None:
     report = tmp_path / "report.md"
-    run_bench_smoke("run", report)
+    run_bench_smoke("run", report, results_dir=tmp_path)
     text = report.read_text()
     for heading in (*SECTIONS, "| openmme | 8 |", "| mms direct | 8 |", "inplace_predict", "Belady", "Machine:"):
         assert heading in text
-    # Every section states its goal and whether it was met (computed, so either mark may appear in a smoke run).
+    results = json.loads((tmp_path / "smoke.json").read_text())
+
+    # Every section states its goals, each marked as the run's own numbers decide (either mark may be right in a
+    # smoke run; the one shown must be the one computed).
     sections = text.split("\n## ")[1:]
     assert len(sections) == len(SECTIONS)
-    for section in sections[:4]:
-        assert "- Goal:" in section and ("✅" in section or "❌" in section), section[:200]
+    goals = results["goals"]
+    assert {goal["section"] for goal in goals} == set(GOAL_SECTIONS)
+    for name, section in zip(GOAL_SECTIONS, sections[:4], strict=True):
+        stated = [line for line in section.splitlines() if line.startswith("- Goal:")]
+        assert stated == [
+            f"- Goal: {goal['text']} — {'✅ met' if goal['met'] else '❌ not met'}"
+            for goal in goals
+            if goal["section"] == name
+        ], section[:400]
+        assert ("- What limits it:" in section) == (not all(g["met"] for g in goals if g["section"] == name))
     assert "- Goal: none set" in sections[4]
 
-    results = json.loads((ROOT / "bench" / "results" / "smoke.json").read_text())
     assert results["cold_start"]["register"] > 0
     assert results["mms_alone"]["register"] > 0
     assert all(results["warm"][key]["errors"] == 0 for key in ("openmme_c1", "openmme_c8", "mms_direct_c8"))
@@ -39,7 +50,7 @@ def test_bench_smoke_runs_and_reports_every_section(tmp_path: Path) -> None:
     assert (storm["downloads"], storm["registrations"]) == (1, 1)
     assert (storm["model_downloads"], storm["model_loads"]) == (1, 1)
     assert storm["ok"] == storm["clients"] == 64
-    assert all(goal["met"] for goal in results["goals"] if goal["section"] == "storm")
+    assert all(goal["met"] for goal in goals if goal["section"] == "storm")
 
     many = results["many_models"]
     assert many["endpoint"]["statuses"] == {"200": many["counted_requests"]}
@@ -51,10 +62,16 @@ def test_bench_smoke_runs_and_reports_every_section(tmp_path: Path) -> None:
 
 def test_hosting_bench_smoke_compares_both_modes(tmp_path: Path) -> None:
     report = tmp_path / "report.md"
-    run_bench_smoke("hosting", report)
+    run_bench_smoke("hosting", report, results_dir=tmp_path)
     text = report.read_text()
-    assert "| measure | dense | isolated |" in text and text.count("✅") + text.count("❌") == 4
-    results = json.loads((ROOT / "bench" / "results" / "hosting_smoke.json").read_text())
+    results = json.loads((tmp_path / "hosting_smoke.json").read_text())
+    assert "| measure | dense | isolated |" in text
+    # The four goals, each marked as this run's numbers decide.
+    goals = bench_module("hosting").goals(results)
+    assert len(goals) == 4
+    for goal, measured, met in goals:
+        assert f"| {goal} | {measured} | {'✅' if met else '❌'} |" in text
+    assert text.count("✅") + text.count("❌") == 4
     for mode in ("dense", "isolated"):
         row = results["modes"][mode]
         assert row["warm_c8"]["errors"] == 0

@@ -5,10 +5,6 @@ spread over all, and a replica that is down is skipped without an error."""
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
-import time
-import urllib.error
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
@@ -18,32 +14,11 @@ import pytest
 
 from openmme.ports import free_ports
 from openmme.router import HEADER, RouterOptions, nginx_config
+from tests.support import Nginx, needs_nginx
 
-NO_NGINX = "nginx is not installed (scripts/install adds it)"
-# Off CI a machine without nginx skips these; CI installs nginx (scripts/install), so there they must run.
-NGINX_MISSING = shutil.which("nginx") is None and not os.environ.get("CI")
-
-
-pytestmark = pytest.mark.skipif(NGINX_MISSING, reason=NO_NGINX)
+pytestmark = needs_nginx
 
 HOT = "hot/model.tar.gz"
-
-
-def start_nginx(workdir: Path, config: str, port: int) -> subprocess.Popen[bytes]:
-    workdir.mkdir()
-    (workdir / "nginx.conf").write_text(config)
-    command = ["nginx", "-p", str(workdir), "-c", str(workdir / "nginx.conf"), "-g", "daemon off;"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2).close()
-            return process
-        except urllib.error.HTTPError:
-            return process
-        except OSError:
-            assert process.poll() is None and time.monotonic() < deadline, (workdir / "error.log").read_text()
-            time.sleep(0.05)
 
 
 def stand_ins(workdir: Path, ports: list[int]) -> str:
@@ -60,7 +35,6 @@ def stand_ins(workdir: Path, ports: list[int]) -> str:
 def router(tmp_path: Path) -> Iterator[tuple[str, list[int]]]:
     listen, *ports = free_ports(5)
     live = ports[:3]  # the last replica in the router's list never starts: it is down throughout
-    started = [start_nginx(tmp_path / "replicas", stand_ins(tmp_path / "replicas", live), live[0])]
     options = RouterOptions(
         listen=f"127.0.0.1:{listen}",
         worker_processes="1",
@@ -71,11 +45,14 @@ def router(tmp_path: Path) -> Iterator[tuple[str, list[int]]]:
         tries=4,
     )
     replicas = [f"127.0.0.1:{port}" for port in ports]
-    started.append(start_nginx(tmp_path / "router", nginx_config(replicas, options), listen))
-    yield f"http://127.0.0.1:{listen}", live
-    for process in started:
-        process.terminate()
-        process.wait(20)
+    started: list[Nginx] = []
+    try:
+        started.append(Nginx(tmp_path / "replicas", stand_ins(tmp_path / "replicas", live), live[0]))
+        started.append(Nginx(tmp_path / "router", nginx_config(replicas, options), listen))
+        yield started[-1].url, live
+    finally:
+        for nginx in started:
+            nginx.stop()
 
 
 def answered_by(url: str, model: str | None, count: int) -> Counter[int]:

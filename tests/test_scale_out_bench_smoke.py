@@ -2,41 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
-import shutil
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
-from tests.support import run_bench_smoke
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-# Off CI a machine without nginx skips these; CI installs nginx (scripts/install), so there they must run.
-NGINX_MISSING = shutil.which("nginx") is None and not os.environ.get("CI")
-
-
-def load_bench_module(name: str = "scale_out") -> ModuleType:
-    # bench/ is a folder of scripts that import each other by bare name.
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(ROOT / "bench"))
+from tests.support import bench_module, needs_nginx, run_bench_smoke
 
 
 def test_sections_are_replaced_in_place_and_kept_by_a_rewrite() -> None:
-    bench = load_bench_module()
-    sections = sys.modules["sections"] if "sections" in sys.modules else load_bench_module("sections")
+    bench = bench_module("scale_out")
+    sections = sys.modules["sections"] if "sections" in sys.modules else bench_module("sections")
     start, end = bench.START, bench.END
     section = f"{start}\nnew table\n{end}\n"
     document = f"# Benchmarks\n\n{start}\nold table\n{end}\n\n## after\n"
@@ -52,12 +29,12 @@ def test_sections_are_replaced_in_place_and_kept_by_a_rewrite() -> None:
 
 
 @pytest.mark.integration
-@pytest.mark.skipif(NGINX_MISSING, reason="nginx is not installed (scripts/install adds it)")
+@needs_nginx
 def test_scale_out_bench_smoke_downloads_each_model_once_with_affinity(tmp_path: Path) -> None:
     output = tmp_path / "BENCHMARKS.md"
     output.write_text("# Benchmarks\n")
-    run_bench_smoke("scale_out", output)
-    results = json.loads((ROOT / "bench" / "results" / "scale_out_smoke.json").read_text())
+    run_bench_smoke("scale_out", output, results_dir=tmp_path)
+    results = json.loads((tmp_path / "scale_out_smoke.json").read_text())
     counted = results["sizes"]["length"] - results["sizes"]["warm_up"]
     for setup in ("one", "hashed", "round_robin"):
         assert results[setup]["statuses"] == {"200": counted}, setup

@@ -7,9 +7,6 @@ authentication, before it binds or starts anything."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -28,9 +25,8 @@ import xgboost
 from openmme.publish import publish_archive
 from openmme.publish.samples import make_rows, sample_archive
 from openmme.seaweed import EmbeddedS3
-from tests.conftest import Endpoint, Launcher
-from tests.integration.test_invoke import served_csv
-from tests.support import csv_body, expected
+from tests.conftest import Endpoint, Launcher, run_serve
+from tests.support import expected
 
 pytestmark = pytest.mark.integration
 
@@ -69,15 +65,9 @@ def secured(
     launcher.close()
 
 
-def invoke(endpoint: Endpoint, credentials: tuple[str, str], target: str, body: str) -> Any:
-    return endpoint.runtime(credentials=credentials).invoke_endpoint(
-        EndpointName=endpoint.name, TargetModel=target, ContentType="text/csv", Accept="text/csv", Body=body
-    )
-
-
 def client_error(endpoint: Endpoint, credentials: tuple[str, str], target: str) -> dict[str, Any]:
     with pytest.raises(botocore.exceptions.ClientError) as raised:
-        invoke(endpoint, credentials, target, "1,2,3,4,5,6")
+        endpoint.invoke(target, "1,2,3,4,5,6", client=endpoint.runtime(retries=1, credentials=credentials))
     response: dict[str, Any] = raised.value.response
     return response
 
@@ -106,8 +96,8 @@ def test_right_keys_get_xgboosts_predictions(secured: Endpoint, boosters: dict[s
         (ADMIN, "chicago/model.tar.gz", "multi:softmax"),
         (ADMIN, "houston/model.tar.gz", "binary:logistic"),
     ):
-        response = invoke(secured, credentials, target, csv_body(rows))
-        assert served_csv(response["Body"].read()) == expected(boosters[objective], rows), target
+        client = secured.runtime(retries=1, credentials=credentials)
+        assert secured.predictions(target, rows, "text/csv", client) == expected(boosters[objective], rows), target
 
 
 def test_target_model_outside_the_keys_patterns_is_access_denied(secured: Endpoint) -> None:
@@ -131,9 +121,7 @@ def test_wrong_secret_and_unknown_key_are_refused(secured: Endpoint) -> None:
 def test_an_odd_endpoint_name_is_signed_as_botocore_encodes_it(secured: Endpoint) -> None:
     """The signature over ``/endpoints/a%20b%2Fc/invocations`` holds; the name itself is then not this endpoint's."""
     with pytest.raises(botocore.exceptions.ClientError) as raised:
-        secured.runtime(credentials=ADMIN).invoke_endpoint(
-            EndpointName="a b/c%d", TargetModel="houston/model.tar.gz", ContentType="text/csv", Body="1"
-        )
+        secured.invoke("houston/model.tar.gz", "1", client=secured.runtime(credentials=ADMIN), EndpointName="a b/c%d")
     assert raised.value.response["Error"]["Code"] == "ValidationError"
     assert "a b/c%d" in raised.value.response["Error"]["Message"]
 
@@ -165,21 +153,15 @@ def test_the_same_request_twenty_times_in_a_row_gets_twenty_answers_as_on_aws(
     """SigV4 has no nonce: boto3 sending one request 20 times within a second sends the same signature each time,
     and AWS serves them all. So does openmme (--auth-refuse-replays, off here, would refuse all but the first)."""
     rows = make_rows(2, seed=5)
-    client = secured.runtime(credentials=HOUSTON)
+    client = secured.runtime(retries=1, credentials=HOUSTON)
     signatures: list[str] = []
     client.meta.events.register(
         "before-send", lambda request, **_: signatures.append(request.headers["Authorization"].decode()[-64:])
     )
-    invoke_once = {
-        "EndpointName": secured.name,
-        "TargetModel": "houston/model.tar.gz",
-        "ContentType": "text/csv",
-        "Accept": "text/csv",
-    }
-    client.invoke_endpoint(**invoke_once, Body=csv_body(rows))  # loaded first: the 20 then take milliseconds each
+    secured.predictions("houston/model.tar.gz", rows, client=client)  # loaded first: the 20 then take milliseconds
     signatures.clear()
     time.sleep(1 - time.time() % 1)  # start as a second begins: the 20 share their X-Amz-Date
-    served = [served_csv(client.invoke_endpoint(**invoke_once, Body=csv_body(rows))["Body"].read()) for _ in range(20)]
+    served = [secured.predictions("houston/model.tar.gz", rows, "text/csv", client) for _ in range(20)]
     assert served == [expected(boosters["binary:logistic"], rows)] * 20
     assert len(signatures) == 20 and len(set(signatures)) < 20  # identical signed requests, all served
 
@@ -213,16 +195,8 @@ def test_refusals_are_logged_without_secrets(secured: Endpoint) -> None:
 # Starting: what `openmme serve` refuses before it starts or binds anything.
 
 
-def serve(tmp_path: Path, *args: str, environ: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    env = {name: value for name, value in os.environ.items() if not name.startswith("OPENMME_")}
-    command = [sys.executable, "-m", "openmme.cli", "serve", "--cache-dir", str(tmp_path / "cache"), *args]
-    # --mms-start-timeout 0: should the check ever fail, start-up still ends before the front could bind.
-    command += ["--mms-start-timeout", "0"]
-    return subprocess.run(command, env={**env, **(environ or {})}, capture_output=True, text=True, timeout=60)
-
-
 def test_serve_on_every_interface_without_auth_exits_with_one_line(tmp_path: Path) -> None:
-    result = serve(tmp_path, "--host", "0.0.0.0")
+    result = run_serve("--cache-dir", str(tmp_path / "cache"), "--host", "0.0.0.0")
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
@@ -232,7 +206,9 @@ def test_serve_on_every_interface_without_auth_exits_with_one_line(tmp_path: Pat
 
 
 def test_serve_with_auth_but_no_keys_exits_with_one_line(tmp_path: Path) -> None:
-    result = serve(tmp_path, "--auth", "sigv4", environ={"OPENMME_AUTH_ACCESS_KEY_ID": "AKID"})
+    result = run_serve(
+        "--cache-dir", str(tmp_path / "cache"), "--auth", "sigv4", environ={"OPENMME_AUTH_ACCESS_KEY_ID": "AKID"}
+    )
     assert result.returncode != 0
     assert result.stderr.strip().splitlines() == [
         "openmme serve: OPENMME_AUTH_ACCESS_KEY_ID and OPENMME_AUTH_SECRET_ACCESS_KEY must be set together"

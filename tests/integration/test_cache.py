@@ -22,18 +22,10 @@ import xgboost
 from openmme.endpoint.cache import mms_model_name
 from openmme.publish import pack_directory
 from openmme.publish.samples import make_rows, sample_archive
-from tests.conftest import Endpoint, EndpointFactory
+from tests.conftest import EndpointFactory
 from tests.support import CountingProxy, csv_body, expected, make_tar, served_json, wait_until
 
 pytestmark = pytest.mark.integration
-
-
-def invoke(endpoint: Endpoint, target: str, rows: np.ndarray, client: Any = None) -> list[float]:
-    client = client or endpoint.runtime()
-    response = client.invoke_endpoint(
-        EndpointName=endpoint.name, TargetModel=target, ContentType="text/csv", Body=csv_body(rows)
-    )
-    return served_json(response["Body"].read())
 
 
 def gets(proxy: CountingProxy, prefix: str, target: str) -> int:
@@ -57,7 +49,7 @@ def test_max_models_evicts_the_least_recently_used_and_its_workers(
         publish(prefix, target, booster)
     endpoint = start_endpoint(prefix, "--hosting", hosting, "--max-models", "2", s3_url=s3_proxy.url)
     for target in targets:
-        assert invoke(endpoint, target, ROWS) == expected(booster, ROWS)
+        assert endpoint.predictions(target, ROWS) == expected(booster, ROWS)
 
     models = endpoint.models()
     assert {name: model["state"] for name, model in models.items()} == {
@@ -72,7 +64,7 @@ def test_max_models_evicts_the_least_recently_used_and_its_workers(
     assert endpoint.get("/models")["evictions"] == {"count": 1}
 
     # Back from disk: served again, not downloaded again; now b is the least recently used.
-    assert invoke(endpoint, "a/model.tar.gz", ROWS) == expected(booster, ROWS)
+    assert endpoint.predictions("a/model.tar.gz", ROWS) == expected(booster, ROWS)
     assert gets(s3_proxy, prefix, "a/model.tar.gz") == 1
     states = {name: model["state"] for name, model in endpoint.models().items()}
     assert states == {"a/model.tar.gz": "ready", "b/model.tar.gz": "on_disk", "c/model.tar.gz": "ready"}
@@ -90,9 +82,11 @@ def test_32_concurrent_first_requests_fetch_and_load_once(
     booster = boosters["multi:softmax"]
     publish(prefix, "storm/model.tar.gz", booster)
     endpoint = start_endpoint(prefix, "--hosting", hosting, s3_url=s3_proxy.url)
-    clients = [endpoint.runtime() for _ in range(32)]
+    clients = [endpoint.runtime(retries=1) for _ in range(32)]
     with concurrent.futures.ThreadPoolExecutor(32) as pool:
-        answers = list(pool.map(lambda client: invoke(endpoint, "storm/model.tar.gz", ROWS, client), clients))
+        answers = list(
+            pool.map(lambda client: endpoint.predictions("storm/model.tar.gz", ROWS, client=client), clients)
+        )
     assert answers == [expected(booster, ROWS)] * 32
     assert gets(s3_proxy, prefix, "storm/model.tar.gz") == 1
     # Loaded once where it runs: one registration, or once into a shard (a hot model may also be spread to
@@ -111,10 +105,10 @@ def test_a_load_longer_than_the_wait_budget_is_429_then_served(
     endpoint = start_endpoint(prefix, "--hosting", hosting, "--wait-budget", "0.001")
     client = endpoint.runtime(retries=1)
     with pytest.raises(client.exceptions.ModelNotReadyException):
-        invoke(endpoint, "slow/model.tar.gz", ROWS, client)
+        endpoint.predictions("slow/model.tar.gz", ROWS, client=client)
     # The load went on without the client: once ready, the next request is served from it.
     assert wait_until(lambda: endpoint.models()["slow/model.tar.gz"]["state"] == "ready", timeout=60)
-    assert invoke(endpoint, "slow/model.tar.gz", ROWS, client) == expected(booster, ROWS)
+    assert endpoint.predictions("slow/model.tar.gz", ROWS, client=client) == expected(booster, ROWS)
     assert endpoint.models()["slow/model.tar.gz"]["loads"] == 1
 
 
@@ -126,8 +120,8 @@ def test_memory_budget_unloads_idle_models(
     publish(prefix, "m2.tar.gz", booster)
     # A budget smaller than any worker: each load leaves only the newest model (never one in use) loaded.
     endpoint = start_endpoint(prefix, "--hosting", hosting, "--memory-budget", "1MB")
-    assert invoke(endpoint, "m1.tar.gz", ROWS) == expected(booster, ROWS)
-    assert invoke(endpoint, "m2.tar.gz", ROWS) == expected(booster, ROWS)
+    assert endpoint.predictions("m1.tar.gz", ROWS) == expected(booster, ROWS)
+    assert endpoint.predictions("m2.tar.gz", ROWS) == expected(booster, ROWS)
     assert wait_until(lambda: endpoint.models()["m1.tar.gz"]["state"] == "on_disk", timeout=10)
     listing = endpoint.get("/models")
     assert listing["evictions"].get("memory", 0) >= 1
@@ -149,7 +143,7 @@ def test_disk_budget_removes_least_recently_used_archives(
     size = len(sample_archive(booster)) * 0 + 22_000  # extracted size of one sample, about 22 kB
     endpoint = start_endpoint(prefix, "--hosting", hosting, "--disk-budget", str(int(size * 2.5)), s3_url=s3_proxy.url)
     for name in ("d1", "d2", "d3"):
-        assert invoke(endpoint, f"{name}.tar.gz", ROWS) == expected(booster, ROWS)
+        assert endpoint.predictions(f"{name}.tar.gz", ROWS) == expected(booster, ROWS)
     models = endpoint.models()
     assert "d1.tar.gz" not in models  # gone from disk and from memory
     assert {models["d2.tar.gz"]["state"], models["d3.tar.gz"]["state"]} == {"ready"}
@@ -157,7 +151,7 @@ def test_disk_budget_removes_least_recently_used_archives(
     assert mms_model_name("d1.tar.gz") not in endpoint.resident()
     assert endpoint.get("/models")["diskBytes"] <= int(size * 2.5)
     # Needed again: downloaded again.
-    assert invoke(endpoint, "d1.tar.gz", ROWS) == expected(booster, ROWS)
+    assert endpoint.predictions("d1.tar.gz", ROWS) == expected(booster, ROWS)
     assert gets(s3_proxy, prefix, "d1.tar.gz") == 2
 
 
@@ -190,7 +184,7 @@ def test_hostile_archives_are_refused_and_write_nothing_outside_the_cache(
     before = sorted(path.name for path in outside.rglob("*") if endpoint.cache_dir not in path.parents)
     client = endpoint.runtime()
     with pytest.raises(client.exceptions.ModelError) as caught:
-        invoke(endpoint, f"{kind}.tar.gz", ROWS, client)
+        endpoint.predictions(f"{kind}.tar.gz", ROWS, client=client)
     assert caught.value.response["OriginalStatusCode"] == 400
     assert "refused" in caught.value.response["Error"]["Message"]
     after = sorted(path.name for path in outside.rglob("*") if endpoint.cache_dir not in path.parents)
@@ -210,7 +204,7 @@ def test_an_archive_without_a_model_is_a_clear_model_error(
     endpoint = start_endpoint(prefix)
     client = endpoint.runtime()
     with pytest.raises(client.exceptions.ModelError, match="xgboost-model"):
-        invoke(endpoint, "empty.tar.gz", ROWS, client)
+        endpoint.predictions("empty.tar.gz", ROWS, client=client)
     assert endpoint.resident() == []
 
 
@@ -222,7 +216,7 @@ def test_a_corrupt_booster_fails_to_load_with_the_handlers_reason(
     endpoint = start_endpoint(prefix, "--hosting", hosting)
     client = endpoint.runtime()
     with pytest.raises(client.exceptions.ModelError, match="failed to load") as caught:
-        invoke(endpoint, "corrupt.tar.gz", ROWS, client)
+        endpoint.predictions("corrupt.tar.gz", ROWS, client=client)
     assert "xgboost-model" in caught.value.response["Error"]["Message"]
     assert endpoint.resident() == []
     assert wait_until(lambda: endpoint.model_pids() == {}, timeout=10)
@@ -264,9 +258,7 @@ def test_a_user_script_model_serves_isolated_even_when_it_asks_for_dense(
     np.save(tmp_path / "weights.npy", weights)
     publish(prefix, "script/model.tar.gz", archive=pack_directory(tmp_path))
     endpoint = start_endpoint(prefix, "--hosting", "dense")
-    response = endpoint.runtime().invoke_endpoint(
-        EndpointName=endpoint.name, TargetModel="script/model.tar.gz", ContentType="text/csv", Body=csv_body(ROWS)
-    )
+    response = endpoint.invoke("script/model.tar.gz", csv_body(ROWS))
     assert response["ContentType"] == "application/json"
     scores = json.loads(response["Body"].read())["scores"]
     assert scores == (np.array([[float(v) for v in row] for row in ROWS]) @ weights).tolist()
@@ -329,7 +321,7 @@ def test_worker_processes_left_behind_by_mms_are_stopped(
     booster = boosters["binary:logistic"]
     publish(prefix, "live.tar.gz", booster)
     endpoint = start_endpoint(prefix, "--hosting", hosting)
-    assert invoke(endpoint, "live.tar.gz", ROWS) == expected(booster, ROWS)
+    assert endpoint.predictions("live.tar.gz", ROWS) == expected(booster, ROWS)
     workers = endpoint.worker_pids()
     java = next(
         child
@@ -347,4 +339,4 @@ def test_worker_processes_left_behind_by_mms_are_stopped(
             ghost.kill()
     assert endpoint.worker_pids() == workers  # the live model's workers (or its shards) are untouched
     assert endpoint.resident() == [mms_model_name("live.tar.gz")]
-    assert invoke(endpoint, "live.tar.gz", ROWS) == expected(booster, ROWS)
+    assert endpoint.predictions("live.tar.gz", ROWS) == expected(booster, ROWS)

@@ -32,24 +32,6 @@ pytestmark = pytest.mark.integration
 ROWS = make_rows(2, seed=31)
 
 
-def invoke(endpoint: Endpoint, target: str, client: Any = None) -> list[float]:
-    client = client or endpoint.runtime(retries=1)
-    response = client.invoke_endpoint(
-        EndpointName=endpoint.name, TargetModel=target, ContentType="text/csv", Accept="text/csv", Body=csv_body(ROWS)
-    )
-    return [float(value) for value in response["Body"].read().decode().split(",")]
-
-
-def ping_status(endpoint: Endpoint) -> int:
-    try:
-        with urllib.request.urlopen(endpoint.url + "/ping", timeout=5) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as error:
-        return error.code
-    except OSError:
-        return 0
-
-
 def mms_java(endpoint: Endpoint) -> psutil.Process:
     return next(
         child
@@ -71,7 +53,7 @@ def eventually_served(endpoint: Endpoint, target: str, want: list[float], timeou
     deadline = time.monotonic() + timeout
     while True:
         try:
-            if invoke(endpoint, target) == want:
+            if endpoint.predictions(target, ROWS) == want:
                 return failures
         except Exception:
             if time.monotonic() > deadline:
@@ -86,18 +68,18 @@ def test_mms_killed_is_restarted_and_its_models_loaded_again(
     booster = boosters["binary:logistic"]
     publish(prefix, "steady.tar.gz", booster)
     endpoint = start_endpoint(prefix, "--hosting", hosting)
-    assert invoke(endpoint, "steady.tar.gz") == expected(booster, ROWS)
+    assert endpoint.predictions("steady.tar.gz", ROWS) == expected(booster, ROWS)
     old_workers = [pid for pids in endpoint.worker_pids().values() for pid in pids]
     java = mms_java(endpoint)
 
     java.kill()
-    assert wait_until(lambda: ping_status(endpoint) == 503, timeout=10)
-    assert wait_until(lambda: ping_status(endpoint) == 200, timeout=90)
+    assert wait_until(lambda: endpoint.ping() == 503, timeout=10)
+    assert wait_until(lambda: endpoint.ping() == 200, timeout=90)
     assert mms_java(endpoint).pid != java.pid
     # Loaded again by the endpoint itself, before anyone asks.
     name = mms_model_name("steady.tar.gz")
     assert wait_until(lambda: name in endpoint.resident(), timeout=30)
-    assert invoke(endpoint, "steady.tar.gz") == expected(booster, ROWS)
+    assert endpoint.predictions("steady.tar.gz", ROWS) == expected(booster, ROWS)
     assert endpoint.models()["steady.tar.gz"]["downloads"] == 1
     # The dead MMS's workers did not outlive it.
     assert wait_until(lambda: not any(psutil.pid_exists(pid) for pid in old_workers), timeout=15)
@@ -109,14 +91,14 @@ def test_a_killed_model_worker_answers_again_within_seconds(
     booster = boosters["multi:softmax"]
     publish(prefix, "victim.tar.gz", booster)
     endpoint = start_endpoint(prefix, "--hosting", "isolated")
-    assert invoke(endpoint, "victim.tar.gz") == expected(booster, ROWS)
+    assert endpoint.predictions("victim.tar.gz", ROWS) == expected(booster, ROWS)
     for pid in endpoint.worker_pids()[mms_model_name("victim.tar.gz")]:
         os.kill(pid, signal.SIGKILL)
     started = time.monotonic()
     failures = eventually_served(endpoint, "victim.tar.gz", expected(booster, ROWS), timeout=30)
     assert time.monotonic() - started < 30
     assert failures < 100
-    assert ping_status(endpoint) == 200
+    assert endpoint.ping() == 200
 
 
 def test_a_killed_shard_worker_loses_at_most_the_requests_in_it_and_its_models_reload_on_demand(
@@ -129,7 +111,7 @@ def test_a_killed_shard_worker_loses_at_most_the_requests_in_it_and_its_models_r
     endpoint = start_endpoint(prefix, "--hosting", "dense", "--shards", "2")
     want = expected(booster, ROWS)
     for target in targets:
-        assert invoke(endpoint, target) == want
+        assert endpoint.predictions(target, ROWS) == want
     (shard,) = endpoint.models()["tenant-0.tar.gz"]["shards"]
     shard_name = f"openmme-shard-{shard}"
     held = sorted(endpoint.shard_listings()[shard_name]["models"])
@@ -143,17 +125,26 @@ def test_a_killed_shard_worker_loses_at_most_the_requests_in_it_and_its_models_r
         client = endpoint.runtime(retries=1)
         while not stop.is_set():
             try:
-                outcomes.append(invoke(endpoint, "tenant-0.tar.gz", client) == want)
+                outcomes.append(endpoint.predictions("tenant-0.tar.gz", ROWS, client=client) == want)
             except Exception:
                 outcomes.append(False)
 
     caller = threading.Thread(target=keep_calling)
     caller.start()
     try:
-        time.sleep(0.5)
-        for pid in endpoint.worker_pids()[shard_name]:
+        assert wait_until(lambda: outcomes.count(True) >= 3, timeout=30), outcomes
+        killed = set(endpoint.worker_pids()[shard_name])
+        for pid in killed:
             os.kill(pid, signal.SIGKILL)
-        time.sleep(4)  # the front notices within its 2 s housekeeping round and starts the shard again
+        before = len(outcomes)
+
+        def served_by_a_new_worker() -> bool:
+            # The front notices within its 2 s housekeeping round and starts the shard again; the calls that
+            # follow are served by its new worker.
+            new_worker = bool(set(endpoint.worker_pids().get(shard_name, [])) - killed)
+            return new_worker and outcomes[before:].count(True) >= 3
+
+        assert wait_until(served_by_a_new_worker, timeout=30), outcomes[before:]
     finally:
         stop.set()
         caller.join(timeout=60)
@@ -162,10 +153,10 @@ def test_a_killed_shard_worker_loses_at_most_the_requests_in_it_and_its_models_r
 
     # Every model answers again, the shard's from disk (no download), in the new worker.
     for target in targets:
-        assert invoke(endpoint, target) == want
+        assert endpoint.predictions(target, ROWS) == want
     assert [model["downloads"] for model in endpoint.models().values()] == [1] * len(targets)
     assert set(held) <= set(endpoint.resident())
-    assert ping_status(endpoint) == 200
+    assert endpoint.ping() == 200
 
 
 @pytest.fixture
@@ -187,21 +178,21 @@ def test_s3_down_cached_models_serve_uncached_fail_fast_then_load_when_it_is_bac
     for target in ("cached.tar.gz", "later.tar.gz"):
         publish_archive(sample_archive(booster), "s3://models/p/", target, client=client)
     endpoint = start_endpoint("s3://models/p/", env=own_s3.environment())
-    assert invoke(endpoint, "cached.tar.gz") == expected(booster, ROWS)
+    assert endpoint.predictions("cached.tar.gz", ROWS) == expected(booster, ROWS)
 
     own_s3.stop()
-    assert invoke(endpoint, "cached.tar.gz") == expected(booster, ROWS)
+    assert endpoint.predictions("cached.tar.gz", ROWS) == expected(booster, ROWS)
     runtime = endpoint.runtime(retries=1)
     started = time.monotonic()
     with pytest.raises(runtime.exceptions.ClientError) as caught:
-        invoke(endpoint, "later.tar.gz", runtime)
+        endpoint.predictions("later.tar.gz", ROWS, client=runtime)
     assert time.monotonic() - started < 10
     assert caught.value.response["Error"]["Code"] == "ServiceUnavailable"
     assert "cannot be reached" in caught.value.response["Error"]["Message"]
 
     own_s3.start()
-    assert invoke(endpoint, "later.tar.gz") == expected(booster, ROWS)  # no restart of the endpoint
-    assert invoke(endpoint, "cached.tar.gz") == expected(booster, ROWS)
+    assert endpoint.predictions("later.tar.gz", ROWS) == expected(booster, ROWS)  # no restart of the endpoint
+    assert endpoint.predictions("cached.tar.gz", ROWS) == expected(booster, ROWS)
 
 
 def test_a_client_that_gives_up_during_a_cold_load_does_not_cancel_it(
@@ -219,7 +210,7 @@ def test_a_client_that_gives_up_during_a_cold_load_does_not_cancel_it(
     with pytest.raises((TimeoutError, socket.timeout, urllib.error.URLError)):
         urllib.request.urlopen(request, timeout=0.05)
     assert wait_until(lambda: endpoint.models().get("patient.tar.gz", {}).get("state") == "ready", timeout=60)
-    assert invoke(endpoint, "patient.tar.gz") == expected(booster, ROWS)
+    assert endpoint.predictions("patient.tar.gz", ROWS) == expected(booster, ROWS)
     model = endpoint.models()["patient.tar.gz"]
     assert (model["downloads"], model["loads"]) == (1, 1)
 
@@ -256,10 +247,7 @@ def test_sigterm_finishes_the_request_in_flight_and_stops_everything(
     client = endpoint.runtime(retries=1)
 
     def call(seconds: str) -> str:
-        response = client.invoke_endpoint(
-            EndpointName=endpoint.name, TargetModel="slow.tar.gz", ContentType="text/plain", Body=seconds
-        )
-        return str(response["Body"].read().decode())
+        return str(endpoint.invoke("slow.tar.gz", seconds, "text/plain", client=client)["Body"].read().decode())
 
     assert call("0") == "slept 0"  # loaded
     processes = psutil.Process(endpoint.process.pid).children(recursive=True)
@@ -288,7 +276,7 @@ def test_a_front_killed_with_sigkill_leaves_no_process_behind_and_a_new_one_star
     # Started apart from `start_endpoint`, whose clean-up expects every front it started to exit 0.
     victim = Launcher(s3, tmp_path_factory).start(prefix, "--hosting", hosting, "--shards", "1")
     try:
-        assert invoke(victim, "orphan.tar.gz") == expected(booster, ROWS)
+        assert victim.predictions("orphan.tar.gz", ROWS) == expected(booster, ROWS)
         java = mms_java(victim)
         workers = [pid for pids in victim.worker_pids().values() for pid in pids]
         assert workers  # the model's (isolated) or the shard's (dense) listener and serving process
@@ -308,7 +296,7 @@ def test_a_front_killed_with_sigkill_leaves_no_process_behind_and_a_new_one_star
             victim.process.wait()
     # The next front on the same cache directory starts, serves, and clears what the killed one could not.
     successor = start_endpoint(prefix, "--hosting", hosting, "--shards", "1", "--cache-dir", str(victim.cache_dir))
-    assert invoke(successor, "orphan.tar.gz") == expected(booster, ROWS)
+    assert successor.predictions("orphan.tar.gz", ROWS) == expected(booster, ROWS)
     assert not mms_tmp.exists()
 
 
@@ -325,13 +313,13 @@ def test_a_model_whose_extracted_files_were_deleted_is_fetched_again_on_its_next
     for target in ("first.tar.gz", "second.tar.gz"):
         publish(prefix, target, booster)
     endpoint = start_endpoint(prefix, "--hosting", hosting, "--max-models", "1")
-    assert invoke(endpoint, "first.tar.gz") == expected(booster, ROWS)
-    assert invoke(endpoint, "second.tar.gz") == expected(booster, ROWS)  # first leaves memory, stays on disk
+    assert endpoint.predictions("first.tar.gz", ROWS) == expected(booster, ROWS)
+    assert endpoint.predictions("second.tar.gz", ROWS) == expected(booster, ROWS)  # first leaves memory, stays on disk
     assert wait_until(lambda: endpoint.models()["first.tar.gz"]["state"] == "on_disk", timeout=30)
 
     models_dir = endpoint.cache_dir / "models"
     shutil.rmtree(models_dir / mms_model_name("first.tar.gz") if gone == "the model's directory" else models_dir)
 
-    assert invoke(endpoint, "first.tar.gz") == expected(booster, ROWS)
+    assert endpoint.predictions("first.tar.gz", ROWS) == expected(booster, ROWS)
     assert endpoint.models()["first.tar.gz"]["downloads"] == 2
     assert (models_dir / mms_model_name("first.tar.gz")).is_dir()

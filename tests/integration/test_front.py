@@ -20,8 +20,7 @@ from openmme.publish import publish_archive
 from openmme.publish.samples import make_rows, sample_archive
 from openmme.seaweed import EmbeddedS3
 from tests.conftest import BUCKET, Endpoint, Launcher
-from tests.integration.test_invoke import served_csv
-from tests.support import csv_body, expected
+from tests.support import csv_body, expected, served_csv
 
 pytestmark = pytest.mark.integration
 
@@ -69,9 +68,7 @@ def test_model_url_is_the_url_post_models_was_given_byte_for_byte(
 
 
 def test_model_url_of_a_model_from_the_prefix_is_its_archives_s3_uri(front: Endpoint) -> None:
-    front.runtime().invoke_endpoint(
-        EndpointName=front.name, TargetModel=HOUSTON, ContentType="text/csv", Body=csv_body(ROWS)
-    )
+    front.invoke(HOUSTON, csv_body(ROWS))
     assert front.get(f"/models/{HOUSTON}")["modelUrl"] == f"{front.prefix}{HOUSTON}"
 
 
@@ -92,7 +89,7 @@ def test_a_form_body_as_curl_d_sends_it_is_refused_as_the_models_415(front: Endp
 def test_boto3_gets_a_model_error_with_the_original_415_for_a_form_body(front: Endpoint, content_type: str) -> None:
     client = front.runtime(retries=1)
     with pytest.raises(client.exceptions.ModelError) as raised:
-        client.invoke_endpoint(EndpointName=front.name, TargetModel=HOUSTON, ContentType=content_type, Body="a=1")
+        front.invoke(HOUSTON, "a=1", content_type, client=client)
     response = raised.value.response
     assert response["OriginalStatusCode"] == 415
     assert response["Error"]["Message"].startswith(f"Received client error (415) from model '{HOUSTON}'")
@@ -115,13 +112,9 @@ def test_the_same_rows_with_their_real_type_are_served(front: Endpoint, boosters
 def test_a_full_s3_uri_target_model_is_a_validation_error_naming_the_relative_one(front: Endpoint) -> None:
     client = front.runtime(retries=1)
     with pytest.raises(client.exceptions.ValidationError) as raised:
-        client.invoke_endpoint(
-            EndpointName=front.name, TargetModel=f"{front.prefix}{HOUSTON}", ContentType="text/csv", Body="1"
-        )
+        front.invoke(f"{front.prefix}{HOUSTON}", "1", client=client)
     message = raised.value.response["Error"]["Message"]
     assert f"relative to the endpoint's model prefix {front.prefix}, not a full S3 URI" in message
     assert f"give TargetModel='{HOUSTON}'" in message
     with pytest.raises(botocore.exceptions.ClientError, match="is not an archive under it"):
-        client.invoke_endpoint(
-            EndpointName=front.name, TargetModel=f"s3://elsewhere/{HOUSTON}", ContentType="text/csv", Body="1"
-        )
+        front.invoke(f"s3://elsewhere/{HOUSTON}", "1", client=client)

@@ -7,7 +7,6 @@ import concurrent.futures
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import xgboost
 
@@ -15,19 +14,11 @@ from openmme.endpoint.cache import mms_model_name
 from openmme.publish import pack_directory
 from openmme.publish.samples import make_rows, train_booster
 from tests.conftest import Endpoint, EndpointFactory
-from tests.support import csv_body, expected, served_json
+from tests.support import expected
 
 pytestmark = pytest.mark.integration
 
 ROWS = make_rows(3, seed=11)
-
-
-def invoke(endpoint: Endpoint, target: str, rows: np.ndarray = ROWS, client: Any = None) -> list[float]:
-    client = client or endpoint.runtime()
-    response = client.invoke_endpoint(
-        EndpointName=endpoint.name, TargetModel=target, ContentType="text/csv", Body=csv_body(rows)
-    )
-    return served_json(response["Body"].read())
 
 
 def archive(directory: Path, booster: xgboost.Booster, settings: str | None = None) -> bytes:
@@ -49,8 +40,8 @@ def test_an_archive_can_ask_for_isolated_hosting_on_a_dense_endpoint(
     publish(prefix, "shared.tar.gz", archive=archive(tmp_path / "shared", booster))
     publish(prefix, "alone.tar.gz", archive=archive(tmp_path / "alone", booster, '{"hosting": "isolated"}'))
     endpoint = start_endpoint(prefix, "--hosting", "dense", "--shards", "2")
-    assert invoke(endpoint, "shared.tar.gz") == expected(booster, ROWS)
-    assert invoke(endpoint, "alone.tar.gz") == expected(booster, ROWS)
+    assert endpoint.predictions("shared.tar.gz", ROWS) == expected(booster, ROWS)
+    assert endpoint.predictions("alone.tar.gz", ROWS) == expected(booster, ROWS)
 
     models = endpoint.models()
     assert (models["shared.tar.gz"]["hosting"], models["alone.tar.gz"]["hosting"]) == ("dense", "isolated")
@@ -67,9 +58,9 @@ def test_an_isolated_endpoint_starts_shards_only_when_an_archive_asks_for_dense(
     publish(prefix, "plain.tar.gz", archive=archive(tmp_path / "plain", booster))
     publish(prefix, "packed.tar.gz", archive=archive(tmp_path / "packed", booster, '{"hosting": "dense"}'))
     endpoint = start_endpoint(prefix, "--hosting", "isolated", "--shards", "1")
-    assert invoke(endpoint, "plain.tar.gz") == expected(booster, ROWS)
+    assert endpoint.predictions("plain.tar.gz", ROWS) == expected(booster, ROWS)
     assert shards_of(endpoint) == []  # an isolated endpoint pays for no shard it does not use
-    assert invoke(endpoint, "packed.tar.gz") == expected(booster, ROWS)
+    assert endpoint.predictions("packed.tar.gz", ROWS) == expected(booster, ROWS)
     assert shards_of(endpoint) == ["openmme-shard-0"]
     assert endpoint.shard_listings()["openmme-shard-0"]["models"].keys() == {mms_model_name("packed.tar.gz")}
     assert endpoint.models()["plain.tar.gz"]["hosting"] == "isolated"
@@ -82,7 +73,7 @@ def test_malformed_archive_settings_are_a_clear_model_error(
     endpoint = start_endpoint(prefix)
     client = endpoint.runtime()
     with pytest.raises(client.exceptions.ModelError, match=r"openmme\.json") as caught:
-        invoke(endpoint, "odd.tar.gz", client=client)
+        endpoint.predictions("odd.tar.gz", ROWS, client=client)
     assert caught.value.response["OriginalStatusCode"] == 400
     assert endpoint.resident() == []
 
@@ -97,7 +88,7 @@ def test_dense_memory_is_measured_per_model_and_far_below_a_worker_each(
     publish(prefix, "apart.tar.gz", archive=archive(tmp_path / "apart", large, '{"hosting": "isolated"}'))
     endpoint = start_endpoint(prefix, "--shards", "1")
     for target, booster in (("small.tar.gz", small), ("large.tar.gz", large), ("apart.tar.gz", large)):
-        assert invoke(endpoint, target) == expected(booster, ROWS)
+        assert endpoint.predictions(target, ROWS) == expected(booster, ROWS)
     listing = endpoint.get("/models")
     memory = {model["modelName"]: model["memoryBytes"] for model in listing["models"]}
     assert 0 < memory["small.tar.gz"] < memory["large.tar.gz"] < memory["apart.tar.gz"] / 4
@@ -117,11 +108,13 @@ def test_a_hot_model_is_spread_over_the_shards(
     booster = boosters["multi:softmax"]
     publish(prefix, "hot.tar.gz", booster)
     endpoint = start_endpoint(prefix, "--shards", "2")
-    assert invoke(endpoint, "hot.tar.gz") == expected(booster, ROWS)
+    assert endpoint.predictions("hot.tar.gz", ROWS) == expected(booster, ROWS)
     assert len(endpoint.models()["hot.tar.gz"]["shards"]) == 1
-    clients = [endpoint.runtime() for _ in range(8)]
+    clients = [endpoint.runtime(retries=1) for _ in range(8)]
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        answers = list(pool.map(lambda index: invoke(endpoint, "hot.tar.gz", client=clients[index % 8]), range(200)))
+        answers = list(
+            pool.map(lambda index: endpoint.predictions("hot.tar.gz", ROWS, client=clients[index % 8]), range(200))
+        )
     assert answers == [expected(booster, ROWS)] * 200
     model = endpoint.models()["hot.tar.gz"]
     assert model["shards"] == [0, 1]

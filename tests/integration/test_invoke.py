@@ -18,19 +18,12 @@ from openmme.publish import publish_archive
 from openmme.publish.samples import make_rows, sample_archive
 from openmme.seaweed import EmbeddedS3
 from tests.conftest import Endpoint, EndpointFactory, Launcher
-from tests.support import container_csv, container_json, csv_body, expected, served_json
+from tests.support import container_csv, container_json, csv_body, expected, served_csv, served_json
 
 pytestmark = pytest.mark.integration
 
 OBJECTIVES = ("binary:logistic", "multi:softmax", "reg:squarederror")
-
-
-def served_csv(body: bytes) -> list[float]:
-    """The predictions of an ``Accept: text/csv`` answer: one comma-separated line for single-output models, as
-    SageMaker's XGBoost container answers."""
-    text = body.decode()
-    assert "\n" not in text
-    return [float(value) for value in text.split(",")]
+ONE_ROW = csv_body(make_rows(1))
 
 
 @pytest.fixture(scope="module", params=HOSTINGS)
@@ -59,12 +52,7 @@ def test_boto3_csv_without_accept_gets_the_containers_json(
     module_endpoint: Endpoint, boosters: dict[str, xgboost.Booster], objective: str
 ) -> None:
     rows = make_rows(5, seed=7)
-    response = module_endpoint.runtime().invoke_endpoint(
-        EndpointName=module_endpoint.name,
-        TargetModel=target_for(objective),
-        ContentType="text/csv",
-        Body=csv_body(rows),
-    )
+    response = module_endpoint.invoke(target_for(objective), csv_body(rows))
     assert response["ContentType"] == "application/json"
     assert response["InvokedProductionVariant"] == "AllTraffic"
     body = response["Body"].read()
@@ -77,13 +65,7 @@ def test_boto3_accept_csv_gets_the_containers_one_line(
     module_endpoint: Endpoint, boosters: dict[str, xgboost.Booster], objective: str
 ) -> None:
     rows = make_rows(5, seed=7)
-    response = module_endpoint.runtime().invoke_endpoint(
-        EndpointName=module_endpoint.name,
-        TargetModel=target_for(objective),
-        ContentType="text/csv",
-        Accept="text/csv",
-        Body=csv_body(rows),
-    )
+    response = module_endpoint.invoke(target_for(objective), csv_body(rows), accept="text/csv")
     assert response["ContentType"] == "text/csv"
     body = response["Body"].read()
     assert body == container_csv(boosters[objective], rows)
@@ -95,13 +77,8 @@ def test_boto3_json_predictions_equal_in_process_xgboost(
     module_endpoint: Endpoint, boosters: dict[str, xgboost.Booster], objective: str
 ) -> None:
     rows = make_rows(4, seed=8)
-    response = module_endpoint.runtime().invoke_endpoint(
-        EndpointName=module_endpoint.name,
-        TargetModel=target_for(objective),
-        ContentType="application/json",
-        Accept="application/json",
-        Body=json.dumps([[float(value) for value in row] for row in rows]),
-    )
+    body = json.dumps([[float(value) for value in row] for row in rows])
+    response = module_endpoint.invoke(target_for(objective), body, "application/json", accept="application/json")
     assert response["ContentType"] == "application/json"
     assert response["Body"].read() == container_json(boosters[objective], rows)
 
@@ -112,15 +89,7 @@ def test_openmmes_own_answer_shapes_are_asked_for_by_name(
     rows = make_rows(3, seed=13)
     want = expected(boosters["reg:squarederror"], rows)
     answers = {
-        accept: module_endpoint.runtime()
-        .invoke_endpoint(
-            EndpointName=module_endpoint.name,
-            TargetModel=target_for("reg:squarederror"),
-            ContentType="text/csv",
-            Accept=accept,
-            Body=csv_body(rows),
-        )["Body"]
-        .read()
+        accept: module_endpoint.invoke(target_for("reg:squarederror"), csv_body(rows), accept=accept)["Body"].read()
         for accept in ("application/json; format=predictions", "text/csv; format=rows")
     }
     assert json.loads(answers["application/json; format=predictions"]) == {
@@ -160,12 +129,7 @@ def test_libsvm_and_recordio_protobuf_bodies(
         payload: bytes = body.encode()
     else:
         payload = RecordSerializer().serialize(rows).getvalue()
-    response = module_endpoint.runtime().invoke_endpoint(
-        EndpointName=module_endpoint.name,
-        TargetModel=target_for("multi:softmax"),
-        ContentType=content_type,
-        Body=payload,
-    )
+    response = module_endpoint.invoke(target_for("multi:softmax"), payload, content_type)
     assert response["Body"].read() == container_json(boosters["multi:softmax"], rows)
 
 
@@ -183,24 +147,14 @@ def test_plain_http_invocations_route_with_target_model_header(
 
 
 def test_custom_attributes_and_inference_id_are_echoed(module_endpoint: Endpoint) -> None:
-    response = module_endpoint.runtime().invoke_endpoint(
-        EndpointName=module_endpoint.name,
-        TargetModel=target_for("binary:logistic"),
-        ContentType="text/csv",
-        Body=csv_body(make_rows(1)),
-        CustomAttributes="trace=abc123",
-        InferenceId="request-17",
+    response = module_endpoint.invoke(
+        target_for("binary:logistic"), ONE_ROW, CustomAttributes="trace=abc123", InferenceId="request-17"
     )
     assert response["CustomAttributes"] == "trace=abc123"
 
 
 def test_models_listing_shows_states_in_sagemaker_shape(module_endpoint: Endpoint) -> None:
-    module_endpoint.runtime().invoke_endpoint(
-        EndpointName=module_endpoint.name,
-        TargetModel=target_for("binary:logistic"),
-        ContentType="text/csv",
-        Body=csv_body(make_rows(1)),
-    )
+    module_endpoint.invoke(target_for("binary:logistic"), ONE_ROW)
     with urllib.request.urlopen(module_endpoint.url + "/models", timeout=10) as response:
         listing = json.loads(response.read())
     by_name = {model["modelName"]: model for model in listing["models"]}
@@ -216,28 +170,16 @@ def test_models_listing_shows_states_in_sagemaker_shape(module_endpoint: Endpoin
 # ---- errors, asserted through botocore's typed exceptions -------------------------------------------------
 
 
-def _invoke(endpoint: Endpoint, **overrides: Any) -> Any:
-    arguments: dict[str, Any] = {
-        "EndpointName": endpoint.name,
-        "TargetModel": target_for("binary:logistic"),
-        "ContentType": "text/csv",
-        "Body": csv_body(make_rows(1)),
-    }
-    arguments.update(overrides)
-    arguments = {key: value for key, value in arguments.items() if value is not None}
-    return endpoint.runtime().invoke_endpoint(**arguments)
-
-
 def test_unknown_endpoint_name_is_a_validation_error(module_endpoint: Endpoint) -> None:
     client = module_endpoint.runtime()
     with pytest.raises(client.exceptions.ValidationError, match="not found"):
-        _invoke(module_endpoint, EndpointName="someone-elses-endpoint")
+        module_endpoint.invoke(target_for("binary:logistic"), ONE_ROW, EndpointName="someone-elses-endpoint")
 
 
 def test_missing_target_model_is_a_validation_error(module_endpoint: Endpoint) -> None:
     client = module_endpoint.runtime()
     with pytest.raises(client.exceptions.ValidationError, match="Target-Model header is required"):
-        _invoke(module_endpoint, TargetModel=None)
+        module_endpoint.invoke(None, ONE_ROW)
 
 
 @pytest.mark.parametrize(
@@ -246,19 +188,19 @@ def test_missing_target_model_is_a_validation_error(module_endpoint: Endpoint) -
 def test_path_tricks_in_target_model_are_validation_errors(module_endpoint: Endpoint, target: str) -> None:
     client = module_endpoint.runtime()
     with pytest.raises(client.exceptions.ValidationError):
-        _invoke(module_endpoint, TargetModel=target)
+        module_endpoint.invoke(target, ONE_ROW)
 
 
 def test_target_model_not_in_prefix_is_a_validation_error(module_endpoint: Endpoint) -> None:
     client = module_endpoint.runtime()
     with pytest.raises(client.exceptions.ValidationError, match="not in the model prefix"):
-        _invoke(module_endpoint, TargetModel="atlantis/model.tar.gz")
+        module_endpoint.invoke("atlantis/model.tar.gz", ONE_ROW)
 
 
 def test_body_over_six_mib_is_a_validation_error(module_endpoint: Endpoint) -> None:
     client = module_endpoint.runtime()
     with pytest.raises(client.exceptions.ValidationError, match="exceeds"):
-        _invoke(module_endpoint, Body=b"1," * (3 * 1024 * 1024 + 1))
+        module_endpoint.invoke(target_for("binary:logistic"), b"1," * (3 * 1024 * 1024 + 1))
 
 
 def test_a_body_just_under_six_mib_is_served_whole(
@@ -268,7 +210,7 @@ def test_a_body_just_under_six_mib_is_served_whole(
     copies = (6 * 1024 * 1024 - 1) // (len(row) + 1)
     body = "\n".join([row] * copies)
     assert 5 * 1024 * 1024 < len(body) <= 6 * 1024 * 1024
-    response = _invoke(module_endpoint, TargetModel=target_for("reg:squarederror"), Body=body)
+    response = module_endpoint.invoke(target_for("reg:squarederror"), body)
     served = served_json(response["Body"].read())
     assert served == expected(boosters["reg:squarederror"], make_rows(1, seed=12)) * copies
 
@@ -276,7 +218,7 @@ def test_a_body_just_under_six_mib_is_served_whole(
 def test_bad_rows_are_a_model_error_with_the_original_status(module_endpoint: Endpoint) -> None:
     client = module_endpoint.runtime()
     with pytest.raises(client.exceptions.ModelError) as caught:
-        _invoke(module_endpoint, Body="1.0,2.0")
+        module_endpoint.invoke(target_for("binary:logistic"), "1.0,2.0")
     error = caught.value.response
     assert error["Error"]["Code"] == "ModelError"
     assert error["OriginalStatusCode"] == 400
@@ -285,20 +227,20 @@ def test_bad_rows_are_a_model_error_with_the_original_status(module_endpoint: En
 
 
 @pytest.mark.parametrize(
-    ("overrides", "message"),
+    ("content_type", "accept", "body", "message"),
     [
-        ({"ContentType": "image/png", "Body": b"\x89PNG"}, "Content-Type image/png is not supported"),
-        ({"ContentType": "text/csv; label_size=2"}, "label_size must be 1"),
-        ({"Accept": "application/xml"}, "Accept application/xml is not supported"),
+        ("image/png", None, b"\x89PNG", "Content-Type image/png is not supported"),
+        ("text/csv; label_size=2", None, ONE_ROW, "label_size must be 1"),
+        ("text/csv", "application/xml", ONE_ROW, "Accept application/xml is not supported"),
     ],
     ids=["content-type", "label-size", "accept"],
 )
 def test_unsupported_content_type_or_accept_is_a_model_error_415(
-    module_endpoint: Endpoint, overrides: dict[str, Any], message: str
+    module_endpoint: Endpoint, content_type: str, accept: str | None, body: str | bytes, message: str
 ) -> None:
     client = module_endpoint.runtime()
     with pytest.raises(client.exceptions.ModelError) as caught:
-        _invoke(module_endpoint, **overrides)
+        module_endpoint.invoke(target_for("binary:logistic"), body, content_type, accept)
     assert caught.value.response["OriginalStatusCode"] == 415
     assert message in caught.value.response["OriginalMessage"]
 
@@ -306,7 +248,7 @@ def test_unsupported_content_type_or_accept_is_a_model_error_415(
 def test_an_empty_body_is_a_model_error_400(module_endpoint: Endpoint) -> None:
     client = module_endpoint.runtime()
     with pytest.raises(client.exceptions.ModelError) as caught:
-        _invoke(module_endpoint, Body=b"")
+        module_endpoint.invoke(target_for("binary:logistic"), b"")
     error = caught.value.response
     assert error["OriginalStatusCode"] == 400
     assert error["OriginalMessage"] == "Unable to evaluate payload provided: the request body is empty"
@@ -323,8 +265,7 @@ def test_a_new_model_is_served_after_upload_without_restart(
     endpoint = start_endpoint(prefix)
     client = endpoint.runtime()
     with pytest.raises(client.exceptions.ValidationError):
-        _invoke(endpoint, TargetModel="late/model.tar.gz")
+        endpoint.invoke("late/model.tar.gz", ONE_ROW)
     publish(prefix, "late/model.tar.gz", boosters["reg:squarederror"])
     rows = make_rows(3, seed=11)
-    response = _invoke(endpoint, TargetModel="late/model.tar.gz", Body=csv_body(rows))
-    assert served_json(response["Body"].read()) == expected(boosters["reg:squarederror"], rows)
+    assert endpoint.predictions("late/model.tar.gz", rows) == expected(boosters["reg:squarederror"], rows)

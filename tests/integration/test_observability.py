@@ -17,11 +17,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from openmme.publish.samples import make_rows
 from tests.conftest import Endpoint, EndpointFactory
+from tests.support import csv_body
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parent.parent.parent
-ROWS = make_rows(2, seed=21)
+BODY = csv_body(make_rows(2, seed=21))
 
 
 def scrape(endpoint: Endpoint) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -38,13 +39,6 @@ def scrape(endpoint: Endpoint) -> dict[tuple[str, tuple[tuple[str, str], ...]], 
 
 def value(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str) -> float:
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
-
-
-def invoke(endpoint: Endpoint, target: str, **extra: Any) -> Any:
-    body = "\n".join(",".join(repr(float(v)) for v in row) for row in ROWS)
-    return endpoint.runtime().invoke_endpoint(
-        EndpointName=endpoint.name, TargetModel=target, ContentType="text/csv", Body=body, **extra
-    )
 
 
 def log_lines(endpoint: Endpoint) -> list[dict[str, Any]]:
@@ -71,9 +65,9 @@ def test_a_miss_then_a_hit_move_the_counters_by_exactly_one(endpoint: Endpoint) 
         assert before[("openmme_model_evictions_total", (("reason", reason),))] == 0, reason
     for state in ("remote", "downloading", "on_disk", "loading", "ready", "unloading"):
         assert before[("openmme_models", (("state", state),))] == 0, state
-    invoke(endpoint, "first/model.tar.gz")
+    endpoint.invoke("first/model.tar.gz", BODY)
     after_miss = scrape(endpoint)
-    invoke(endpoint, "first/model.tar.gz")
+    endpoint.invoke("first/model.tar.gz", BODY)
     after_hit = scrape(endpoint)
 
     def moved(name: str, start: dict[Any, float], end: dict[Any, float], **labels: str) -> float:
@@ -106,8 +100,8 @@ def test_a_miss_then_a_hit_move_the_counters_by_exactly_one(endpoint: Endpoint) 
 
 
 def test_an_eviction_is_counted_with_its_reason_and_labels_stay_bounded(endpoint: Endpoint) -> None:
-    invoke(endpoint, "first/model.tar.gz")
-    invoke(endpoint, "second/model.tar.gz")  # --max-models 1: "first" must leave memory
+    endpoint.invoke("first/model.tar.gz", BODY)
+    endpoint.invoke("second/model.tar.gz", BODY)  # --max-models 1: "first" must leave memory
     samples = scrape(endpoint)
     assert value(samples, "openmme_model_evictions_total", reason="count") == 1
     assert value(samples, "openmme_model_evictions_total", reason="memory") == 0
@@ -123,12 +117,12 @@ def test_an_eviction_is_counted_with_its_reason_and_labels_stay_bounded(endpoint
 
 
 def test_log_lines_are_json_with_the_request_and_event_fields(endpoint: Endpoint) -> None:
-    response = invoke(endpoint, "first/model.tar.gz", InferenceId="req-0042")
-    invoke(endpoint, "first/model.tar.gz")
-    invoke(endpoint, "second/model.tar.gz")
+    response = endpoint.invoke("first/model.tar.gz", BODY, InferenceId="req-0042")
+    endpoint.invoke("first/model.tar.gz", BODY)
+    endpoint.invoke("second/model.tar.gz", BODY)
     client = endpoint.runtime(retries=1)
     with pytest.raises(client.exceptions.ValidationError):
-        invoke(endpoint, "nowhere/model.tar.gz")
+        endpoint.invoke("nowhere/model.tar.gz", BODY)
     assert response["ResponseMetadata"]["HTTPHeaders"]["x-amzn-sagemaker-inference-id"] == "req-0042"
 
     lines = log_lines(endpoint)
@@ -152,8 +146,8 @@ def test_log_lines_are_json_with_the_request_and_event_fields(endpoint: Endpoint
 
 
 def test_the_dashboard_asks_only_for_exported_metrics(endpoint: Endpoint) -> None:
-    invoke(endpoint, "first/model.tar.gz")
-    invoke(endpoint, "second/model.tar.gz")
+    endpoint.invoke("first/model.tar.gz", BODY)
+    endpoint.invoke("second/model.tar.gz", BODY)
     with urllib.request.urlopen(endpoint.url + "/metrics", timeout=10) as response:
         families = list(text_string_to_metric_families(response.read().decode()))
     # Family names too: a family may have no sample yet (the dense shards' on an isolated endpoint).
@@ -168,7 +162,7 @@ def test_the_dashboard_asks_only_for_exported_metrics(endpoint: Endpoint) -> Non
 
 def test_the_hit_ratio_matches_what_was_served(endpoint: Endpoint) -> None:
     for target in ["first", "first", "first", "second", "second"]:
-        invoke(endpoint, f"{target}/model.tar.gz")
+        endpoint.invoke(f"{target}/model.tar.gz", BODY)
     samples = scrape(endpoint)
     hits = value(samples, "openmme_model_cache_hits_total")
     misses = value(samples, "openmme_model_cache_misses_total")

@@ -50,11 +50,8 @@ def script_endpoint(start_endpoint: EndpointFactory, prefix: str, publish: Any, 
 
 
 def call(endpoint: Endpoint, body: str, client: Any = None) -> str:
-    client = client or endpoint.runtime(retries=1)
-    response = client.invoke_endpoint(
-        EndpointName=endpoint.name, TargetModel="script.tar.gz", ContentType="text/plain", Body=body
-    )
-    return str(response["Body"].read().decode())
+    """The script model's answer to a plain-text ``body``."""
+    return str(endpoint.invoke("script.tar.gz", body, "text/plain", client=client)["Body"].read().decode())
 
 
 def test_a_handler_exception_is_a_model_error_without_traceback(script_endpoint: Endpoint) -> None:

@@ -8,16 +8,12 @@ it returns on the same address; the single-node suite's boto3 tests pass through
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 import threading
 import time
-import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import xgboost
@@ -29,17 +25,10 @@ from openmme.router import RouterOptions, nginx_config
 from openmme.seaweed import EmbeddedS3
 from tests.conftest import Endpoint, Launcher
 from tests.integration import test_invoke as single_node
-from tests.integration.test_invoke import OBJECTIVES, csv_body, expected, target_for
-from tests.support import served_json
+from tests.integration.test_invoke import OBJECTIVES, target_for
+from tests.support import Nginx, csv_body, expected, needs_nginx, served_json
 
-# Off CI a machine without nginx skips these; CI installs nginx (scripts/install), so there they must run.
-NGINX_MISSING = shutil.which("nginx") is None and not os.environ.get("CI")
-
-
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(NGINX_MISSING, reason="nginx is not installed (scripts/install adds it)"),
-]
+pytestmark = [pytest.mark.integration, needs_nginx]
 
 REPLICAS = 3
 MODELS = 30
@@ -52,44 +41,6 @@ def model_name(index: int) -> str:
 
 def booster_of(index: int, boosters: dict[str, xgboost.Booster]) -> xgboost.Booster:
     return boosters[OBJECTIVES[index % len(OBJECTIVES)]]
-
-
-class Nginx:
-    """nginx as this test's own process: its own prefix directory, pid file and logs; stopped by its PID."""
-
-    def __init__(self, workdir: Path, replicas: list[str]) -> None:
-        self.workdir = workdir
-        self.port = free_port()
-        options = RouterOptions(
-            listen=f"127.0.0.1:{self.port}",
-            worker_processes="1",
-            prefix_paths=str(workdir),
-            # As root nginx's workers would run as nobody, who cannot write this test's private temp directory.
-            user="root" if os.geteuid() == 0 else None,
-            tries=len(replicas),
-        )
-        self.conf = workdir / "nginx.conf"
-        self.conf.write_text(nginx_config(replicas, options))
-        command = ["nginx", "-p", str(workdir), "-c", str(self.conf), "-g", "daemon off;"]
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        self.url = f"http://127.0.0.1:{self.port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(self.url + "/ping", timeout=5):
-                    return
-            except (urllib.error.URLError, ConnectionError) as exc:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"nginx did not start: {self.error_log()}") from exc
-                time.sleep(0.1)
-
-    def error_log(self) -> str:
-        log = self.workdir / "error.log"
-        return log.read_text(errors="replace")[-4000:] if log.exists() else ""
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(30)
 
 
 @dataclass
@@ -131,7 +82,17 @@ def cluster(
         publish_archive(sample_archive(booster), prefix, target_for(objective))
     launcher = Launcher(s3, tmp_path_factory)
     replicas = [launcher.start(prefix, "--max-models", "40") for _ in range(REPLICAS)]
-    nginx = Nginx(tmp_path_factory.mktemp("nginx"), [replica.url.removeprefix("http://") for replica in replicas])
+    workdir, port = tmp_path_factory.mktemp("nginx"), free_port()
+    options = RouterOptions(
+        listen=f"127.0.0.1:{port}",
+        worker_processes="1",
+        prefix_paths=str(workdir),
+        # As root nginx's workers would run as nobody, who cannot write this test's private temp directory.
+        user="root" if os.geteuid() == 0 else None,
+        tries=REPLICAS,
+    )
+    config = nginx_config([replica.url.removeprefix("http://") for replica in replicas], options)
+    nginx = Nginx(workdir, config, port)
     # The router as an Endpoint, so that the single-node tests run against it unchanged.
     first = replicas[0]
     router = Endpoint(nginx.url, first.name, prefix, first.cache_dir, nginx.process, nginx.workdir / "error.log")

@@ -5,7 +5,6 @@ its cache directory left running."""
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -20,17 +19,12 @@ import xgboost
 from openmme.endpoint.cache import mms_model_name
 from openmme.publish.samples import make_rows
 from openmme.seaweed import EmbeddedS3
-from tests.conftest import EndpointFactory
-from tests.support import csv_body, expected
+from tests.conftest import EndpointFactory, run_serve
+from tests.support import expected
 
 pytestmark = pytest.mark.integration
 
 ROWS = make_rows(2, seed=5)
-
-
-def serve(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "openmme.cli", "serve", *args]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
 
 
 def tree(directory: Path) -> dict[str, tuple[int, int, int]]:
@@ -43,28 +37,21 @@ def tree(directory: Path) -> dict[str, tuple[int, int, int]]:
     }
 
 
-def invoke(runtime: Any, name: str, target: str) -> list[float]:
-    response = runtime.invoke_endpoint(
-        EndpointName=name, TargetModel=target, ContentType="text/csv", Accept="text/csv", Body=csv_body(ROWS)
-    )
-    return [float(value) for value in response["Body"].read().decode().split(",")]
-
-
 def test_a_second_front_on_a_cache_dir_in_use_is_refused_in_one_line_and_touches_nothing(
     start_endpoint: EndpointFactory, s3: EmbeddedS3, prefix: str, publish: Any, boosters: dict[str, xgboost.Booster]
 ) -> None:
     booster = boosters["binary:logistic"]
     publish(prefix, "owned.tar.gz", booster)
     endpoint = start_endpoint(prefix, "--hosting", "isolated")
-    runtime = endpoint.runtime(retries=1)
-    assert invoke(runtime, endpoint.name, "owned.tar.gz") == expected(booster, ROWS)
+    assert endpoint.predictions("owned.tar.gz", ROWS) == expected(booster, ROWS)
     before = tree(endpoint.cache_dir)
     assert f"models/{mms_model_name('owned.tar.gz')}/xgboost-model" in before
 
     # What a new user does: a second `openmme serve` with the same defaults (cache directory and port).
     port = endpoint.url.rsplit(":", 1)[1]
-    env = {**os.environ, **s3.environment()}
-    second = serve("--model-prefix", prefix, "--cache-dir", str(endpoint.cache_dir), "--port", port, env=env)
+    second = run_serve(
+        "--model-prefix", prefix, "--cache-dir", str(endpoint.cache_dir), "--port", port, environ=s3.environment()
+    )
     assert second.returncode != 0
     assert second.stderr == (
         f"openmme serve: the cache directory {endpoint.cache_dir} is in use by another openmme serve "
@@ -72,7 +59,7 @@ def test_a_second_front_on_a_cache_dir_in_use_is_refused_in_one_line_and_touches
     )
     assert tree(endpoint.cache_dir) == before  # not a file deleted, added or rewritten
     # The first endpoint serves on from its cache, as if nothing had happened.
-    assert invoke(runtime, endpoint.name, "owned.tar.gz") == expected(booster, ROWS)
+    assert endpoint.predictions("owned.tar.gz", ROWS) == expected(booster, ROWS)
     assert endpoint.models()["owned.tar.gz"]["downloads"] == 1
 
 
@@ -83,7 +70,7 @@ def test_a_taken_port_is_refused_in_one_line_before_anything_starts(tmp_path: Pa
         taken.listen()
         port = taken.getsockname()[1]
         started = time.monotonic()
-        refused = serve("--port", str(port), "--cache-dir", str(cache_dir))
+        refused = run_serve("--port", str(port), "--cache-dir", str(cache_dir))
     assert refused.returncode != 0
     assert refused.stderr == (
         f"openmme serve: port {port} on 127.0.0.1 is taken (Address already in use); choose another --port\n"
