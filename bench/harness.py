@@ -17,8 +17,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -59,12 +59,14 @@ def serve_flags(extra: Sequence[str] = ()) -> list[str]:
 
 @dataclass
 class Endpoint:
-    """``openmme serve`` started as a child process on a free loopback port; stopped on exit."""
+    """``openmme serve`` started as a child process on a free loopback port; stopped on exit. ``env``: variables
+    set on top of this process's environment (e.g. a ``PYTHONPATH`` that serves another revision's code)."""
 
     workdir: Path
     extra_flags: Sequence[str] = ()
     url: str = ""
     process: subprocess.Popen[bytes] | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def cache_dir(self) -> Path:
@@ -83,7 +85,9 @@ class Endpoint:
         ]  # fmt: skip
         self.workdir.mkdir(parents=True, exist_ok=True)
         with (self.workdir / "endpoint.log").open("ab") as log:
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
+            self.process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.env}
+            )
         self.url = f"http://127.0.0.1:{port}"
         try:
             wait_for_ping(self.url, self.process, timeout=180)
