@@ -1,9 +1,12 @@
-"""Offline cache simulators for the many-models benchmark: LRU (openmme's policy) and Belady's optimal.
+"""Offline cache simulators for the many-models benchmark: LRU (openmme's default policy), LRU behind TinyLFU
+admission (``--admission tinylfu``) and Belady's optimal.
 
 Both replay a trace of model ids against a cache that holds ``capacity`` models and say, for every request,
 whether it was a hit. A miss always admits the requested model (demand loading, as an endpoint must load a
 model to answer it); when the cache is full, LRU evicts the least recently used model and Belady evicts the
-one whose next request lies furthest in the future (never requested again counts as furthest). Belady's
+one whose next request lies furthest in the future (never requested again counts as furthest). TinyLFU
+evicts as LRU does, but only when the newcomer was asked for more often lately than the LRU victim; otherwise
+the newcomer answers its request and is the one unloaded, which leaves the cache as it was. Belady's
 is the highest hit ratio any demand-loading policy can reach on the trace, so it is the yardstick that
 openmme's LRU is measured against. Pure functions: no I/O, tested by hand-checked traces.
 """
@@ -14,7 +17,9 @@ import heapq
 from collections import OrderedDict
 from collections.abc import Hashable, Sequence
 
-__all__ = ["belady_hits", "hit_ratio", "lru_hits"]
+from openmme.endpoint.policy import FrequencySketch, admits
+
+__all__ = ["belady_hits", "hit_ratio", "lru_hits", "tinylfu_hits"]
 
 
 def lru_hits(trace: Sequence[Hashable], capacity: int) -> list[bool]:
@@ -34,8 +39,34 @@ def lru_hits(trace: Sequence[Hashable], capacity: int) -> list[bool]:
     return hits
 
 
-def belady_hits(trace: Sequence[Hashable], capacity: int) -> list[bool]:
-    """Hit or miss of every request under Belady's optimal (furthest next use) eviction."""
+def tinylfu_hits(trace: Sequence[Hashable], capacity: int, sample_size: int | None = None) -> list[bool]:
+    """Hit or miss of every request under LRU eviction behind TinyLFU admission, as openmme's cache does it
+    with ``--admission tinylfu``: the sketch (the cache's own, keyed by ``str(item)``) records every request and
+    ages after ``sample_size`` of them (default: ten times the capacity, as in the TinyLFU paper)."""
+    _check(capacity)
+    sketch = FrequencySketch(sample_size or 10 * capacity)
+    cache: OrderedDict[Hashable, None] = OrderedDict()  # least recently used first
+    hits = []
+    for item in trace:
+        sketch.record(str(item))
+        if item in cache:
+            cache.move_to_end(item)
+            hits.append(True)
+            continue
+        hits.append(False)
+        if len(cache) < capacity:
+            cache[item] = None
+        elif admits(sketch, str(item), [str(next(iter(cache)))]):
+            cache.popitem(last=False)
+            cache[item] = None
+        # Not admitted: loaded to answer, then unloaded first; the cache holds what it held.
+    return hits
+
+
+def belady_hits(trace: Sequence[Hashable], capacity: int, *, bypass: bool = False) -> list[bool]:
+    """Hit or miss of every request under Belady's optimal (furthest next use) eviction. ``bypass``: a newcomer
+    may be answered and not kept (as TinyLFU does when it does not admit one), which it is when no cached model
+    is needed later than it; the optimum of that wider choice, so never below the demand-loading one."""
     _check(capacity)
     never = len(trace)  # a position after the trace: "not requested again"
     next_use = [never] * len(trace)
@@ -54,10 +85,14 @@ def belady_hits(trace: Sequence[Hashable], capacity: int) -> list[bool]:
         hits.append(hit)
         if not hit and len(cache) >= capacity:
             while True:
-                negative_next, _, victim = heapq.heappop(heap)
+                negative_next, _, victim = heap[0]
                 if cache.get(victim) == -negative_next:
-                    del cache[victim]
                     break
+                heapq.heappop(heap)
+            if bypass and next_use[position] >= -negative_next:
+                continue
+            heapq.heappop(heap)
+            del cache[victim]
         cache[item] = next_use[position]
         # The position breaks ties between models never requested again, so items themselves are never compared.
         heapq.heappush(heap, (-next_use[position], position, item))

@@ -1,9 +1,10 @@
 """Many models: a seeded Zipf trace over a large catalogue, replayed against an endpoint with room for few.
 
-The endpoint's hit ratio (from its own ``counters``) is set beside two offline replays of exactly the same
-requests and cache size: LRU, the policy openmme implements, and Belady's optimum. The gap endpoint-vs-LRU is
-the implementation (concurrent clients reorder requests a little, and a request for a model that is still
-loading counts as a miss); the gap LRU-vs-Belady is the policy.
+The endpoint's hit ratio (from its own ``counters``) is set beside three offline replays of exactly the same
+requests and cache size: LRU, the policy openmme implements by default, LRU behind TinyLFU admission (its
+``--admission tinylfu``), and Belady's optimum. The gap endpoint-vs-LRU is the implementation (concurrent
+clients reorder requests a little, and a request for a model that is still loading counts as a miss); the gap
+LRU-vs-Belady is the policy, and the share of it TinyLFU closes is what the frequency-aware option buys.
 
 Hit ratios count the requests after a warm-up prefix (the same prefix is skipped in all three): the first
 requests fill an empty cache and say nothing about the policy. The endpoint replays the prefix, then its
@@ -21,7 +22,7 @@ from typing import Any
 import aiohttp
 import numpy as np
 
-from belady import belady_hits, hit_ratio, lru_hits
+from belady import belady_hits, hit_ratio, lru_hits, tinylfu_hits
 from harness import counters, invoke_headers, list_all_models, percentile
 
 __all__ = ["ManyModelsSizes", "run_many_models", "target_model", "zipf_trace"]
@@ -87,6 +88,7 @@ def run_many_models(front: str, body: bytes, sizes: ManyModelsSizes) -> dict[str
     _, snapshot = list_all_models(front)
 
     lru = lru_hits(ranks, sizes.capacity)
+    tinylfu = tinylfu_hits(ranks, sizes.capacity)
     optimal = belady_hits(ranks, sizes.capacity)
     counted = sizes.length - sizes.warm_up
     latencies = measured["latencies"]
@@ -113,6 +115,10 @@ def run_many_models(front: str, body: bytes, sizes: ManyModelsSizes) -> dict[str
             "loaded_at_end": snapshot["loadedModels"],
         },
         "lru_offline": {"hit_ratio": hit_ratio(lru, sizes.warm_up), "misses": counted - sum(lru[sizes.warm_up :])},
+        "tinylfu_offline": {
+            "hit_ratio": hit_ratio(tinylfu, sizes.warm_up),
+            "misses": counted - sum(tinylfu[sizes.warm_up :]),
+        },
         "belady_offline": {
             "hit_ratio": hit_ratio(optimal, sizes.warm_up),
             "misses": counted - sum(optimal[sizes.warm_up :]),
@@ -121,6 +127,7 @@ def run_many_models(front: str, body: bytes, sizes: ManyModelsSizes) -> dict[str
             {
                 "capacity": capacity,
                 "lru": hit_ratio(lru_hits(ranks, capacity), sizes.warm_up),
+                "tinylfu": hit_ratio(tinylfu_hits(ranks, capacity), sizes.warm_up),
                 "belady": hit_ratio(belady_hits(ranks, capacity), sizes.warm_up),
             }
             for capacity in capacities

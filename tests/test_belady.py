@@ -14,6 +14,8 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -75,8 +77,9 @@ def test_empty_trace_and_bad_capacity() -> None:
             simulate(["a"], 0)
 
 
-def fewest_misses(trace: tuple[Hashable, ...], capacity: int) -> int:
-    """Exhaustive search over every eviction choice: the true optimum, for tiny traces only."""
+def fewest_misses(trace: tuple[Hashable, ...], capacity: int, bypass: bool = False) -> int:
+    """Exhaustive search over every eviction choice (and, with ``bypass``, the choice of not keeping the newcomer):
+    the true optimum, for tiny traces only."""
 
     @cache
     def search(position: int, cached: frozenset[Hashable]) -> int:
@@ -87,7 +90,8 @@ def fewest_misses(trace: tuple[Hashable, ...], capacity: int) -> int:
             return search(position + 1, cached)
         if len(cached) < capacity:
             return 1 + search(position + 1, cached | {item})
-        return 1 + min(search(position + 1, (cached - {victim}) | {item}) for victim in cached)
+        choices = [(cached - {victim}) | {item} for victim in cached] + ([cached] if bypass else [])
+        return 1 + min(search(position + 1, choice) for choice in choices)
 
     return search(0, frozenset())
 
@@ -100,6 +104,46 @@ def test_belady_is_optimal_and_never_worse_than_lru(seed: int) -> None:
     optimal_hits = sum(belady.belady_hits(trace, capacity))
     assert len(trace) - optimal_hits == fewest_misses(trace, capacity)
     assert optimal_hits >= sum(belady.lru_hits(trace, capacity))
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_belady_with_bypass_is_the_optimum_when_newcomers_may_be_declined(seed: int) -> None:
+    generator = random.Random(seed)
+    capacity = generator.randint(1, 3)
+    trace = tuple(generator.choice("abcde") for _ in range(generator.randint(1, 12)))
+    bypass_hits = sum(belady.belady_hits(trace, capacity, bypass=True))
+    assert len(trace) - bypass_hits == fewest_misses(trace, capacity, bypass=True)
+    assert bypass_hits >= sum(belady.belady_hits(trace, capacity))
+
+
+def test_tinylfu_keeps_the_hot_models_through_one_off_requests() -> None:
+    # Room for 2; a and b are asked for twice each, then alternate with one-offs x, y, z. LRU lets each one-off
+    # push out the model needed next, so nothing after the first four requests hits; TinyLFU declines the
+    # one-offs (asked for once, against twice), which answer and leave, so every a and b hits.
+    trace = ["a", "b", "a", "b", "x", "a", "y", "b", "z", "a", "b"]
+    assert hit_positions(belady.lru_hits(trace, 2)) == [2, 3]
+    assert hit_positions(belady.tinylfu_hits(trace, 2)) == [2, 3, 5, 7, 9, 10]
+
+
+def test_tinylfu_admits_a_newcomer_asked_for_more_often_than_the_victim() -> None:
+    # Room for 1: a is cached once; b, asked for twice by the time of its second miss, takes a's place.
+    assert belady.tinylfu_hits(["a", "b", "b", "b", "a"], 1) == [False, False, False, True, False]
+
+
+def test_tinylfu_as_large_as_the_catalogue_is_lru() -> None:
+    trace = ["x", "y", "x", "z", "y", "x", "z"]
+    assert belady.tinylfu_hits(trace, 3) == belady.lru_hits(trace, 3)
+    with pytest.raises(ValueError, match="at least one"):
+        belady.tinylfu_hits(["a"], 0)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from("abcdefg"), max_size=60), st.integers(1, 4), st.integers(1, 30))
+def test_tinylfu_never_beats_the_optimum(trace: list[str], capacity: int, sample_size: int) -> None:
+    # TinyLFU declines newcomers, so its yardstick is the optimum that may too (Belady with bypass).
+    hits = belady.tinylfu_hits(trace, capacity, sample_size)
+    assert len(hits) == len(trace)
+    assert sum(hits) <= sum(belady.belady_hits(trace, capacity, bypass=True))
 
 
 def test_hit_ratio_skips_the_warm_up() -> None:

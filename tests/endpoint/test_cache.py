@@ -182,8 +182,9 @@ def make_rig(
     memory: Mapping[str, int] | None = None,
     sizes: Mapping[str, int] | None = None,
     wait: float = 10.0,
+    admission: str = "lru",
 ) -> Rig:
-    settings = Settings(cache_dir=tmp_path, wait_budget=wait)
+    settings = Settings(cache_dir=tmp_path, wait_budget=wait, admission=admission)
     source = DirectorySource(sizes)
     backend = FakeBackend(memory)
     events = Recorder()
@@ -276,6 +277,55 @@ def test_count_budget_evicts_the_least_recently_used(tmp_path: Path) -> None:
         assert rig.states() == {"a": "on_disk", "c": "ready", "b": "ready"}
         assert (rig.source.downloads["b"], rig.backend.loads["b"]) == (1, 2)
         assert ("unloaded:count", "b") in rig.events.seen and ("unloaded:count", "a") in rig.events.seen
+        rig.check()
+
+    run(scenario)
+
+
+@pytest.mark.parametrize("admission", ["lru", "tinylfu"])
+def test_a_one_off_newcomer_pushes_out_a_hot_model_only_under_lru(tmp_path: Path, admission: str) -> None:
+    rig = make_rig(tmp_path, Budgets(2, 0, 0), admission=admission)
+
+    async def scenario() -> None:
+        for target in ("a", "a", "a", "b", "b", "b"):
+            await request(rig, target)
+        assert list(rig.states().items()) == [("a", "ready"), ("b", "ready")]
+        await request(rig, "once")  # loaded to answer either way
+        assert rig.backend.loads["once"] == 1
+        assert rig.cache.evictions == Counter(count=1)
+        if admission == "lru":
+            assert list(rig.states().items()) == [("a", "on_disk"), ("b", "ready"), ("once", "ready")]
+            assert ("unloaded:count", "a") in rig.events.seen
+        else:
+            # Asked for once against a's three: not admitted, so it answered, then left first; a and b stayed.
+            assert list(rig.states().items()) == [("once", "on_disk"), ("a", "ready"), ("b", "ready")]
+            assert ("unloaded:count", "once") in rig.events.seen and ("unloaded:count", "a") not in rig.events.seen
+        rig.check()
+        await request(rig, "b")
+        await request(rig, "a")
+        # The first a, b and once missed either way; under LRU the evicted a missed again (a load from disk).
+        misses = 4 if admission == "lru" else 3
+        assert rig.cache.counters == Counter(hits=9 - misses, misses=misses, downloads=3, registrations=misses)
+        rig.check()
+
+    run(scenario)
+
+
+def test_under_tinylfu_a_newcomer_asked_for_more_often_than_the_victim_takes_its_place(tmp_path: Path) -> None:
+    rig = make_rig(tmp_path, Budgets(2, 0, 0), admission="tinylfu")
+
+    async def scenario() -> None:
+        for target in ("a", "a", "b", "b", "b"):
+            await request(rig, target)
+        for _ in range(2):  # asked for once, then twice: no more often than a, so it answers and leaves
+            await request(rig, "rising")
+            assert list(rig.states().items()) == [("rising", "on_disk"), ("a", "ready"), ("b", "ready")]
+            rig.check()
+        await request(rig, "rising")  # three requests against a's two: admitted, and a, least recently used, goes
+        assert list(rig.states().items()) == [("a", "on_disk"), ("b", "ready"), ("rising", "ready")]
+        assert (rig.source.downloads["rising"], rig.backend.loads["rising"]) == (1, 3)
+        assert rig.cache.evictions == Counter(count=3)
+        assert ("unloaded:count", "a") in rig.events.seen
         rig.check()
 
     run(scenario)

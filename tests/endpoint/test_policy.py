@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from openmme.endpoint.policy import Slot, disk_victims, memory_victims
+from openmme.endpoint.policy import FrequencySketch, Slot, admits, disk_victims, memory_victims
 
 
 @st.composite
@@ -96,3 +99,62 @@ def test_examples_by_hand() -> None:
     gone = Slot("gone", loaded=False, evictable=True, disk=5)
     assert disk_victims([a, gone, b], incoming=5, disk_budget=15) == ["gone"]
     assert disk_victims([a, gone, b], incoming=10, disk_budget=15) == ["gone", "a"]
+
+
+model_keys = st.text(min_size=1, max_size=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(model_keys, max_size=200))
+def test_the_sketch_never_under_counts_before_aging(requests: list[str]) -> None:
+    sketch = FrequencySketch(sample_size=len(requests) + 1)  # no halving within these requests
+    for key in requests:
+        sketch.record(key)
+    for key, count in Counter(requests).items():
+        assert sketch.estimate(key) >= min(count, FrequencySketch.MAX_COUNT)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(model_keys, min_size=1, max_size=100), st.integers(1, 50))
+def test_aging_halves_the_counters_after_each_sample(requests: list[str], sample_size: int) -> None:
+    sketch = FrequencySketch(sample_size)
+    for key in requests:
+        before = sketch.estimate(key)
+        aged = sketch.records + 1 >= sample_size
+        sketch.record(key)
+        after = sketch.estimate(key)
+        # The estimate is the smallest of the key's counters, and incrementing and halving keep their order.
+        counted = min(before + 1, FrequencySketch.MAX_COUNT)
+        assert after == (counted // 2 if aged else counted)
+        assert sketch.records < sample_size
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(0, FrequencySketch.MAX_COUNT), min_size=2, max_size=6))
+def test_admission_picks_the_more_frequent(counts: list[int]) -> None:
+    newcomer, *victims = counts
+    sketch = FrequencySketch(sample_size=1000)
+    keys = [f"model-{index}" for index in range(len(counts))]
+    for key, count in zip(keys, counts, strict=True):
+        for _ in range(count):
+            sketch.record(key)
+    # Distinct keys this few in rows this wide do not collide in all four rows: estimates are exact here.
+    assert [sketch.estimate(key) for key in keys] == counts
+    assert admits(sketch, keys[0], keys[1:]) == all(newcomer > victim for victim in victims)
+    assert admits(sketch, keys[0], [])  # nothing to evict: always admitted
+
+
+def test_sketch_by_hand() -> None:
+    sketch = FrequencySketch(sample_size=8)
+    for key in ["hot"] * 5 + ["cold"] * 2:
+        sketch.record(key)
+    assert (sketch.estimate("hot"), sketch.estimate("cold"), sketch.estimate("never")) == (5, 2, 0)
+    assert admits(sketch, "hot", ["cold"]) and not admits(sketch, "cold", ["hot"])
+    assert not admits(sketch, "cold", ["cold"])  # a tie keeps the model already loaded
+    sketch.record("hot")  # the 8th record: every counter halves
+    assert (sketch.estimate("hot"), sketch.estimate("cold"), sketch.records) == (3, 1, 4)
+    for _ in range(40):
+        sketch.record("hot")
+    assert sketch.estimate("hot") <= FrequencySketch.MAX_COUNT
+    with pytest.raises(ValueError, match="at least one"):
+        FrequencySketch(0)

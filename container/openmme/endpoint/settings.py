@@ -76,6 +76,13 @@ def _parse_hosting(text: str) -> str:
     raise ValueError(f"not a hosting mode: {text!r} (dense or isolated)")
 
 
+def _parse_admission(text: str) -> str:
+    admission = text.strip().lower()
+    if admission in ("lru", "tinylfu"):
+        return admission
+    raise ValueError(f"not an admission policy: {text!r} (lru or tinylfu)")
+
+
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
@@ -144,6 +151,14 @@ class Settings:
     )
     disk_budget: int = _opt(
         0, "most bytes of extracted models kept on disk (0: 80%% of the cache disk's free space)", parse_bytes
+    )
+    admission: str = _opt(
+        "lru",
+        "which model may take an evicted one's place: lru (every model loaded to answer stays, least recently used"
+        " leaves first, as on SageMaker) or tinylfu (a model asked for no more often lately than the one it would"
+        " push out answers and is unloaded first instead: for skewed traffic with a long tail of rare models)",
+        _parse_admission,
+        "{lru,tinylfu}",
     )
     max_archive_bytes: int = _opt(8 * 1024**3, "an archive whose extracted size is larger is refused", parse_bytes)
     max_archive_members: int = _opt(100_000, "an archive with more members is refused", int)

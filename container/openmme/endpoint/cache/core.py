@@ -13,7 +13,10 @@ a TargetModel means is resolved before it (the data plane's job).
 Eviction is least-recently-used under three budgets: the count of loaded models, the memory they hold (as the
 backend measures it, after its own overhead), and the bytes of extracted models on disk. A model with requests
 in flight (or waiting for it) is never evicted, and a new model is admitted before the old ones leave only when
-nothing idle can make room. Everything here runs on one event loop; bookkeeping between two awaits is atomic, so
+nothing idle can make room. With ``--admission tinylfu`` a frequency sketch of every request sits in front of
+that eviction (policy.py): a model being loaded that was asked for no more often lately than its victims is
+loaded to answer without unloading them, at the least-recently-used end, and is the first to leave once its
+request ends. Everything here runs on one event loop; bookkeeping between two awaits is atomic, so
 no lock guards it.
 """
 
@@ -36,7 +39,7 @@ from openmme.endpoint.cache.entry import HELD, LOADED, Budgets, Entry, State, mm
 from openmme.endpoint.cache.events import CacheEvents
 from openmme.endpoint.cache.store import ModelStore
 from openmme.endpoint.errors import Conflict, ModelError, ModelNotReady
-from openmme.endpoint.policy import Slot, disk_victims, memory_victims
+from openmme.endpoint.policy import FrequencySketch, Slot, admits, disk_victims, memory_victims
 from openmme.endpoint.settings import Settings
 
 __all__ = ["ModelCache", "budgets_for"]
@@ -73,6 +76,8 @@ class ModelCache:
         self.entries: OrderedDict[str, Entry] = OrderedDict()  # least recently used first
         self.evictions: Counter[str] = Counter()  # by reason: count, memory, disk
         self.counters: Counter[str] = Counter()  # hits, misses, downloads, registrations
+        # TinyLFU's sample is ten times the cache's size in models; without a count budget, as if it held 100.
+        self.sketch = FrequencySketch(10 * (budgets.max_models or 100)) if settings.admission == "tinylfu" else None
         backend.attach(self)
 
     # ---- the request path -------------------------------------------------------------------------------
@@ -89,6 +94,8 @@ class ModelCache:
         self.entries.move_to_end(target)
         hit = entry.state is State.READY
         if counted:
+            if self.sketch is not None:
+                self.sketch.record(target)
             self.counters["hits" if hit else "misses"] += 1
             for events in self.events:
                 events.lookup(entry, hit)
@@ -193,7 +200,7 @@ class ModelCache:
         entry.state = State.LOADING
         try:
             await self.backend.prepare(entry)
-            await self._make_memory_room(keep=entry)
+            await self._make_memory_room(keep=entry, loading=True)
             started = time.perf_counter()
             self.counters["registrations"] += 1  # loads asked of the backend, failed ones included
             await self.backend.load(entry)
@@ -207,7 +214,7 @@ class ModelCache:
         entry.memory_bytes = await self.backend.measure(entry)
         for events in self.events:
             events.loaded(entry)
-        await self._make_memory_room(keep=entry)
+        await self._make_memory_room(keep=entry, loading=True)
 
     async def _unload(self, entry: Entry, reason: str | None) -> None:
         """Unload ``entry`` from its host; ``reason`` is counted as an eviction."""
@@ -248,10 +255,20 @@ class ModelCache:
             if entry is not keep
         ]
 
-    async def _make_memory_room(self, keep: Entry) -> None:
-        """Unload idle models, least recently used first, until ``keep`` fits the count and memory budgets."""
+    async def _make_memory_room(self, keep: Entry, loading: bool = False) -> None:
+        """Unload idle models, least recently used first, until ``keep`` fits the count and memory budgets. Under
+        TinyLFU, a ``keep`` being loaded that is not admitted unloads no one: it moves to the least recently used
+        end instead, over budget until its requests end (then ``_enforce_budgets_soon`` unloads it first)."""
         slots = self._slots(keep, evictable={State.READY})
         victims = memory_victims(slots, keep.memory_bytes, self.budgets.max_models, self._model_memory_budget())
+        if (
+            loading
+            and victims
+            and self.sketch is not None
+            and not admits(self.sketch, keep.target, [key for key, _ in victims])
+        ):
+            self.entries.move_to_end(keep.target, last=False)
+            return
         await _run_all(self._start_unload(self.entries[key], reason) for key, reason in victims)
 
     async def _make_disk_room(self, incoming: int, keep: Entry) -> None:
