@@ -404,7 +404,7 @@ def test_a_failed_load_fails_every_waiter_and_the_next_request_tries_again(tmp_p
 
 def plane_of(rig: Rig) -> tuple[DataPlane, Metrics]:
     metrics = Metrics()
-    return DataPlane(rig.cache.settings, rig.cache, rig.backend, metrics), metrics
+    return DataPlane(rig.cache, metrics), metrics
 
 
 def invocation(target: str, body: bytes = b"1,2") -> Invocation:

@@ -18,9 +18,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from openmme.endpoint.cache.backend import Backend, ModelLost, Reply
+from openmme.endpoint.cache.backend import ModelLost, Reply
 from openmme.endpoint.cache.core import ModelCache
-from openmme.endpoint.cache.entry import Entry, State
+from openmme.endpoint.cache.entry import Entry
 from openmme.endpoint.errors import (
     EndpointError,
     InsufficientMemory,
@@ -31,7 +31,6 @@ from openmme.endpoint.errors import (
 from openmme.endpoint.logs import access_log, log_json
 from openmme.endpoint.metrics import Metrics
 from openmme.endpoint.names import CUSTOM_ATTRIBUTES, INFERENCE_ID, INVOKED_VARIANT, validate_target_model
-from openmme.endpoint.settings import Settings
 from openmme.handlers import ERROR_HEADER
 
 __all__ = ["Answer", "DataPlane", "Invocation"]
@@ -65,10 +64,10 @@ class Answer:
 class DataPlane:
     """Invocations and the container API's model calls, over the cache and its backend."""
 
-    def __init__(self, settings: Settings, cache: ModelCache, backend: Backend, metrics: Metrics) -> None:
-        self.settings = settings
+    def __init__(self, cache: ModelCache, metrics: Metrics) -> None:
         self.cache = cache
-        self.backend = backend
+        self.settings = cache.settings
+        self.backend = cache.backend
         self.metrics = metrics
         source = cache.store.source
         self.prefix = source.prefix if source is not None else None
@@ -142,8 +141,7 @@ class DataPlane:
         return self.cache.get(name)
 
     def is_loaded(self, name: str) -> bool:
-        entry = self.cache.get(name)
-        return entry is not None and entry.state is State.READY
+        return self.cache.is_ready(name)
 
     def summary(self) -> dict[str, Any]:
         return self.cache.snapshot()

@@ -29,7 +29,8 @@ import psutil
 from openmme.endpoint.cache.backend import ModelLost, Models, Route
 from openmme.endpoint.cache.entry import Entry, State
 from openmme.endpoint.errors import InsufficientMemory, ModelError, ServiceUnavailable
-from openmme.endpoint.mms import MmsClient, MmsProcess, MmsResponse, memory_of, tracked_call
+from openmme.endpoint.logs import log_task_failure
+from openmme.endpoint.mms import MmsClient, MmsProcess, MmsResponse, memory_of, tracked_call, tracked_prediction
 from openmme.endpoint.settings import Settings
 from openmme.handlers import DENSE, DENSE_HANDLER, ERROR_HEADER, MODEL_HEADER, OP_HEADER
 
@@ -116,7 +117,7 @@ class ShardPool:
     async def operation(self, shard: Shard, op: str, model: str = "") -> MmsResponse | None:
         """Ask ``shard`` to ``load``, ``unload`` or ``list``; None when its worker died meanwhile."""
         headers = {OP_HEADER: op, MODEL_HEADER: model}
-        request = self.mms.predict(shard.name, b"", headers, timeout=self.settings.response_timeout)
+        request = self.mms.predict(shard.name, b"", headers, self.settings.response_timeout, prediction=False)
         return await tracked_call(request, shard.calls)
 
     def overhead_bytes(self) -> int:
@@ -262,15 +263,9 @@ class DenseBackend:
         request = self.mms.predict(route.model, body, {**headers, **route.headers}, self.settings.response_timeout)
         shard.in_flight += 1
         try:
-            response = await tracked_call(request, shard.calls)
+            return await tracked_prediction(request, shard.calls, entry, self._forgotten)
         finally:
             shard.in_flight -= 1
-        if response is None:
-            raise ModelLost(entry.target)  # the shard's worker died: requests in it are sent again
-        if response.forgot_model:  # MMS was restarted, or the request raced an eviction
-            self._forgotten(entry)
-            raise ModelLost(entry.target)
-        return response
 
     def _forgotten(self, entry: Entry) -> None:
         if self.models.lost(entry):
@@ -281,7 +276,7 @@ class DenseBackend:
 
     def _spread_done(self, name: str, task: asyncio.Task[None]) -> None:
         self._spreading.pop(name, None)
-        _log_failure(task)
+        log_task_failure(task)
 
     async def _spread(self, entry: Entry, shard: Shard) -> None:
         """Load a hot ``entry`` into one more shard, so its requests stop queueing behind one worker."""
@@ -321,7 +316,7 @@ class DenseBackend:
             if not entry.replicas:
                 self.models.lost(entry)
         shard.revival = asyncio.create_task(self._revive(shard), name=f"revive {shard.name}")
-        shard.revival.add_done_callback(_log_failure)
+        shard.revival.add_done_callback(log_task_failure)
 
     async def _revive(self, shard: Shard) -> None:
         delay = 1.0
@@ -337,9 +332,3 @@ class DenseBackend:
                 continue
             await self._measure_baselines([shard])
             return
-
-
-def _log_failure(task: asyncio.Task[None]) -> None:
-    """Retrieve a background task's exception so that asyncio does not report it as lost."""
-    if not task.cancelled() and task.exception() is not None:
-        log.debug("%s failed: %s", task.get_name(), task.exception())

@@ -15,10 +15,10 @@ from typing import Any
 
 import psutil
 
-from openmme.endpoint.cache.backend import ModelLost, Models, Route
+from openmme.endpoint.cache.backend import Models, Route
 from openmme.endpoint.cache.entry import Entry, State
 from openmme.endpoint.errors import InsufficientMemory, ModelError
-from openmme.endpoint.mms import MmsClient, MmsProcess, MmsResponse, memory_of, tracked_call
+from openmme.endpoint.mms import MmsClient, MmsProcess, MmsResponse, memory_of, tracked_prediction
 from openmme.endpoint.settings import Settings
 from openmme.handlers import DENSE
 
@@ -94,13 +94,7 @@ class IsolatedBackend:
         if calls is None:
             calls = self._calls[entry.name] = set()
         request = self.mms.predict(route.model, body, headers, self.settings.response_timeout)
-        response = await tracked_call(request, calls)
-        if response is None:
-            raise ModelLost(entry.target)  # its workers died and are being replaced: wait for them, then retry
-        if response.forgot_model:  # MMS was restarted, or the request raced an eviction
-            self.models.lost(entry)
-            raise ModelLost(entry.target)
-        return response
+        return await tracked_prediction(request, calls, entry, self.models.lost)
 
     # ---- housekeeping ----------------------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ figures are those of the load a missing request waited for).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sys
@@ -17,10 +18,17 @@ from typing import Any
 from openmme.endpoint.cache.entry import Entry
 from openmme.endpoint.cache.events import CacheEvents
 
-__all__ = ["EventLog", "configure_logging", "log_json"]
+__all__ = ["EventLog", "configure_logging", "log_json", "log_task_failure"]
 
 access_log = logging.getLogger("openmme.access")
 event_log = logging.getLogger("openmme.events")
+log = logging.getLogger(__name__)
+
+
+def log_task_failure(task: asyncio.Task[None]) -> None:
+    """A background task's done callback: retrieve its exception so that asyncio does not report it as lost."""
+    if not task.cancelled() and task.exception() is not None:
+        log.debug("%s failed: %s", task.get_name(), task.exception())
 
 
 def configure_logging(level: str) -> None:

@@ -40,10 +40,12 @@ import aiohttp
 import psutil
 from multidict import CIMultiDict
 
+from openmme.endpoint.cache.backend import ModelLost
+from openmme.endpoint.cache.entry import Entry
 from openmme.endpoint.errors import ModelError, ServiceUnavailable
 from openmme.endpoint.settings import MAX_BODY_BYTES, Settings
 from openmme.handlers import ERROR_HEADER
-from openmme.handlers._lifetime import parent_death_setter
+from openmme.handlers._lifetime import die_with_parent, parent_death_setter
 from openmme.ports import free_port
 
 __all__ = [
@@ -55,6 +57,7 @@ __all__ = [
     "kill_processes",
     "memory_of",
     "tracked_call",
+    "tracked_prediction",
 ]
 
 log = logging.getLogger(__name__)
@@ -239,18 +242,21 @@ class MmsClient:
             if not token:
                 return names
 
-    async def predict(self, name: str, body: bytes, headers: Mapping[str, str], timeout: float) -> MmsResponse:
+    async def predict(
+        self, name: str, body: bytes, headers: Mapping[str, str], timeout: float, *, prediction: bool = True
+    ) -> MmsResponse:
+        """POST to a model's ``/predictions``: a prediction, or (``prediction=False``) an operation on a dense shard,
+        whose time-out is the server's (503, retry) rather than the model's (see ``_call``)."""
         url = f"{self.inference_url}/predictions/{name}"
-        return await self._call("POST", url, data=body, headers=headers, timeout=timeout, prediction=True)
+        return await self._call("POST", url, data=body, headers=headers, timeout=timeout, prediction=prediction)
 
 
-async def tracked_call(request: Awaitable[T], *registries: set[asyncio.Future[Any]]) -> T | None:
-    """Await ``request`` to an MMS worker, listed in ``registries`` meanwhile so that the front can cancel it when
+async def tracked_call(request: Awaitable[T], registry: set[asyncio.Future[Any]]) -> T | None:
+    """Await ``request`` to an MMS worker, listed in ``registry`` meanwhile so that the front can cancel it when
     the worker dies (MMS would leave it hanging until its time-out): then None, and the request should be sent
     again. Cancelling the caller (the client went away, the server is stopping) still cancels."""
     call = asyncio.ensure_future(request)
-    for registry in registries:
-        registry.add(call)
+    registry.add(call)
     try:
         return await call
     except asyncio.CancelledError:
@@ -259,8 +265,25 @@ async def tracked_call(request: Awaitable[T], *registries: set[asyncio.Future[An
             raise
         return None
     finally:
-        for registry in registries:
-            registry.discard(call)
+        registry.discard(call)
+
+
+async def tracked_prediction(
+    request: Awaitable[MmsResponse],
+    registry: set[asyncio.Future[Any]],
+    entry: Entry,
+    forgotten: Callable[[Entry], object],
+) -> MmsResponse:
+    """A prediction for ``entry``, tracked as ``tracked_call`` does. ``ModelLost`` when its worker died meanwhile,
+    or when MMS no longer knows the model (restarted, or the request raced an eviction: ``forgotten(entry)`` is
+    called first); the data plane then sends the request again."""
+    response = await tracked_call(request, registry)
+    if response is None:
+        raise ModelLost(entry.target)
+    if response.forgot_model:
+        forgotten(entry)
+        raise ModelLost(entry.target)
+    return response
 
 
 class MmsProcess:
@@ -421,17 +444,11 @@ class MmsProcess:
 
 
 def _dies_with(parent: int) -> Callable[[], None] | None:
-    """What the Java front runs between ``fork`` and ``exec``: ask to be killed when the thread that forked it
-    exits, and end at once if ``parent`` died before the request was made."""
-    set_parent_death_signal = parent_death_setter()
-    if set_parent_death_signal is None:
+    """What the Java front runs between ``fork`` and ``exec``: ``die_with_parent`` with ``parent`` as the parent
+    (None where the kernel has no parent-death signal)."""
+    if parent_death_setter() is None:  # resolved here, before the fork
         return None
-
-    def die_with_parent() -> None:
-        if set_parent_death_signal() and os.getppid() != parent:
-            os._exit(1)
-
-    return die_with_parent
+    return lambda: die_with_parent(lambda pid: pid == parent)
 
 
 def _workers_of(tmp_dir: Path) -> dict[str, list[psutil.Process]]:

@@ -153,7 +153,7 @@ async def _run_owned(
             metrics.watch(cache, hosting.shards)
             if settings.hosting == "dense":
                 await hosting.start_shards()
-            app = build_app(settings, DataPlane(settings, cache, hosting, metrics), mms, metrics, keys)
+            app = build_app(settings, DataPlane(cache, metrics), mms, metrics, keys)
             runner = web.AppRunner(app, access_log=None, shutdown_timeout=30.0)
             await runner.setup()
             site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True, ssl_context=tls)

@@ -69,28 +69,28 @@ def _parse_auth(text: str) -> str:
     raise ValueError(f"not an authentication scheme: {text!r} (sigv4, or none)")
 
 
-def _parse_hosting(text: str) -> str:
-    hosting = text.strip().lower()
-    if hosting in ("dense", "isolated"):
-        return hosting
-    raise ValueError(f"not a hosting mode: {text!r} (dense or isolated)")
+@dataclass(frozen=True)
+class _OneOf:
+    """The parser of a setting that takes one of ``choices``, in any case; ``--help`` shows them as ``{a,b}``."""
+
+    noun: str  # what one of them is called, for the error
+    choices: tuple[str, ...]  # as the setting holds them: all lower case or all upper case
+
+    def __call__(self, text: str) -> str:
+        value = text.strip().upper() if self.choices[0].isupper() else text.strip().lower()
+        if value in self.choices:
+            return value
+        listed = " or ".join(self.choices) if len(self.choices) == 2 else ", ".join(self.choices)
+        raise ValueError(f"not {self.noun}: {text!r} ({listed})")
+
+    @property
+    def metavar(self) -> str:
+        return "{" + ",".join(self.choices) + "}"
 
 
-def _parse_admission(text: str) -> str:
-    admission = text.strip().lower()
-    if admission in ("lru", "tinylfu"):
-        return admission
-    raise ValueError(f"not an admission policy: {text!r} (lru or tinylfu)")
-
-
-_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-
-
-def _parse_log_level(text: str) -> str:
-    level = text.strip().upper()
-    if level in _LOG_LEVELS:
-        return level
-    raise ValueError(f"not a log level: {text!r} ({', '.join(_LOG_LEVELS)})")
+_parse_hosting = _OneOf("a hosting mode", ("dense", "isolated"))
+_parse_admission = _OneOf("an admission policy", ("lru", "tinylfu"))
+_parse_log_level = _OneOf("a log level", ("DEBUG", "INFO", "WARNING", "ERROR"))
 
 
 def _opt(default: Any, help: str, parse: Callable[[str], Any] | None = None, metavar: str | None = None) -> Any:
@@ -103,6 +103,8 @@ def _metavar(spec: dataclasses.Field[Any]) -> str:
     parse = spec.metadata["parse"]
     if spec.metadata["metavar"]:
         return str(spec.metadata["metavar"])
+    if isinstance(parse, _OneOf):
+        return parse.metavar
     return {parse_bytes: "SIZE", Path: "PATH", int: "N", float: "NUMBER"}.get(parse, spec.name.upper())
 
 
@@ -158,7 +160,6 @@ class Settings:
         " leaves first, as on SageMaker) or tinylfu (a model asked for no more often lately than the one it would"
         " push out answers and is unloaded first instead: for skewed traffic with a long tail of rare models)",
         _parse_admission,
-        "{lru,tinylfu}",
     )
     max_archive_bytes: int = _opt(8 * 1024**3, "an archive whose extracted size is larger is refused", parse_bytes)
     max_archive_members: int = _opt(100_000, "an archive with more members is refused", int)
@@ -174,7 +175,6 @@ class Settings:
         " process each, as on SageMaker); archives with code/inference.py always run isolated, and an archive's"
         ' openmme.json {"hosting": ...} overrides this',
         _parse_hosting,
-        "{dense,isolated}",
     )
     shards: int = _opt(0, "dense shards, each one MMS worker holding many models (0: one per CPU core)", int)
     workers_per_model: int = _opt(1, "MMS worker processes per isolated model", int)
@@ -230,7 +230,6 @@ class Settings:
         "INFO",
         "the least severe of the text lines on stderr to show (JSON request and event lines go to stdout)",
         _parse_log_level,
-        "{" + ",".join(_LOG_LEVELS) + "}",
     )
 
     @property

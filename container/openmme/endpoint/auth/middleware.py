@@ -20,7 +20,6 @@ from openmme.endpoint.auth.keys import AccessKey, AuthConfigError, KeyStore
 from openmme.endpoint.auth.replay import ReplayCache
 from openmme.endpoint.auth.signature import Grant, SigV4Verifier
 from openmme.endpoint.errors import AccessDenied, EndpointError, Forbidden
-from openmme.endpoint.http_errors import render
 from openmme.endpoint.logs import access_log, log_json
 from openmme.endpoint.names import TARGET_MODEL
 from openmme.endpoint.settings import Settings
@@ -78,7 +77,7 @@ def sigv4_middleware(
             checker.spend(grant)  # after authorize: a refused request does not use up its signature
         except Forbidden as error:
             _log_refusal(request, error)
-            return render(error)
+            raise  # rendered by the front's errors middleware, the outermost
         served = False
         try:
             response = await handler(request)

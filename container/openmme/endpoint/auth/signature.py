@@ -98,10 +98,6 @@ class Credential:
     signed_headers: tuple[str, ...]
     signature: str
 
-    @property
-    def scope(self) -> str:
-        return f"{self.date}/{self.region}/{self.service}/{TERMINATOR}"
-
 
 def parse_authorization(value: str) -> Credential:
     algorithm, _, rest = value.strip().partition(" ")

@@ -39,6 +39,7 @@ from openmme.endpoint.cache.entry import HELD, LOADED, Budgets, Entry, State, mm
 from openmme.endpoint.cache.events import CacheEvents
 from openmme.endpoint.cache.store import ModelStore
 from openmme.endpoint.errors import Conflict, ModelError, ModelNotReady
+from openmme.endpoint.logs import log_task_failure
 from openmme.endpoint.policy import FrequencySketch, Slot, admits, disk_victims, memory_victims
 from openmme.endpoint.settings import Settings
 
@@ -158,7 +159,7 @@ class ModelCache:
 
     def _transition(self, entry: Entry, work: Any, verb: str) -> None:
         entry.transition = asyncio.create_task(work, name=f"{verb} {entry.target}")
-        entry.transition.add_done_callback(_log_failure)
+        entry.transition.add_done_callback(log_task_failure)
 
     async def _bring_up(self, entry: Entry) -> None:
         try:
@@ -307,7 +308,7 @@ class ModelCache:
         if over_count or over_memory:
             newest = next(reversed(self.entries.values()))
             task = asyncio.create_task(self._make_memory_room(keep=newest), name="enforce budgets")
-            task.add_done_callback(_log_failure)
+            task.add_done_callback(log_task_failure)
 
     # ---- the SageMaker container contract and the host's restarts ------------------------------------
 
@@ -391,9 +392,3 @@ async def _run_all(tasks: Iterable[asyncio.Task[None]]) -> None:
     pending = list(tasks)
     if pending:
         await asyncio.gather(*pending)
-
-
-def _log_failure(task: asyncio.Task[None]) -> None:
-    """Retrieve a background task's exception so that asyncio does not report it as lost."""
-    if not task.cancelled() and task.exception() is not None:
-        log.debug("%s failed: %s", task.get_name(), task.exception())
