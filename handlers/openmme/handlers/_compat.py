@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import pathlib
 import sys
+from collections.abc import Callable
+from typing import NoReturn, TypeVar
 
 from sagemaker_inference.errors import UnsupportedFormatError as _ToolkitUnsupportedFormatError
 
@@ -33,6 +35,8 @@ __all__ = [
     "PayloadError",
     "UnsupportedFormatError",
     "add_compat_path",
+    "missing_names",
+    "read_payload",
     "translate_missing_module",
     "unsupported_import",
 ]
@@ -81,6 +85,29 @@ def unsupported_import(name: str) -> ImportError:
         f"{name} is not available in openmme, whose stand-in {package} provides only {PROVIDED[package]}; {instead}",
         name=name,
     )
+
+
+def missing_names(module: str) -> Callable[[str], NoReturn]:
+    """The module ``__getattr__`` of a stand-in: a name it does not have fails ``from module import name`` with the
+    one-line ImportError (dunder names stay AttributeErrors, as Python's own lookups expect)."""
+
+    def __getattr__(name: str) -> NoReturn:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        raise unsupported_import(f"{module}.{name}")
+
+    return __getattr__
+
+
+T = TypeVar("T")
+
+
+def read_payload(parse: Callable[[], T]) -> T:
+    """``parse()`` of a body a stand-in decodes: openmme's HandlerError becomes the PayloadError scripts catch."""
+    try:
+        return parse()
+    except HandlerError as exc:
+        raise PayloadError(exc.status, exc.message) from exc
 
 
 def translate_missing_module(exc: BaseException) -> BaseException:

@@ -162,7 +162,7 @@ def parse_csv(text: str, num_features: int | None = None, *, delimiter: str | No
     if not lines:
         raise HandlerError(400, "the CSV body has no rows")
     if delimiter is None:
-        delimiter = sniff_delimiter(text.split("\n", 1)[0])
+        delimiter = sniff_delimiter(text[:_SNIFFED_CHARS].split("\n", 1)[0])
     rows: list[list[float]] = []
     first_width = len(lines[0].split(delimiter))
     for number, line in enumerate(lines, start=1):
@@ -354,7 +354,7 @@ def parse_recordio_protobuf(raw: bytes, num_features: int | None = None) -> Rows
             raise HandlerError(400, f"{where} is {declared} features wide, {expects} features")
         bounds = [bound for bound in (declared, num_features, MAX_FEATURES) if bound is not None]
         largest = max(record.keys, default=-1)
-        if bounds and largest >= min(bounds):
+        if largest >= min(bounds):
             raise HandlerError(400, f"{where}: feature index {largest} is out of range, the row is {min(bounds)} wide")
         widths.append(declared if declared is not None else largest + 1)
     if not any(record.sparse for record in records):

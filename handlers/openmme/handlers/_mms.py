@@ -30,6 +30,7 @@ __all__ = [
     "LoadError",
     "MmsContext",
     "accepted_types",
+    "full_media_type",
     "media_parameters",
     "media_type",
     "one_line",
@@ -141,6 +142,15 @@ def request_content_type_header(context: MmsContext, idx: int) -> str | None:
 def request_content_type(context: MmsContext, idx: int) -> str | None:
     """Request ``idx``'s media type: the Content-Type header, else the type MMS recorded for the body."""
     return media_type(request_content_type_header(context, idx))
+
+
+# The bare names SageMaker's containers also accept for these two media types.
+_BARE_NAMES = {"json": "application/json", "csv": "text/csv"}
+
+
+def full_media_type(mime: str) -> str:
+    """``json`` -> ``application/json`` and ``csv`` -> ``text/csv``; any other media type as it is."""
+    return _BARE_NAMES.get(mime, mime)
 
 
 def accepted_types(accept: str | None) -> list[str]:

@@ -73,6 +73,7 @@ from openmme.handlers._mms import (
     LoadError,
     MmsContext,
     accepted_types,
+    full_media_type,
     one_line,
     reject,
     request_body,
@@ -152,14 +153,8 @@ def _status_of(error: BaseInferenceToolkitError) -> int:
     return status if isinstance(status, int) and 100 <= status <= 599 else 500
 
 
-# The Accept values the default output_fn encodes, bare names included.
-_OUTPUT_TYPES = {
-    content_types.JSON: content_types.JSON,
-    "json": content_types.JSON,
-    content_types.CSV: content_types.CSV,
-    "csv": content_types.CSV,
-    content_types.NPY: content_types.NPY,
-}
+# The Accept values the default output_fn encodes (``json`` and ``csv`` also by their bare names).
+_OUTPUT_TYPES = (content_types.JSON, content_types.CSV, content_types.NPY)
 
 
 class SafeInferenceHandler(DefaultInferenceHandler):  # type: ignore[misc]  # the toolkit is untyped
@@ -211,8 +206,8 @@ class SafeInferenceHandler(DefaultInferenceHandler):  # type: ignore[misc]  # th
     def default_output_fn(self, prediction: Any, accept: str, context: Any = None) -> Any:
         """The first of the Accept header's types the toolkit's encoder writes: JSON, CSV or NPY."""
         for mime in accepted_types(accept):
-            if mime in _OUTPUT_TYPES:
-                response_type = _OUTPUT_TYPES[mime]
+            response_type = full_media_type(mime)
+            if response_type in _OUTPUT_TYPES:
                 return encoder.encode(prediction, response_type), response_type
         raise HandlerError(
             415,

@@ -52,6 +52,7 @@ from openmme.handlers._mms import (
     HandlerService,
     LoadError,
     MmsContext,
+    full_media_type,
     media_parameters,
     media_type,
     one_line,
@@ -94,8 +95,6 @@ FORMAT = "format"
 
 JSON_TYPE = "application/json"
 CSV_TYPE = "text/csv"
-# The Accept values the container reads (exactly these two, and their bare names).
-_ACCEPT_ALIASES = {JSON_TYPE: JSON_TYPE, "json": JSON_TYPE, CSV_TYPE: CSV_TYPE, "csv": CSV_TYPE}
 
 # The prefix of the container's message for a body it cannot read.
 BAD_PAYLOAD = "Unable to evaluate payload provided: "
@@ -226,8 +225,7 @@ def request_kind_of(content_type: str | None) -> str:
     if kind is None:
         supported = ", ".join(REQUEST_KINDS)
         raise HandlerError(415, f"Content-Type {content_type} is not supported; use one of {supported}")
-    label_size = media_parameters(content_type).get("label_size")
-    if kind == CSV and label_size not in (None, "1"):
+    if kind == CSV and media_parameters(content_type).get("label_size") not in (None, "1"):
         raise HandlerError(
             415, f"Content-Type {content_type} is not supported: its optional parameter label_size must be 1"
         )
@@ -292,7 +290,7 @@ def response_format(accept: str | None, *, default_accept: str, batch: bool = Fa
     No Accept, or ``*/*``, means ``default_accept`` (``$SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT``). Parameters
     other than ``format`` (``charset``, ``q`` ...) are ignored.
     """
-    if not accept or not accept.strip() or accept.strip() == "*/*":
+    if not accept or not accept.strip():
         return _format_of(default_accept, batch, f" (the default, from {DEFAULT_ACCEPT_ENV})")
     return _format_of(accept, batch, "", default_accept)
 
@@ -302,7 +300,8 @@ def _format_of(accept: str, batch: bool, source: str, default_accept: str | None
         mime = media_type(part)
         if mime == "*/*" and default_accept is not None:
             return _format_of(default_accept, batch, f" (the default, from {DEFAULT_ACCEPT_ENV})")
-        key = (_ACCEPT_ALIASES.get(mime or "", ""), media_parameters(part).get(FORMAT))
+        # The container reads exactly these two types, and their bare names.
+        key = (full_media_type(mime or ""), media_parameters(part).get(FORMAT))
         if key == (CSV_TYPE, None) and batch:
             return _BATCH_CSV
         if key in _FORMATS:

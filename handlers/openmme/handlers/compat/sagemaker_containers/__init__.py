@@ -7,16 +7,11 @@ for why and for what importing it says.
 
 from __future__ import annotations
 
-from typing import NoReturn
-
-from openmme.handlers._compat import unsupported_import
+from openmme.handlers._compat import missing_names
 
 from . import _content_types, _encoders, _errors, beta
 
 __all__ = ["_content_types", "_encoders", "_errors", "beta"]
 
 
-def __getattr__(name: str) -> NoReturn:
-    if name.startswith("__"):
-        raise AttributeError(name)
-    raise unsupported_import(f"{__name__}.{name}")
+__getattr__ = missing_names(__name__)

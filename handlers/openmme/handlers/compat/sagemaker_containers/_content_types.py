@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-from typing import NoReturn
+from sagemaker_inference import content_types
+from sagemaker_inference.content_types import ANY, CSV, JSON, NPY, OCTET_STREAM  # the same values
 
-from openmme.handlers._compat import unsupported_import
+from openmme.handlers._compat import missing_names
 
 __all__ = ["ANY", "CSV", "JSON", "NPY", "OCTET_STREAM", "UTF8_TYPES"]
 
-JSON = "application/json"
-CSV = "text/csv"
-OCTET_STREAM = "application/octet-stream"
-ANY = "*/*"
-NPY = "application/x-npy"
-# The types whose bodies a script's input_fn receives as text.
-UTF8_TYPES = [JSON, CSV]
+# The types whose bodies a script's input_fn receives as text (a copy: a script that edits it edits only its own).
+UTF8_TYPES = list(content_types.UTF8_TYPES)
 
-
-def __getattr__(name: str) -> NoReturn:
-    if name.startswith("__"):
-        raise AttributeError(name)
-    raise unsupported_import(f"{__name__}.{name}")
+__getattr__ = missing_names(__name__)

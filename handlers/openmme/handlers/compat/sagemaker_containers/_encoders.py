@@ -13,14 +13,14 @@ import csv
 import io
 import json
 from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from openmme.handlers._compat import PayloadError, UnsupportedFormatError, unsupported_import
+from openmme.handlers._compat import PayloadError, UnsupportedFormatError, missing_names, read_payload
 from openmme.handlers._decoding import body_bytes, body_text, load_npy, parse_csv, parse_json
-from openmme.handlers._mms import HandlerError, media_type
+from openmme.handlers._mms import media_type
 
 from . import _content_types
 
@@ -104,9 +104,7 @@ def decode(obj: Any, content_type: str) -> npt.NDArray[Any]:
 
 def _read(parse: Callable[[], npt.NDArray[Any]]) -> npt.NDArray[Any]:
     try:
-        return parse()
-    except HandlerError as exc:
-        raise PayloadError(exc.status, exc.message) from exc
+        return read_payload(parse)
     except (TypeError, ValueError) as exc:  # e.g. JSON that is not an array of numbers, for a dtype
         raise PayloadError(400, f"the body does not convert to an array: {exc}") from exc
 
@@ -117,7 +115,4 @@ def _to_list(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
-def __getattr__(name: str) -> NoReturn:
-    if name.startswith("__"):
-        raise AttributeError(name)
-    raise unsupported_import(f"{__name__}.{name}")
+__getattr__ = missing_names(__name__)

@@ -6,14 +6,9 @@ openmme answers with 400); ``UnsupportedFormatError`` is raised for a content ty
 
 from __future__ import annotations
 
-from typing import NoReturn
-
-from openmme.handlers._compat import ClientError, PayloadError, UnsupportedFormatError, unsupported_import
+from openmme.handlers._compat import ClientError, PayloadError, UnsupportedFormatError, missing_names
 
 __all__ = ["ClientError", "PayloadError", "UnsupportedFormatError"]
 
 
-def __getattr__(name: str) -> NoReturn:
-    if name.startswith("__"):
-        raise AttributeError(name)
-    raise unsupported_import(f"{__name__}.{name}")
+__getattr__ = missing_names(__name__)

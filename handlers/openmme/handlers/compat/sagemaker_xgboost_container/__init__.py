@@ -5,16 +5,11 @@ Only ``encoder`` is here; see ``openmme.handlers._compat`` for why and for what 
 
 from __future__ import annotations
 
-from typing import NoReturn
-
-from openmme.handlers._compat import unsupported_import
+from openmme.handlers._compat import missing_names
 
 from . import encoder
 
 __all__ = ["encoder"]
 
 
-def __getattr__(name: str) -> NoReturn:
-    if name.startswith("__"):
-        raise AttributeError(name)
-    raise unsupported_import(f"{__name__}.{name}")
+__getattr__ = missing_names(__name__)

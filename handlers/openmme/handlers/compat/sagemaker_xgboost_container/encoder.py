@@ -11,12 +11,12 @@ saying where.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import Any
 
 import numpy as np
 import xgboost
 
-from openmme.handlers._compat import PayloadError, UnsupportedFormatError, unsupported_import
+from openmme.handlers._compat import UnsupportedFormatError, missing_names, read_payload
 from openmme.handlers._decoding import (
     CSV,
     LIBSVM,
@@ -29,25 +29,25 @@ from openmme.handlers._decoding import (
     parse_recordio_protobuf,
     request_kind,
 )
-from openmme.handlers._mms import HandlerError, media_type
+from openmme.handlers._mms import media_type
 
 __all__ = ["csv_to_dmatrix", "decode", "libsvm_to_dmatrix", "recordio_protobuf_to_dmatrix"]
 
 
 def csv_to_dmatrix(input: str | bytes, dtype: Any = None) -> xgboost.DMatrix:
     """CSV rows (delimiter sniffed, an empty value missing) as a DMatrix; ``dtype`` converts the values first."""
-    rows = _read(lambda: parse_csv(body_text(input)))
+    rows = read_payload(lambda: parse_csv(body_text(input)))
     return _dmatrix(rows if dtype is None else rows.astype(dtype))
 
 
 def libsvm_to_dmatrix(string_like: str | bytes) -> xgboost.DMatrix:
     """LIBSVM rows (labels ignored, 1-based indices shifted) as a DMatrix, as wide as the largest index."""
-    return _dmatrix(_read(lambda: parse_libsvm(body_text(string_like))))
+    return _dmatrix(read_payload(lambda: parse_libsvm(body_text(string_like))))
 
 
 def recordio_protobuf_to_dmatrix(string_like: bytes) -> xgboost.DMatrix:
     """RecordIO-protobuf records, dense or sparse, as a DMatrix."""
-    return _dmatrix(_read(lambda: parse_recordio_protobuf(body_bytes(string_like))))
+    return _dmatrix(read_payload(lambda: parse_recordio_protobuf(body_bytes(string_like))))
 
 
 _DECODERS: dict[str, Callable[[Any], xgboost.DMatrix]] = {
@@ -65,18 +65,8 @@ def decode(obj: Any, content_type: str) -> xgboost.DMatrix:
     return decoder(obj)
 
 
-def _read(parse: Callable[[], Rows]) -> Rows:
-    try:
-        return parse()
-    except HandlerError as exc:
-        raise PayloadError(exc.status, exc.message) from exc
-
-
 def _dmatrix(rows: Rows) -> xgboost.DMatrix:
     return xgboost.DMatrix(rows, missing=np.nan)
 
 
-def __getattr__(name: str) -> NoReturn:
-    if name.startswith("__"):
-        raise AttributeError(name)
-    raise unsupported_import(f"{__name__}.{name}")
+__getattr__ = missing_names(__name__)

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-from typing import NoReturn
-
-from openmme.handlers._compat import unsupported_import
+from openmme.handlers._compat import missing_names
 
 from . import framework
 
 __all__ = ["framework"]
 
 
-def __getattr__(name: str) -> NoReturn:
-    if name.startswith("__"):
-        raise AttributeError(name)
-    raise unsupported_import(f"{__name__}.{name}")
+__getattr__ = missing_names(__name__)

@@ -6,9 +6,7 @@ serving machinery, which openmme does not provide: importing them fails with one
 
 from __future__ import annotations
 
-from typing import NoReturn
-
-from openmme.handlers._compat import unsupported_import
+from openmme.handlers._compat import missing_names
 
 from ... import _content_types as content_types
 from ... import _encoders as encoders
@@ -17,7 +15,4 @@ from ... import _errors as errors
 __all__ = ["content_types", "encoders", "errors"]
 
 
-def __getattr__(name: str) -> NoReturn:
-    if name.startswith("__"):
-        raise AttributeError(name)
-    raise unsupported_import(f"{__name__}.{name}")
+__getattr__ = missing_names(__name__)
