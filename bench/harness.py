@@ -187,12 +187,17 @@ def percentile(values: Sequence[float], q: float) -> float:
     return float(np.percentile(np.asarray(values, dtype=float), q)) if len(values) else float("nan")
 
 
+def tree_processes(pid: int) -> list[psutil.Process]:
+    """A process and all its descendants (for an endpoint: the front, MMS's JVM, its workers)."""
+    root = psutil.Process(pid)
+    return [root, *root.children(recursive=True)]
+
+
 def tree_pss_bytes(pid: int, workers_only: bool = False) -> int:
     """Proportional set size of a process and all its descendants (the front, MMS's JVM, its workers); with
     ``workers_only``, of the MMS worker processes among them alone."""
-    root = psutil.Process(pid)
     total = 0
-    for process in [root, *root.children(recursive=True)]:
+    for process in tree_processes(pid):
         # A worker can exit between the listing and the read (an unload finishing): it holds nothing then.
         with contextlib.suppress(psutil.Error):
             if workers_only and "--sock-name" not in process.cmdline():

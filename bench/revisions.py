@@ -47,7 +47,16 @@ from typing import Any
 
 import psutil
 
-from harness import BUCKET, ROOT, Endpoint, describe_machine, embedded_s3, invoke_headers, serve_flags
+from harness import (
+    BUCKET,
+    ROOT,
+    Endpoint,
+    describe_machine,
+    embedded_s3,
+    invoke_headers,
+    serve_flags,
+    tree_processes,
+)
 from openmme.publish.samples import make_rows, sample_archive, train_booster
 from sections import MARKERS, replace_section
 
@@ -131,11 +140,6 @@ def check_imports(files: dict[str, str], home: Path, not_under: Path | None = No
         path = Path(file).resolve()
         if not path.is_relative_to(home.resolve()) or (not_under is not None and path.is_relative_to(not_under)):
             raise RuntimeError(f"{module} imports from {file}, not from {home}")
-
-
-def tree_processes(pid: int) -> list[psutil.Process]:
-    root = psutil.Process(pid)
-    return [root, *root.children(recursive=True)]
 
 
 def tree_cpu(pid: int) -> dict[tuple[int, float], float]:

@@ -32,6 +32,7 @@ import numpy as np
 import psutil
 import xgboost
 
+from harness import tree_processes
 from openmme.demo import wait_for_ping
 from openmme.ports import free_port
 from openmme.publish.samples import make_rows, sample_archive, train_booster
@@ -60,14 +61,9 @@ def zipf_trace(models: int, count: int, seed: int) -> list[int]:
     return list(np.random.default_rng(seed).choice(models, size=count, p=weights / weights.sum()))
 
 
-def endpoint_processes(pid: int) -> list[psutil.Process]:
-    root = psutil.Process(pid)
-    return [root, *root.children(recursive=True)]
-
-
 def tree_rss(pid: int) -> int:
     total = 0
-    for process in endpoint_processes(pid):
+    for process in tree_processes(pid):
         with contextlib.suppress(psutil.Error):
             total += process.memory_info().rss
     return total
@@ -166,7 +162,7 @@ def run(plan: Plan, workdir: Path, seed: int = 7) -> dict[str, Any]:
         try:
             wait_for_ping(front, endpoint, timeout=180)
             time.sleep(3)  # let MMS settle before the baseline
-            baseline_processes = len(endpoint_processes(endpoint.pid))
+            baseline_processes = len(tree_processes(endpoint.pid))
             baseline_rss = front_and_mms_rss(endpoint.pid)
             peak = {"tree_rss": tree_rss(endpoint.pid)}
 
@@ -188,7 +184,7 @@ def run(plan: Plan, workdir: Path, seed: int = 7) -> dict[str, Any]:
             listing = get_json(front + "/models?limit=1")
             unload_everything(front)
             time.sleep(3)  # housekeeping round: leftover workers would be stopped by now
-            final_processes = len(endpoint_processes(endpoint.pid))
+            final_processes = len(tree_processes(endpoint.pid))
             final_rss = front_and_mms_rss(endpoint.pid)
         finally:
             endpoint.terminate()

@@ -28,6 +28,7 @@ import pytest
 import xgboost
 from hypothesis import settings as hypothesis_settings
 
+from openmme.demo import wait_for_ping
 from openmme.endpoint.dense import SHARD_PREFIX
 from openmme.handlers import HOSTINGS, OP_HEADER
 from openmme.ports import free_port
@@ -35,7 +36,7 @@ from openmme.publish import publish_archive
 from openmme.publish.samples import sample_archive, train_booster
 from openmme.seaweed import EmbeddedS3
 from tests.certificates import CertificateFiles
-from tests.support import CountingProxy, csv_body, served_csv, served_json
+from tests.support import CountingProxy, alive, csv_body, served_csv, served_json
 
 BUCKET = "models"
 
@@ -289,27 +290,18 @@ class Launcher:
             url, name, prefix, workdir / "cache", process, log_path, verify=str(tls.cert) if tls else None
         )
         self.started.append(endpoint)
-        self._wait_up(endpoint, timeout=120)
+        try:
+            wait_for_ping(endpoint.url, process, timeout=120, context=endpoint.ssl_context())
+        except RuntimeError as exc:
+            raise RuntimeError(f"{exc}\n{endpoint.log()[-4000:]}") from exc
         return endpoint
-
-    @staticmethod
-    def _wait_up(endpoint: Endpoint, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while endpoint.ping() != 200:
-            if endpoint.process.poll() is not None:
-                raise RuntimeError(
-                    f"the endpoint exited with code {endpoint.process.returncode}\n{endpoint.log()[-4000:]}"
-                )
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the endpoint did not answer /ping within {timeout:g} s\n{endpoint.log()[-4000:]}")
-            time.sleep(0.25)
 
     def close(self) -> None:
         for endpoint in self.started:
             endpoint.stop()
             assert endpoint.process.returncode == 0, endpoint.log()[-4000:]
-            alive = [child.pid for child in endpoint.children if _alive(child)]
-            assert alive == [], f"processes left behind by the endpoint: {alive}"
+            left = [child.pid for child in endpoint.children if alive(child)]
+            assert left == [], f"processes left behind by the endpoint: {left}"
 
 
 def _read_when_up(request: urllib.request.Request, timeout: float = 30.0) -> bytes:
@@ -326,11 +318,15 @@ def _read_when_up(request: urllib.request.Request, timeout: float = 30.0) -> byt
         time.sleep(0.2)
 
 
-def _alive(process: psutil.Process) -> bool:
-    try:
-        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
+@pytest.fixture
+def sleepers() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Processes a test starts (``tests.support.sleeper``); whatever is still running at its end is killed."""
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
 
 
 @pytest.fixture(params=HOSTINGS)

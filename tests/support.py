@@ -1,6 +1,7 @@
-"""Helpers for the tests: a counting S3 proxy, hostile-archive builders, polling, CSV rows and the
-predictions (and answer bytes) they must get, nginx as a test's own process, the front's real route table,
-and the benchmarks' smoke runs."""
+"""Helpers for the tests: a counting S3 proxy, hostile-archive builders, polling, whether a process is alive,
+sleeping stand-in processes, a urllib request's answer whatever its status, CSV rows and the predictions (and
+answer bytes) they must get, nginx as a test's own process, the front's real route table, and the benchmarks'
+smoke runs."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import psutil
 import pytest
 import xgboost
 from aiohttp import web
@@ -35,12 +37,44 @@ if TYPE_CHECKING:
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# Off CI a machine without nginx skips the tests that need it; CI installs nginx (scripts/install), so there a
-# missing nginx fails them instead.
-needs_nginx = pytest.mark.skipif(
-    shutil.which("nginx") is None and not os.environ.get("CI"),
-    reason="nginx is not installed (scripts/install adds it)",
-)
+
+def needs_tool(name: str) -> pytest.MarkDecorator:
+    """Off CI a machine without the command ``name`` skips the tests marked with this; CI installs it
+    (scripts/install), so there a missing ``name`` fails them instead."""
+    return pytest.mark.skipif(
+        shutil.which(name) is None and not os.environ.get("CI"),
+        reason=f"{name} is not installed (scripts/install adds it)",
+    )
+
+
+needs_nginx = needs_tool("nginx")
+
+
+def alive(process: psutil.Process | int) -> bool:
+    """Whether a process (or the process of a PID) still runs: exited, reaped or a zombie is not alive."""
+    try:
+        if isinstance(process, int):
+            process = psutil.Process(process)
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def sleeper(started: list[subprocess.Popen[bytes]], *argv: str) -> subprocess.Popen[bytes]:
+    """A process that sleeps, with ``argv`` in its command line (to look like an MMS process); added to ``started``
+    (the ``sleepers`` fixture's list, which kills whatever is still running at the test's end)."""
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", *argv])
+    started.append(process)
+    return process
+
+
+def answer(request: urllib.request.Request | str, timeout: float = 60) -> tuple[int, bytes, dict[str, str]]:
+    """Status, body and headers of a request over urllib, whatever the status."""
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.read(), dict(response.headers)
+    except urllib.error.HTTPError as error:
+        return error.code, error.read(), dict(error.headers)
 
 
 class CountingProxy(http.server.ThreadingHTTPServer):

@@ -5,23 +5,13 @@ own run wrote (the results JSON and the Markdown file, in its tmp_path)."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.support import ROOT, bench_module
-
-# Off CI a machine without wrk skips this test; CI installs wrk (scripts/install), so there a missing wrk fails it.
-needs_wrk = pytest.mark.skipif(
-    shutil.which("wrk") is None and not os.environ.get("CI"),
-    reason="wrk is not installed (scripts/install adds it)",
-)
-
-START, END = "<!-- revisions:start -->", "<!-- revisions:end -->"
+from tests.support import ROOT, bench_module, needs_tool
 
 
 def git(*args: str) -> str:
@@ -29,10 +19,11 @@ def git(*args: str) -> str:
 
 
 @pytest.mark.integration
-@needs_wrk
+@needs_tool("wrk")
 def test_revisions_bench_smoke_compares_the_last_commit_with_the_working_tree(tmp_path: Path) -> None:
+    bench = bench_module("revisions")
     output, markdown = tmp_path / "revisions.json", tmp_path / "BENCHMARKS.md"
-    markdown.write_text(f"# Benchmarks\n\n{START}\nstale table\n{END}\n\n## after\n")
+    markdown.write_text(f"# Benchmarks\n\n{bench.START}\nstale table\n{bench.END}\n\n## after\n")
     checkout_benchmarks = (ROOT / "BENCHMARKS.md").read_bytes()
     command = [sys.executable, str(ROOT / "bench" / "revisions.py"), "--smoke", "--output", str(output)]
     completed = subprocess.run(
@@ -67,10 +58,10 @@ def test_revisions_bench_smoke_compares_the_last_commit_with_the_working_tree(tm
     # The section replaced in place, its goals marked as this run's numbers decide; BENCHMARKS.md left alone.
     text = markdown.read_text()
     assert text.startswith("# Benchmarks\n") and text.rstrip().endswith("## after")
-    assert "stale table" not in text and text.count(START) == text.count(END) == 1
+    assert "stale table" not in text and text.count(bench.START) == text.count(bench.END) == 1
     for mode in ("dense", "isolated"):
         assert f"| {mode} | working tree |" in text and f"| {mode} | **ratio working tree / base** |" in text
-    goals = bench_module("revisions").goals(results)
+    goals = bench.goals(results)
     assert len(goals) == 2
     for goal, measured, met in goals:
         assert f"| {goal} | {measured} | {'✅' if met else '❌'} |" in text

@@ -14,6 +14,7 @@ import os
 import shlex
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -30,13 +31,17 @@ PREFIX = "s3://models/demo/"
 ENDPOINT = "openmme-demo"
 
 
-def wait_for_ping(url: str, process: subprocess.Popen[bytes], timeout: float) -> None:
+def wait_for_ping(
+    url: str, process: subprocess.Popen[bytes], timeout: float, context: ssl.SSLContext | None = None
+) -> None:
+    """Until ``url``/ping answers 200 (``context``: what to trust over HTTPS); RuntimeError if the endpoint exits or
+    ``timeout`` seconds pass first."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"the endpoint exited with code {process.returncode}")
         try:
-            with urllib.request.urlopen(url + "/ping", timeout=2) as response:
+            with urllib.request.urlopen(url + "/ping", timeout=2, context=context) as response:
                 if response.status == 200:
                     return
         except (urllib.error.URLError, OSError):

@@ -22,34 +22,9 @@ from openmme.endpoint.lock import CacheDirError, CacheDirInUse, CacheDirLock
 from openmme.endpoint.mms import MmsProcess
 from openmme.endpoint.settings import Settings
 from openmme.ports import free_port, listen_error
-from tests.support import wait_until
+from tests.support import alive, sleeper, wait_until
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="flock, /proc and PR_SET_PDEATHSIG")
-
-
-def alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
-@pytest.fixture
-def sleepers() -> Iterator[list[subprocess.Popen[bytes]]]:
-    """Processes a test starts; whatever is still running at its end is killed."""
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for process in started:
-        if process.poll() is None:
-            process.kill()
-        process.wait()
-
-
-def sleeper(started: list[subprocess.Popen[bytes]], *argv: str) -> subprocess.Popen[bytes]:
-    """A process that sleeps, with ``argv`` in its command line (to look like an MMS process)."""
-    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", *argv])
-    started.append(process)
-    return process
 
 
 # ---- the cache directory's lock ----------------------------------------------------------------------------

@@ -132,6 +132,11 @@ def train_booster(objective: str, seed: int = 0) -> tuple[xgboost.Booster, np.nd
     return booster, rows
 
 
+def in_process(booster: xgboost.Booster, rows: Any) -> np.ndarray:
+    """The in-process reference: booster.predict(DMatrix(rows)) with NaN as missing."""
+    return booster.predict(xgboost.DMatrix(rows))
+
+
 def save_ubj(booster: xgboost.Booster, path: pathlib.Path) -> pathlib.Path:
     """Write a booster as UBJSON without the extension-guessing warning of save_model."""
     path.parent.mkdir(parents=True, exist_ok=True)

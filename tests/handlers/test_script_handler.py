@@ -18,6 +18,7 @@ from handler_harness import (
     Request,
     as_csr,
     csv_body,
+    in_process,
     libsvm_body,
     npy_body,
     recordio_dense_body,
@@ -336,10 +337,6 @@ def booster_model(
     model_dir = write_model(root, source)
     save_ubj(booster, model_dir / "model.ubj")
     return model_dir, booster, rows
-
-
-def in_process(booster: xgboost.Booster, rows: Any) -> np.ndarray:
-    return booster.predict(xgboost.DMatrix(rows))
 
 
 def body_of(kind: str, rows: np.ndarray) -> tuple[bytes, str]:

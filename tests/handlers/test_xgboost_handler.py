@@ -26,6 +26,7 @@ from handler_harness import (
     Request,
     as_csr,
     csv_body,
+    in_process,
     json_rows,
     libsvm_body,
     npy_body,
@@ -38,6 +39,7 @@ from handler_harness import (
     train_booster,
 )
 from mms.model_loader import MmsModelLoader
+from tests import support
 
 from openmme.handlers import ERROR_HEADER, XGBOOST_HANDLER, UnsupportedArchive
 from openmme.handlers.xgboost_service import ModelLoadError, XGBoostService, container_csv, rows_csv
@@ -66,21 +68,6 @@ def binary(trained: dict[str, Trained]) -> Trained:
 
 def worker_for(model_dir: pathlib.Path) -> MmsWorker:
     return MmsWorker(XGBoostService().handle, model_dir)
-
-
-def expected(booster: xgboost.Booster, rows: Any) -> np.ndarray:
-    """The in-process reference: booster.predict(DMatrix(rows)) with NaN as missing."""
-    return booster.predict(xgboost.DMatrix(rows))
-
-
-def container_json_bytes(predictions: np.ndarray) -> bytes:
-    """What the container's default_output_fn answers for JSON (the toolkit encoder on the predictions)."""
-    return json.dumps(predictions.tolist()).encode()
-
-
-def container_csv_bytes(predictions: np.ndarray) -> bytes:
-    """What the container's default_output_fn answers for CSV outside batch transform."""
-    return ",".join(str(value) for value in predictions.tolist()).encode()
 
 
 def encode_input(kind: str, rows: np.ndarray) -> tuple[bytes, str]:
@@ -122,24 +109,24 @@ def test_the_default_answer_is_the_containers_json_of_in_process_predictions(
     assert reply.status == 200, reply.text
     assert reply.content_type == "application/json"
     assert ERROR_HEADER not in reply.headers
-    want = expected(booster, rows)
-    assert reply.body == container_json_bytes(want)
+    want = in_process(booster, rows)
+    assert reply.body == support.container_json(booster, rows)
     np.testing.assert_array_equal(parse_predictions(reply.text), want.astype(np.float64))
 
 
 @pytest.mark.parametrize(
     ("accept", "content_type", "encoding"),
     [
-        (None, "application/json", container_json_bytes),
-        ("*/*", "application/json", container_json_bytes),
-        ("application/json", "application/json", container_json_bytes),
-        ("json", "application/json", container_json_bytes),
-        ("Application/JSON; charset=utf-8", "application/json", container_json_bytes),
-        ("text/csv", "text/csv", container_csv_bytes),
-        ("csv", "text/csv", container_csv_bytes),
-        ("text/csv; charset=utf-8", "text/csv", container_csv_bytes),
-        ("application/xml, text/csv", "text/csv", container_csv_bytes),
-        ("application/xml, */*", "application/json", container_json_bytes),
+        (None, "application/json", support.container_json),
+        ("*/*", "application/json", support.container_json),
+        ("application/json", "application/json", support.container_json),
+        ("json", "application/json", support.container_json),
+        ("Application/JSON; charset=utf-8", "application/json", support.container_json),
+        ("text/csv", "text/csv", support.container_csv),
+        ("csv", "text/csv", support.container_csv),
+        ("text/csv; charset=utf-8", "text/csv", support.container_csv),
+        ("application/xml, text/csv", "text/csv", support.container_csv),
+        ("application/xml, */*", "application/json", support.container_json),
     ],
 )
 @pytest.mark.parametrize("objective", list(OBJECTIVES))
@@ -151,7 +138,7 @@ def test_accept_picks_the_containers_encoding(
     reply = worker_for(model_dir).invoke(csv_body(rows), headers)
     assert reply.status == 200, reply.text
     assert reply.content_type == content_type
-    assert reply.body == encoding(expected(booster, rows))
+    assert reply.body == encoding(booster, rows)
 
 
 def test_one_regression_row_is_a_one_element_json_array(trained: dict[str, Trained]) -> None:
@@ -159,14 +146,14 @@ def test_one_regression_row_is_a_one_element_json_array(trained: dict[str, Train
     booster, rows, model_dir = trained["reg:squarederror"]
     reply = worker_for(model_dir).invoke(csv_body(rows[:1]), {"Content-Type": "text/csv"})
     (value,) = json.loads(reply.text)
-    assert reply.text == f"[{float(expected(booster, rows[:1])[0])!r}]"
-    assert value == float(expected(booster, rows[:1])[0])
+    assert reply.text == f"[{float(in_process(booster, rows[:1])[0])!r}]"
+    assert value == float(in_process(booster, rows[:1])[0])
 
 
 def test_single_output_csv_is_one_comma_separated_line(binary: Trained) -> None:
     booster, rows, model_dir = binary
     reply = worker_for(model_dir).invoke(csv_body(rows[:3]), {"Content-Type": "text/csv", "Accept": "text/csv"})
-    want = expected(booster, rows[:3])
+    want = in_process(booster, rows[:3])
     assert reply.text == ",".join(repr(float(value)) for value in want)
     assert np.fromstring(reply.text, sep=",").tolist() == want.tolist()
 
@@ -175,7 +162,7 @@ def test_multi_output_csv_keeps_the_containers_one_line_of_lists(trained: dict[s
     # The container joins the rows' Python lists with commas: "[0.1, 0.2, 0.7],[0.3, 0.3, 0.4]".
     booster, rows, model_dir = trained["multi:softprob"]
     worker = worker_for(model_dir)
-    want = expected(booster, rows[:2])
+    want = in_process(booster, rows[:2])
     csv_reply = worker.invoke(csv_body(rows[:2]), {"Content-Type": "text/csv", "Accept": "text/csv"})
     json_reply = worker.invoke(csv_body(rows[:2]), {"Content-Type": "text/csv"})
     assert csv_reply.text == ",".join(str([float(value) for value in row]) for row in want)
@@ -191,11 +178,12 @@ def test_batch_transform_csv_is_a_line_per_row_with_a_final_newline(
     monkeypatch.setenv("SAGEMAKER_BATCH", "true")
     booster, rows, model_dir = trained[objective]
     worker = worker_for(model_dir)
-    want = expected(booster, rows[:3])
+    want = in_process(booster, rows[:3])
     reply = worker.invoke(csv_body(rows[:3]), {"Content-Type": "text/csv", "Accept": "text/csv"})
     assert reply.text == "".join(f"{value}\n" for value in want.tolist())
     # JSON is the same in batch transform.
-    assert worker.invoke(csv_body(rows[:3]), {"Content-Type": "text/csv"}).body == container_json_bytes(want)
+    json_reply = worker.invoke(csv_body(rows[:3]), {"Content-Type": "text/csv"})
+    assert json_reply.body == support.container_json(booster, rows[:3])
 
 
 @pytest.mark.parametrize(
@@ -210,8 +198,8 @@ def test_the_default_accept_comes_from_the_toolkits_variable(
     for headers in ({"Content-Type": "text/csv"}, {"Content-Type": "text/csv", "Accept": "*/*"}):
         reply = worker.invoke(csv_body(rows), headers)
         assert reply.content_type == content_type
-        encoding = container_csv_bytes if content_type == "text/csv" else container_json_bytes
-        assert reply.body == encoding(expected(booster, rows))
+        encoding = support.container_csv if content_type == "text/csv" else support.container_json
+        assert reply.body == encoding(booster, rows)
 
 
 def test_an_unsupported_default_accept_is_415_naming_the_variable(
@@ -235,7 +223,7 @@ def test_format_rows_is_a_csv_line_per_row_that_parses_back_exactly(
     )
     assert reply.status == 200, reply.text
     assert reply.content_type == "text/csv"
-    want = expected(booster, rows)
+    want = in_process(booster, rows)
     lines = reply.text.split("\n")
     assert len(lines) == len(rows)
     assert all(len(line.split(",")) == (want.shape[1] if want.ndim > 1 else 1) for line in lines)
@@ -250,7 +238,7 @@ def test_format_predictions_is_the_score_envelope(trained: dict[str, Trained], o
     )
     assert reply.status == 200, reply.text
     assert reply.content_type == "application/json"
-    want = expected(booster, rows)
+    want = in_process(booster, rows)
     assert json.loads(reply.text) == {"predictions": [{"score": value} for value in want.tolist()]}
     np.testing.assert_array_equal(parse_json_predictions(reply.text).reshape(want.shape), want)
 
@@ -259,7 +247,7 @@ def test_format_rows_ignores_batch_transform(binary: Trained, monkeypatch: pytes
     monkeypatch.setenv("SAGEMAKER_BATCH", "1")
     booster, rows, model_dir = binary
     reply = worker_for(model_dir).invoke(csv_body(rows[:2]), {"Accept": "text/csv; format=rows"})
-    assert reply.text == "\n".join(repr(float(value)) for value in expected(booster, rows[:2]))
+    assert reply.text == "\n".join(repr(float(value)) for value in in_process(booster, rows[:2]))
 
 
 def test_csv_encoders_write_values_that_parse_back_to_the_exact_float32_predictions() -> None:
@@ -295,7 +283,7 @@ def test_csv_content_types_the_container_reads(binary: Trained, content_type: st
     booster, rows, model_dir = binary
     reply = worker_for(model_dir).invoke(csv_body(rows), {"Content-Type": content_type})
     assert reply.status == 200, reply.text
-    assert reply.body == container_json_bytes(expected(booster, rows))
+    assert reply.body == support.container_json(booster, rows)
 
 
 @pytest.mark.parametrize("content_type", ["text/csv; label_size=2", "text/csv;LABEL_SIZE=0"])
@@ -308,7 +296,7 @@ def test_a_csv_label_size_other_than_1_is_415(binary: Trained, content_type: str
 def test_libsvm_content_types_the_container_reads(binary: Trained, content_type: str) -> None:
     booster, rows, model_dir = binary
     reply = worker_for(model_dir).invoke(libsvm_body(rows), {"Content-Type": content_type})
-    assert reply.body == container_json_bytes(expected(booster, rows))
+    assert reply.body == support.container_json(booster, rows)
 
 
 # The sniffer's preferred delimiters; others ("|") lose to the line's most frequent character, a digit, so
@@ -319,14 +307,14 @@ def test_the_csv_delimiter_is_sniffed_from_the_first_line(binary: Trained, delim
     present = np.nan_to_num(rows)  # an empty value cannot be told from a double space-delimiter
     body = csv_body(present).replace(b",", delimiter.encode())
     reply = worker_for(model_dir).invoke(body, {"Content-Type": "text/csv"})
-    assert reply.body == container_json_bytes(expected(booster, present))
+    assert reply.body == support.container_json(booster, present)
 
 
 def test_the_csv_body_is_stripped_and_blank_lines_are_not_rows(binary: Trained) -> None:
     booster, rows, model_dir = binary
     body = b"\n  \n" + csv_body(rows[:2]).replace(b"\n", b"\r\n\n") + b"\r\n\n"
     reply = worker_for(model_dir).invoke(body, {"Content-Type": "text/csv"})
-    assert reply.body == container_json_bytes(expected(booster, rows[:2]))
+    assert reply.body == support.container_json(booster, rows[:2])
 
 
 def test_libsvm_indices_are_shifted_when_every_index_is_1_or_more(binary: Trained) -> None:
@@ -341,7 +329,7 @@ def test_libsvm_indices_are_shifted_when_every_index_is_1_or_more(binary: Traine
         for row in rows
     )
     reply = worker_for(model_dir).invoke(one_based, {"Content-Type": "text/libsvm"})
-    assert reply.body == container_json_bytes(expected(booster, rows))
+    assert reply.body == support.container_json(booster, rows)
 
 
 def test_libsvm_tokens_without_a_colon_are_ignored_wherever_they_are(binary: Trained) -> None:
@@ -349,16 +337,14 @@ def test_libsvm_tokens_without_a_colon_are_ignored_wherever_they_are(binary: Tra
     body = b"0 0:0.5 label 1:-1.25 3:2.0\n1 qid_less 0:1.0 2:0.0"
     reply = worker_for(model_dir).invoke(body, {"Content-Type": "text/libsvm"})
     nan = np.nan
-    assert reply.body == container_json_bytes(
-        expected(booster, np.array([[0.5, -1.25, nan, 2.0], [1.0, nan, 0.0, nan]]))
-    )
+    assert reply.body == support.container_json(booster, np.array([[0.5, -1.25, nan, 2.0], [1.0, nan, 0.0, nan]]))
 
 
 def test_a_0_based_libsvm_body_that_never_uses_feature_0_is_read_as_1_based(binary: Trained) -> None:
     # The container's guess, kept: nothing in the body tells the two apart.
     booster, _, model_dir = binary
     reply = worker_for(model_dir).invoke(b"1:0.5 3:2.0", {"Content-Type": "text/libsvm"})
-    assert reply.body == container_json_bytes(expected(booster, np.array([[0.5, np.nan, 2.0, np.nan]])))
+    assert reply.body == support.container_json(booster, np.array([[0.5, np.nan, 2.0, np.nan]]))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64])
@@ -368,7 +354,7 @@ def test_recordio_dense_records_of_every_sdk_dtype(binary: Trained, dtype: type)
     reply = worker_for(model_dir).invoke(
         recordio_dense_body(typed), {"Content-Type": "application/x-recordio-protobuf"}
     )
-    assert reply.body == container_json_bytes(expected(booster, typed))
+    assert reply.body == support.container_json(booster, typed)
 
 
 def test_recordio_sparse_records_with_labels_and_an_empty_row(binary: Trained) -> None:
@@ -380,12 +366,12 @@ def test_recordio_sparse_records_with_labels_and_an_empty_row(binary: Trained) -
     matrix = as_csr(sparse_rows).astype(np.float32)
     labels = np.arange(4, dtype=np.float32)
     reply = worker_for(model_dir).invoke(recordio_sparse_body(matrix, labels), {"Content-Type": "recordio-protobuf"})
-    assert reply.body == container_json_bytes(expected(booster, matrix))
+    assert reply.body == support.container_json(booster, matrix)
     # Dense records with labels, through the SDK's own writer.
     buffer = io.BytesIO()
     write_numpy_to_dense_tensor(buffer, np.nan_to_num(rows), labels=np.ones(len(rows)))
     dense = worker_for(model_dir).invoke(buffer.getvalue(), {"Content-Type": "application/x-recordio-protobuf"})
-    assert dense.body == container_json_bytes(expected(booster, np.nan_to_num(rows)))
+    assert dense.body == support.container_json(booster, np.nan_to_num(rows))
 
 
 @pytest.mark.parametrize(
@@ -422,13 +408,13 @@ def test_json_request_shapes(binary: Trained, document: Any) -> None:
     booster, rows, model_dir = binary
     body = json.dumps(document(rows)).encode()
     reply = worker_for(model_dir).invoke(body, {"Content-Type": "application/json"})
-    assert reply.body == container_json_bytes(expected(booster, rows))
+    assert reply.body == support.container_json(booster, rows)
 
 
 def test_a_single_json_row_and_a_1d_npy_array_are_one_row(binary: Trained) -> None:
     booster, rows, model_dir = binary
     worker = worker_for(model_dir)
-    want = container_json_bytes(expected(booster, rows[:1]))
+    want = support.container_json(booster, rows[:1])
     json_reply = worker.invoke(json.dumps(json_rows(rows)[0]).encode(), {"Content-Type": "application/json"})
     npy_reply = worker.invoke(npy_body(rows[0]), {"Content-Type": "application/x-npy"})
     assert json_reply.body == npy_reply.body == want
@@ -439,13 +425,13 @@ def test_npy_of_other_dtypes_predicts_like_dmatrix_of_that_array(binary: Trained
     booster, rows, model_dir = binary
     typed = np.nan_to_num(rows * 10).astype(dtype)
     reply = worker_for(model_dir).invoke(npy_body(typed), {"Content-Type": "application/x-npy"})
-    assert reply.body == container_json_bytes(expected(booster, typed))
+    assert reply.body == support.container_json(booster, typed)
 
 
 def test_a_request_without_content_type_is_csv(binary: Trained) -> None:
     booster, rows, model_dir = binary
     reply = worker_for(model_dir).invoke(csv_body(rows), {"ACCEPT": "*/*"})
-    assert reply.body == container_json_bytes(expected(booster, rows))
+    assert reply.body == support.container_json(booster, rows)
 
 
 @pytest.mark.parametrize("kind", ["csv", "json"])
@@ -455,7 +441,7 @@ def test_bodies_mms_decoded_itself_are_served_too(binary: Trained, monkeypatch: 
     booster, rows, model_dir = binary
     body, content_type = encode_input(kind, rows)
     reply = worker_for(model_dir).invoke(body, {"Content-Type": content_type})
-    assert reply.body == container_json_bytes(expected(booster, rows))
+    assert reply.body == support.container_json(booster, rows)
 
 
 def test_a_batch_gets_one_response_per_request(trained: dict[str, Trained]) -> None:
@@ -470,8 +456,8 @@ def test_a_batch_gets_one_response_per_request(trained: dict[str, Trained]) -> N
     )
     assert [reply.status for reply in replies] == [200, 415, 200, 400]
     assert [reply.content_type for reply in replies] == ["text/csv", "text/plain", "application/json", "text/plain"]
-    np.testing.assert_array_equal(parse_csv_predictions(replies[0].text), expected(booster, rows[:3]))
-    assert replies[2].body == container_json_bytes(expected(booster, rows[3:5]))
+    np.testing.assert_array_equal(parse_csv_predictions(replies[0].text), in_process(booster, rows[:3]))
+    assert replies[2].body == support.container_json(booster, rows[3:5])
     assert ERROR_HEADER not in replies[0].headers and ERROR_HEADER not in replies[2].headers
     assert replies[1].headers[ERROR_HEADER] == replies[3].headers[ERROR_HEADER] == "1"
 
@@ -589,7 +575,7 @@ def test_json_and_any_suffix_load(binary: Trained, tmp_path: pathlib.Path) -> No
     booster, rows, _ = binary
     (tmp_path / "model.bst").write_bytes(bytes(booster.save_raw("json")))
     reply = worker_for(tmp_path).invoke(csv_body(rows), {"Content-Type": "text/csv"})
-    np.testing.assert_array_equal(parse_predictions(reply.text), expected(booster, rows))
+    np.testing.assert_array_equal(parse_predictions(reply.text), in_process(booster, rows))
 
 
 def test_pickled_booster_is_refused_by_default(
@@ -624,7 +610,7 @@ def test_pickled_booster_loads_when_the_operator_opts_in(
     (tmp_path / "xgboost-model").write_bytes(pickle.dumps(booster))
     monkeypatch.setenv("OPENMME_ALLOW_PICKLE", "1")
     reply = worker_for(tmp_path).invoke(csv_body(rows), {"Content-Type": "text/csv"})
-    np.testing.assert_array_equal(parse_predictions(reply.text), expected(booster, rows))
+    np.testing.assert_array_equal(parse_predictions(reply.text), in_process(booster, rows))
 
 
 def test_an_opted_in_pickle_of_something_else_is_refused(
@@ -669,7 +655,7 @@ def test_mms_model_loader_registers_and_serves_the_handler(
     booster, rows, model_dir = trained["reg:squarederror"]
     service = MmsModelLoader().load("houston", str(model_dir), XGBOOST_HANDLER, None, 1)
     reply = MmsWorker.of_service(service).invoke(csv_body(rows), {"Content-Type": "text/csv"})
-    np.testing.assert_array_equal(parse_predictions(reply.text), expected(booster, rows))
+    np.testing.assert_array_equal(parse_predictions(reply.text), in_process(booster, rows))
 
 
 def test_mms_model_loader_fails_registration_when_the_model_cannot_load(

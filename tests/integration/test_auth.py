@@ -26,7 +26,7 @@ from openmme.publish import publish_archive
 from openmme.publish.samples import make_rows, sample_archive
 from openmme.seaweed import EmbeddedS3
 from tests.conftest import Endpoint, Launcher, run_serve
-from tests.support import expected
+from tests.support import answer, expected
 
 pytestmark = pytest.mark.integration
 
@@ -78,14 +78,6 @@ def signed(endpoint: Endpoint, method: str, path: str, credentials: tuple[str, s
     botocore.auth.SigV4Auth(botocore.credentials.Credentials(*credentials), "sagemaker", "us-east-1").add_auth(request)
     prepared = request.prepare()
     return urllib.request.Request(prepared.url, data=body or None, headers=dict(prepared.headers), method=method)
-
-
-def answer(request: urllib.request.Request | str) -> tuple[int, bytes, dict[str, str]]:
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, response.read(), dict(response.headers)
-    except urllib.error.HTTPError as error:
-        return error.code, error.read(), dict(error.headers)
 
 
 def test_right_keys_get_xgboosts_predictions(secured: Endpoint, boosters: dict[str, xgboost.Booster]) -> None:

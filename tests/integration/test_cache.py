@@ -23,7 +23,7 @@ from openmme.endpoint.cache import mms_model_name
 from openmme.publish import pack_directory
 from openmme.publish.samples import make_rows, sample_archive
 from tests.conftest import EndpointFactory
-from tests.support import CountingProxy, csv_body, expected, make_tar, served_json, wait_until
+from tests.support import CountingProxy, answer, csv_body, expected, make_tar, served_json, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -274,11 +274,8 @@ def _post(url: str, payload: dict[str, str] | None = None, method: str = "POST")
     data = json.dumps(payload).encode() if payload is not None else b""
     request = urllib.request.Request(url, data=data if method == "POST" else None, method=method)
     request.add_header("Content-Type", "application/json" if payload is not None else "text/csv")
-    try:
-        with urllib.request.urlopen(request, timeout=120) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read()
+    status, body, _ = answer(request, timeout=120)
+    return status, body
 
 
 def test_sagemaker_container_contract(

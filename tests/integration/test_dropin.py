@@ -29,6 +29,7 @@ from openmme.publish.local import pack_directory
 from openmme.publish.samples import make_rows, sample_archive, train_booster
 from openmme.seaweed import EmbeddedS3
 from tests.conftest import BUCKET, Endpoint, Launcher
+from tests.support import container_csv, container_json
 
 pytestmark = pytest.mark.integration
 
@@ -138,7 +139,7 @@ def test_the_examples_boto3_client_reads_the_first_prediction_from_json(
 
     assert predicted_value == in_process(models[target], np.array([features], dtype=np.float32))[0]
     assert response["ContentType"] == "application/json"
-    assert raw == json.dumps(in_process(models[target], np.array([features], dtype=np.float32))).encode()
+    assert raw == container_json(models[target], np.array([features], dtype=np.float32))
 
 
 def test_the_sdk_predictor_with_csv_serializer_and_json_deserializer(
@@ -166,7 +167,7 @@ def test_several_rows_with_accept_csv_are_one_line_as_the_container_writes_it(
     )
 
     assert response["ContentType"] == "text/csv"
-    assert response["Body"].read() == ",".join(map(str, in_process(models[CLASSIFIER], rows))).encode()
+    assert response["Body"].read() == container_csv(models[CLASSIFIER], rows)
 
 
 def test_softprob_answers_a_list_per_row_in_json_and_the_containers_one_line_quirk_in_csv(

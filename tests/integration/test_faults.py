@@ -25,7 +25,7 @@ from openmme.publish import pack_directory, publish_archive
 from openmme.publish.samples import make_rows, sample_archive
 from openmme.seaweed import EmbeddedS3
 from tests.conftest import Endpoint, EndpointFactory, Launcher
-from tests.support import csv_body, expected, wait_until
+from tests.support import alive, csv_body, expected, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -38,13 +38,6 @@ def mms_java(endpoint: Endpoint) -> psutil.Process:
         for child in psutil.Process(endpoint.process.pid).children()
         if any(arg.startswith("-Dmodel_server_home=") for arg in child.cmdline())
     )
-
-
-def running(process: psutil.Process) -> bool:
-    try:
-        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
 
 
 def eventually_served(endpoint: Endpoint, target: str, want: list[float], timeout: float) -> int:
@@ -259,7 +252,7 @@ def test_sigterm_finishes_the_request_in_flight_and_stops_everything(
     in_flight.join(timeout=30)
     assert answers == ["slept 2"]
     assert endpoint.process.wait(timeout=60) == 0
-    assert wait_until(lambda: not any(p.is_running() and p.status() != "zombie" for p in processes), timeout=10)
+    assert wait_until(lambda: not any(alive(process) for process in processes), timeout=10)
 
 
 def test_a_front_killed_with_sigkill_leaves_no_process_behind_and_a_new_one_starts_on_its_cache_dir(
@@ -287,8 +280,8 @@ def test_a_front_killed_with_sigkill_leaves_no_process_behind_and_a_new_one_star
         victim.process.kill()  # as the OOM killer, or a supervisor that kills the front's PID only
         victim.process.wait()
 
-        assert wait_until(lambda: not any(running(process) for process in everything), timeout=5), [
-            (process.pid, process.cmdline()) for process in everything if running(process)
+        assert wait_until(lambda: not any(alive(process) for process in everything), timeout=5), [
+            (process.pid, process.cmdline()) for process in everything if alive(process)
         ]
     finally:
         if victim.process.poll() is None:

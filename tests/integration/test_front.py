@@ -10,7 +10,6 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import botocore.exceptions
 import pytest
@@ -20,7 +19,7 @@ from openmme.publish import publish_archive
 from openmme.publish.samples import make_rows, sample_archive
 from openmme.seaweed import EmbeddedS3
 from tests.conftest import BUCKET, Endpoint, Launcher
-from tests.support import csv_body, expected, served_csv
+from tests.support import answer, csv_body, expected, served_csv
 
 pytestmark = pytest.mark.integration
 
@@ -40,14 +39,6 @@ def front(
     launcher.close()
 
 
-def answer(request: urllib.request.Request) -> tuple[int, dict[str, Any], dict[str, str]]:
-    try:
-        with urllib.request.urlopen(request, timeout=120) as response:
-            return response.status, json.loads(response.read()), dict(response.headers)
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read()), dict(error.headers)
-
-
 # ---- modelUrl ------------------------------------------------------------------------------------------------
 
 
@@ -60,7 +51,7 @@ def test_model_url_is_the_url_post_models_was_given_byte_for_byte(
     url = f"{model_dir}/"  # a trailing slash, as a path normalisation would drop it
     payload = json.dumps({"model_name": "abc123", "url": url}).encode()
     request = urllib.request.Request(front.url + "/models", payload, {"Content-Type": "application/json"})
-    assert answer(request)[0] == 200
+    assert answer(request, timeout=120)[0] == 200
 
     assert front.get("/models/abc123")["modelUrl"] == url
     assert front.models()["abc123"]["modelUrl"] == url
@@ -78,7 +69,8 @@ def test_model_url_of_a_model_from_the_prefix_is_its_archives_s3_uri(front: Endp
 def test_a_form_body_as_curl_d_sends_it_is_refused_as_the_models_415(front: Endpoint) -> None:
     # urllib, like curl -d, sends a body as application/x-www-form-urlencoded unless told otherwise.
     request = urllib.request.Request(front.url + "/invocations", b"0.1,0.2", {"X-Amzn-SageMaker-Target-Model": HOUSTON})
-    status, body, headers = answer(request)
+    status, raw, headers = answer(request, timeout=120)
+    body = json.loads(raw)
     assert request.get_header("Content-type") == "application/x-www-form-urlencoded"
     assert (status, headers["x-amzn-ErrorType"], body["OriginalStatusCode"]) == (424, "ModelError", 415)
     assert "Content-Type application/x-www-form-urlencoded is not supported" in body["OriginalMessage"]

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from openmme.endpoint.cache import mms_model_name
 from openmme.publish.samples import make_rows
 from openmme.seaweed import EmbeddedS3
 from tests.conftest import EndpointFactory, run_serve
-from tests.support import expected
+from tests.support import expected, sleeper
 
 pytestmark = pytest.mark.integration
 
@@ -81,28 +80,21 @@ def test_a_taken_port_is_refused_in_one_line_before_anything_starts(tmp_path: Pa
 
 
 def test_a_front_stops_what_an_earlier_front_of_its_cache_dir_left_running(
-    start_endpoint: EndpointFactory, prefix: str, tmp_path: Path
+    start_endpoint: EndpointFactory, prefix: str, tmp_path: Path, sleepers: list[subprocess.Popen[bytes]]
 ) -> None:
     # What a front killed before it could stop MMS left: its Java front and a worker, and their record.
     cache_dir = tmp_path / "cache"
     earlier_tmp = tmp_path / "openmme-mms-earlier"
     earlier_tmp.mkdir()
-    sleep = [sys.executable, "-c", "import time; time.sleep(120)"]
-    java = subprocess.Popen([*sleep, f"-Djava.io.tmpdir={earlier_tmp}", "com.amazonaws.ml.mms.ModelServer"])
-    worker = subprocess.Popen([*sleep, "--sock-name", f"{earlier_tmp}/.mms.sock.9000", "--model-name", "m-1"])
-    try:
-        (cache_dir / "mms").mkdir(parents=True)
-        record = {"pid": java.pid, "create_time": psutil.Process(java.pid).create_time(), "tmp_dir": str(earlier_tmp)}
-        (cache_dir / "mms" / "mms.json").write_text(json.dumps(record))
+    java = sleeper(sleepers, f"-Djava.io.tmpdir={earlier_tmp}", "com.amazonaws.ml.mms.ModelServer")
+    worker = sleeper(sleepers, "--sock-name", f"{earlier_tmp}/.mms.sock.9000", "--model-name", "m-1")
+    (cache_dir / "mms").mkdir(parents=True)
+    record = {"pid": java.pid, "create_time": psutil.Process(java.pid).create_time(), "tmp_dir": str(earlier_tmp)}
+    (cache_dir / "mms" / "mms.json").write_text(json.dumps(record))
 
-        endpoint = start_endpoint(prefix, "--cache-dir", str(cache_dir))
+    endpoint = start_endpoint(prefix, "--cache-dir", str(cache_dir))
 
-        assert java.wait(timeout=10) is not None
-        assert worker.wait(timeout=10) is not None
-        assert not earlier_tmp.exists()
-        assert "stopped 2 MMS process(es) an earlier openmme serve" in endpoint.log()
-    finally:
-        for process in (java, worker):
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+    assert java.wait(timeout=10) is not None
+    assert worker.wait(timeout=10) is not None
+    assert not earlier_tmp.exists()
+    assert "stopped 2 MMS process(es) an earlier openmme serve" in endpoint.log()
