@@ -10,7 +10,6 @@ import ssl
 import subprocess
 import sys
 import threading
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -30,7 +29,7 @@ from hypothesis import settings as hypothesis_settings
 
 from openmme.demo import wait_for_ping
 from openmme.endpoint.dense import SHARD_PREFIX
-from openmme.handlers import HOSTINGS, OP_HEADER
+from openmme.handlers import HOSTINGS
 from openmme.ports import free_port
 from openmme.publish import publish_archive
 from openmme.publish.samples import sample_archive, train_booster
@@ -176,20 +175,14 @@ class Endpoint:
             return [model["modelName"] for model in json.loads(response.read())["models"]]
 
     def shard_listings(self) -> dict[str, dict[str, Any]]:
-        """What each dense shard's worker says it holds and has loaded, asked on MMS's inference port."""
-        listings = {}
-        for name in self.mms_models():
-            if name.startswith(SHARD_PREFIX):
-                request = urllib.request.Request(
-                    f"{self.mms_address('inference')}/predictions/{name}", data=b"", headers={OP_HEADER: "list"}
-                )
-                listings[name] = json.loads(_read_when_up(request))
+        """What each dense shard's worker says it holds and has loaded (``list``, relayed by ``GET /shards``)."""
+        listings: dict[str, dict[str, Any]] = self.get("/shards")["shards"]
         return listings
 
     def resident(self) -> list[str]:
         """The models really loaded, whatever their hosting: the isolated ones MMS has registered, and the
         ones every dense shard's worker says it holds."""
-        names = {name for name in self.mms_models() if not name.startswith(SHARD_PREFIX)}
+        names = set(self.mms_models())
         for listing in self.shard_listings().values():
             names.update(listing["models"])
         return sorted(names)
@@ -302,20 +295,6 @@ class Launcher:
             assert endpoint.process.returncode == 0, endpoint.log()[-4000:]
             left = [child.pid for child in endpoint.children if alive(child)]
             assert left == [], f"processes left behind by the endpoint: {left}"
-
-
-def _read_when_up(request: urllib.request.Request, timeout: float = 30.0) -> bytes:
-    """The body of a request to MMS, retried while it answers 503 (a model listed whose worker is starting)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
-                body: bytes = response.read()
-                return body
-        except urllib.error.HTTPError as error:
-            if error.code != 503 or time.monotonic() > deadline:
-                raise
-        time.sleep(0.2)
 
 
 @pytest.fixture

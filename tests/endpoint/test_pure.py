@@ -174,17 +174,17 @@ def test_hosting_is_dense_by_default_and_checked(capsys: pytest.CaptureFixture[s
 def test_home_shards_are_stable_and_spread_over_every_shard() -> None:
     from openmme.endpoint.dense import ShardPool
 
-    pool = ShardPool(Settings(shards=4), mms=None)  # type: ignore[arg-type]
+    pool = ShardPool(Settings(shards=4), {}, Path("shards.out"))
     targets = [f"city-{index}/model.tar.gz" for index in range(400)]
     homes = [pool.home(target).index for target in targets]
-    assert homes == [ShardPool(Settings(shards=4), mms=None).home(t).index for t in targets]  # type: ignore[arg-type]
+    assert homes == [ShardPool(Settings(shards=4), {}, Path("shards.out")).home(t).index for t in targets]
     assert all(60 <= homes.count(index) <= 140 for index in range(4))
 
 
 def test_a_model_spreads_only_when_every_shard_holding_it_is_busy_and_another_is_not() -> None:
     from openmme.endpoint.dense import HOT_IN_FLIGHT, ShardPool
 
-    pool = ShardPool(Settings(shards=3), mms=None)  # type: ignore[arg-type]
+    pool = ShardPool(Settings(shards=3), {}, Path("shards.out"))
     for shard in pool.shards:
         shard.ready.set()
     first, second, third = pool.shards

@@ -21,6 +21,7 @@ import pytest
 import xgboost
 
 from openmme.endpoint.cache import mms_model_name
+from openmme.endpoint.dense import SHARD_PREFIX
 from openmme.publish import pack_directory, publish_archive
 from openmme.publish.samples import make_rows, sample_archive
 from openmme.seaweed import EmbeddedS3
@@ -55,27 +56,36 @@ def eventually_served(endpoint: Endpoint, target: str, want: list[float], timeou
         time.sleep(0.2)
 
 
-def test_mms_killed_is_restarted_and_its_models_loaded_again(
+def test_mms_killed_is_restarted_its_models_loaded_again_and_dense_shards_untouched(
     start_endpoint: EndpointFactory, hosting: str, prefix: str, publish: Any, boosters: dict[str, xgboost.Booster]
 ) -> None:
     booster = boosters["binary:logistic"]
     publish(prefix, "steady.tar.gz", booster)
     endpoint = start_endpoint(prefix, "--hosting", hosting)
     assert endpoint.predictions("steady.tar.gz", ROWS) == expected(booster, ROWS)
-    old_workers = [pid for pids in endpoint.worker_pids().values() for pid in pids]
+    mms_workers = [pid for pids in endpoint.model_pids().values() for pid in pids]
+    shard_workers = shard_pids(endpoint)
+    assert bool(shard_workers) == (hosting == "dense")
     java = mms_java(endpoint)
 
     java.kill()
     assert wait_until(lambda: endpoint.ping() == 503, timeout=10)
     assert wait_until(lambda: endpoint.ping() == 200, timeout=90)
     assert mms_java(endpoint).pid != java.pid
-    # Loaded again by the endpoint itself, before anyone asks.
+    # Loaded again by the endpoint itself, before anyone asks (an isolated model); never lost (a dense one).
     name = mms_model_name("steady.tar.gz")
     assert wait_until(lambda: name in endpoint.resident(), timeout=30)
     assert endpoint.predictions("steady.tar.gz", ROWS) == expected(booster, ROWS)
     assert endpoint.models()["steady.tar.gz"]["downloads"] == 1
-    # The dead MMS's workers did not outlive it.
-    assert wait_until(lambda: not any(psutil.pid_exists(pid) for pid in old_workers), timeout=15)
+    # The dead MMS's workers did not outlive it; the dense shards' workers, the front's own, never noticed.
+    assert wait_until(lambda: not any(psutil.pid_exists(pid) for pid in mms_workers), timeout=15)
+    assert shard_pids(endpoint) == shard_workers
+    if hosting == "dense":
+        assert sum(endpoint.loads(name).values()) == 1
+
+
+def shard_pids(endpoint: Endpoint) -> dict[str, list[int]]:
+    return {name: pids for name, pids in endpoint.worker_pids().items() if name.startswith(SHARD_PREFIX)}
 
 
 def test_a_killed_model_worker_answers_again_within_seconds(

@@ -30,7 +30,9 @@ def archive(directory: Path, booster: xgboost.Booster, settings: str | None = No
 
 
 def shards_of(endpoint: Endpoint) -> list[str]:
-    return [name for name in endpoint.mms_models() if name.startswith("openmme-shard-")]
+    """The dense shards whose worker runs: the front's own children, never MMS models (no Java hop)."""
+    assert not [name for name in endpoint.mms_models() if name.startswith("openmme-shard-")]
+    return [name for name in endpoint.worker_pids() if name.startswith("openmme-shard-")]
 
 
 def test_an_archive_can_ask_for_isolated_hosting_on_a_dense_endpoint(

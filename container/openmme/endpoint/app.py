@@ -11,6 +11,7 @@ Routes
     GET    /models/{name}                         one model, or 404
     DELETE /models/{name}                         unload now, or 404
     POST   /models/{name}/invoke                  SageMaker: invoke a loaded model, or 404
+    GET    /shards                                what each dense shard's worker says it holds (openmme's)
 
 With ``--auth sigv4`` every route but ``/ping`` needs an AWS SigV4 signature (see the auth package).
 The front imports no ML framework: it moves bytes between the client and MMS.
@@ -141,6 +142,10 @@ async def add_model(request: web.Request) -> web.Response:
     return web.json_response({"status": f"model {name} loaded"})
 
 
+async def shards(request: web.Request) -> web.Response:
+    return web.json_response({"shards": await request.app[PLANE].shards()})
+
+
 async def metrics(request: web.Request) -> web.Response:
     body = generate_latest(request.app[METRICS].registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -165,4 +170,5 @@ def build_app(
     app.router.add_post("/models/{name:.+}/invoke", container_invoke)
     app.router.add_get("/models/{name:.+}", describe_model)
     app.router.add_delete("/models/{name:.+}", delete_model)
+    app.router.add_get("/shards", shards)
     return app

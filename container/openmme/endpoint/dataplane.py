@@ -146,6 +146,10 @@ class DataPlane:
     def summary(self) -> dict[str, Any]:
         return self.cache.snapshot()
 
+    async def shards(self) -> dict[str, Any]:
+        """What each dense shard's worker says it holds and has loaded, by shard name."""
+        return await self.backend.listings()
+
     async def add(self, name: str, url: str) -> None:
         """SageMaker's ``POST /models``: serve the directory it already downloaded."""
         await self.cache.register_local(name, url)

@@ -1,13 +1,14 @@
-"""Dense hosting: a few MMS "shard" models, each one warm worker holding many boosters (see dense_service).
+"""Dense hosting: a few shards, each one warm worker process holding many boosters (see dense_service).
 
-The shards are registered when MMS starts (and again after it restarts), one per core by default. A model
-has a home shard chosen by a stable hash of its TargetModel, so the same model lands on the same shard
-across loads and restarts. When every shard holding a model is busy (``HOT_IN_FLIGHT`` requests or more in
-it) and another shard is not, the model is loaded into that shard too: a hot model is spread over shards
-instead of queueing behind one worker. Its replicas stay until the model is evicted.
+A shard's worker is MMS's Python worker started by the front itself and fed over MMS's socket protocol, without
+MMS's Java front in between (see shardworker.py); one per core by default, started with the first dense model
+(or at start with ``--hosting dense``). A model has a home shard chosen by a stable hash of its TargetModel, so
+the same model lands on the same shard across loads and restarts. When every shard holding a model is busy
+(``HOT_IN_FLIGHT`` requests or more in it) and another shard is not, the model is loaded into that shard too: a
+hot model is spread over shards instead of queueing behind one worker. Its replicas stay until it is evicted.
 
-A shard whose worker dies is registered again (MMS 1.1 does not restart it in useful time); the models it
-held are reloaded on their next request, which costs a file read each. ``DenseBackend`` is the cache's
+A shard whose worker dies is started again at once; the models it held are reloaded on their next request,
+which costs a file read each. MMS's Java front dying does not touch the shards. ``DenseBackend`` is the cache's
 backend for dense models (see cache/backend.py); ``ShardPool`` the shards and the requests sent to them.
 """
 
@@ -19,19 +20,18 @@ import hashlib
 import json
 import logging
 import os
-import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
-
-import psutil
 
 from openmme.endpoint.cache.backend import ModelLost, Models, Route
 from openmme.endpoint.cache.entry import Entry, State
 from openmme.endpoint.errors import InsufficientMemory, ModelError, ServiceUnavailable
 from openmme.endpoint.logs import log_task_failure
-from openmme.endpoint.mms import MmsClient, MmsProcess, MmsResponse, memory_of, tracked_call, tracked_prediction
+from openmme.endpoint.mms import MmsResponse
 from openmme.endpoint.settings import Settings
+from openmme.endpoint.shardworker import ShardWorker, WorkerGone
 from openmme.handlers import DENSE, DENSE_HANDLER, ERROR_HEADER, MODEL_HEADER, OP_HEADER
 
 __all__ = ["HOT_IN_FLIGHT", "SHARD_PREFIX", "DenseBackend", "Shard", "ShardPool"]
@@ -47,53 +47,52 @@ HOT_IN_FLIGHT = 2
 class Shard:
     index: int
     name: str
+    worker: ShardWorker
     in_flight: int = 0
     baseline_bytes: int = 0  # PSS of the worker when it held no model
     memory_bytes: int = 0  # PSS of the worker, last measured
-    registered_at: float = 0.0  # monotonic
     ready: asyncio.Event = field(default_factory=asyncio.Event)
-    calls: set[asyncio.Future[Any]] = field(default_factory=set)  # requests in the worker right now
     revival: asyncio.Task[None] | None = None
-
-    @property
-    def directory(self) -> str:
-        # Under the model store, next to the models; "_" never starts a model's directory name.
-        return f"_{self.name}"
 
 
 class ShardPool:
-    """The shards of one MMS instance, and the requests the front sends them."""
+    """The shards' workers, and the requests the front sends them."""
 
-    def __init__(self, settings: Settings, mms: MmsClient) -> None:
+    def __init__(self, settings: Settings, environment: Mapping[str, str], log_path: Path) -> None:
         self.settings = settings
-        self.mms = mms
         count = settings.shards or os.cpu_count() or 1
-        self.shards = [Shard(index, f"{SHARD_PREFIX}{index}") for index in range(count)]
+        # As MMS's Java front tells its workers: request bodies reach the handler as bytes, never decoded.
+        environment = {**environment, "MMS_DECODE_INPUT_REQUEST": "false"}
+        self.shards = []
+        for index in range(count):
+            name = f"{SHARD_PREFIX}{index}"
+            directory = settings.models_dir / f"_{name}"  # next to the models: "_" never starts a model's name
+            worker = ShardWorker(name, directory, DENSE_HANDLER, environment, log_path, settings.job_queue_size)
+            self.shards.append(Shard(index, name, worker))
 
     @property
     def names(self) -> set[str]:
         return {shard.name for shard in self.shards}
 
     async def start(self) -> None:
-        """Register every shard with MMS (at start, and after MMS restarted)."""
-        for shard in self.shards:
-            shard.ready.clear()
-        await asyncio.gather(*(self.register(shard) for shard in self.shards))
+        """Start every shard's worker."""
+        await asyncio.gather(*(self.start_worker(shard) for shard in self.shards))
 
-    async def register(self, shard: Shard) -> None:
-        (self.settings.models_dir / shard.directory).mkdir(parents=True, exist_ok=True)
-        timeout = max(self.settings.response_timeout, 120.0)
-        response = await self.mms.register(shard.name, shard.directory, DENSE_HANDLER, 1, timeout=timeout)
-        if response.status not in (200, 409):
-            raise RuntimeError(f"MMS could not start dense shard {shard.name}: {response.message}")
+    async def start_worker(self, shard: Shard) -> None:
+        if shard.worker.alive():
+            return  # started by an earlier try of ``start``
+        shard.ready.clear()
+        shard.worker.model_dir.mkdir(parents=True, exist_ok=True)
+        await shard.worker.start(timeout=max(self.settings.response_timeout, 120.0))
+        shard.baseline_bytes = shard.memory_bytes = await asyncio.to_thread(shard.worker.memory_bytes)
         shard.ready.set()
 
-    async def unregister(self, shard: Shard) -> None:
-        shard.ready.clear()
-        try:
-            await self.mms.unregister(shard.name, timeout=60.0)
-        except ServiceUnavailable as exc:
-            log.warning("could not unregister dense shard %s: %s", shard.name, exc)
+    async def stop(self) -> None:
+        for shard in self.shards:
+            shard.ready.clear()
+            if shard.revival is not None:
+                shard.revival.cancel()
+        await asyncio.gather(*(shard.worker.stop() for shard in self.shards))
 
     def home(self, target: str) -> Shard:
         """The shard a model goes to first: stable across loads and restarts."""
@@ -117,8 +116,20 @@ class ShardPool:
     async def operation(self, shard: Shard, op: str, model: str = "") -> MmsResponse | None:
         """Ask ``shard`` to ``load``, ``unload`` or ``list``; None when its worker died meanwhile."""
         headers = {OP_HEADER: op, MODEL_HEADER: model}
-        request = self.mms.predict(shard.name, b"", headers, self.settings.response_timeout, prediction=False)
-        return await tracked_call(request, shard.calls)
+        try:
+            return await shard.worker.call(headers, b"", "", self.settings.response_timeout, prediction=False)
+        except WorkerGone:
+            return None
+
+    async def listings(self) -> dict[str, Any]:
+        """What each shard's worker says it holds (``list``), by shard name; a shard that does not answer is left
+        out."""
+        listings = {}
+        for shard in self.shards:
+            response = await self.operation(shard, "list") if shard.ready.is_set() else None
+            if response is not None and response.status == 200:
+                listings[shard.name] = json.loads(response.body)
+        return listings
 
     def overhead_bytes(self) -> int:
         """Memory the shards hold with no model in them: counted against the memory budget first."""
@@ -129,6 +140,7 @@ class ShardPool:
             {
                 "name": shard.name,
                 "ready": shard.ready.is_set(),
+                "pid": shard.worker.pid,
                 "inFlight": shard.in_flight,
                 "memoryBytes": shard.memory_bytes,
                 "baselineBytes": shard.baseline_bytes,
@@ -140,14 +152,14 @@ class ShardPool:
 class DenseBackend:
     """Dense models in the shards: loaded into their home shard, spread when hot, reloaded when a shard dies."""
 
-    def __init__(self, settings: Settings, mms: MmsClient, process: MmsProcess) -> None:
+    def __init__(self, settings: Settings, environment: Mapping[str, str], log_path: Path) -> None:
         self.settings = settings
-        self.mms = mms
-        self.process = process
-        self.pool = ShardPool(settings, mms)
+        self.pool = ShardPool(settings, environment, log_path)
+        for shard in self.pool.shards:
+            shard.worker.on_exit = functools.partial(self._worker_exited, shard)
         self._models: Models | None = None
         self._started: asyncio.Task[None] | None = None
-        self._spreading: dict[str, asyncio.Task[None]] = {}  # by MMS model name: a replica loading elsewhere
+        self._spreading: dict[str, asyncio.Task[None]] = {}  # by model name: a replica loading elsewhere
 
     @property
     def models(self) -> Models:
@@ -160,46 +172,21 @@ class DenseBackend:
     # ---- the shards' lifetime ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Register the shards with MMS once (at start with ``--hosting dense``, else on first need)."""
+        """Start the shards' workers once (at start with ``--hosting dense``, else on first need). Call it from
+        the event loop's thread (see ShardWorker.start)."""
         started = self._started
         if started is None or (started.done() and (started.cancelled() or started.exception() is not None)):
-            started = self._started = asyncio.create_task(self._start(), name="start dense shards")
+            started = self._started = asyncio.create_task(self.pool.start(), name="start dense shards")
         await asyncio.shield(started)
 
     def started(self) -> bool:
         """Whether the shards were started (``--hosting dense``, or an archive asked for dense)."""
         return self._started is not None
 
-    async def _start(self) -> None:
-        await self.pool.start()
-        await self._measure_baselines(self.pool.shards)
-
-    async def _measure_baselines(self, shards: Sequence[Shard]) -> None:
-        workers = await asyncio.to_thread(self.process.worker_processes)
-        for shard in shards:
-            shard.baseline_bytes = await asyncio.to_thread(memory_of, workers.get(shard.name, []))
-            shard.memory_bytes = shard.baseline_bytes
-            shard.registered_at = time.monotonic()
-
-    def host_lost(self) -> None:
-        """MMS died: no shard holds anything, and requests in them are sent again."""
-        for entry in self.models.models():
-            entry.replicas.clear()
-        for shard in self.pool.shards:
-            shard.ready.clear()
-            for call in list(shard.calls):
-                call.cancel()
-
-    async def host_back(self) -> None:
-        """MMS was restarted: the shards are registered again, if they ran."""
-        if self._started is None:
-            return
-        self._started = None
-        try:
-            await self.start()
-        except Exception:
-            # Not fatal: the next dense load starts them again (start retries a failed start).
-            log.exception("the dense shards did not start again after MMS restarted")
+    async def stop(self) -> None:
+        if self._started is not None:
+            self._started.cancel()
+            await self.pool.stop()
 
     # ---- the cache's side of the Backend protocol --------------------------------------------------
 
@@ -260,12 +247,20 @@ class DenseBackend:
     async def call(self, entry: Entry, route: Route, body: bytes, headers: Mapping[str, str]) -> MmsResponse:
         assert route.shard is not None
         shard = self.pool.shards[route.shard]
-        request = self.mms.predict(route.model, body, {**headers, **route.headers}, self.settings.response_timeout)
+        content_type = next((value for key, value in headers.items() if key.lower() == "content-type"), "")
         shard.in_flight += 1
         try:
-            return await tracked_prediction(request, shard.calls, entry, self._forgotten)
+            response = await shard.worker.call(
+                {**headers, **route.headers}, body, content_type, self.settings.response_timeout
+            )
+        except WorkerGone:
+            raise ModelLost(entry.target) from None
         finally:
             shard.in_flight -= 1
+        if response.forgot_model:  # the request raced an eviction, or the worker is new
+            self._forgotten(entry)
+            raise ModelLost(entry.target)
+        return response
 
     def _forgotten(self, entry: Entry) -> None:
         if self.models.lost(entry):
@@ -292,43 +287,36 @@ class DenseBackend:
 
     # ---- housekeeping ----------------------------------------------------------------------------------
 
-    def check(self, workers: Mapping[str, list[psutil.Process]], sizes: Mapping[str, int] | None, since: float) -> None:
-        """After a scan of MMS's workers at ``since``: the shards' memory, and a shard whose worker died started
-        again."""
-        if sizes is not None:
-            for shard in self.pool.shards:
-                shard.memory_bytes = sizes.get(shard.name, 0)
+    def measure_shards(self) -> None:
+        """Blocking: the shards' workers' memory, measured now."""
         for shard in self.pool.shards:
-            if shard.ready.is_set() and shard.registered_at < since and shard.name not in workers:
-                self._shard_lost(shard)
+            if shard.ready.is_set():
+                shard.memory_bytes = shard.worker.memory_bytes()
 
-    def _shard_lost(self, shard: Shard) -> None:
-        """A shard's worker died: its models go back to disk (reloaded on their next request), requests in it
-        are sent again, and the shard is registered anew."""
-        log.warning("the worker of dense shard %s is gone; starting it again", shard.name)
+    def _worker_exited(self, shard: Shard, worker: ShardWorker) -> None:
+        """A shard's worker ended: its models go back to disk (reloaded on their next request) and, unless it was
+        stopped on purpose, a new worker is started."""
         shard.ready.clear()
-        for call in list(shard.calls):
-            call.cancel()
         for entry in self.models.models():
             if entry.replicas.pop(shard.index, None) is None:
                 continue
             self.models.resized(entry, sum(entry.replicas.values()))
             if not entry.replicas:
                 self.models.lost(entry)
+        if worker.stopping:
+            return
+        log.warning("the worker of dense shard %s is gone; starting it again", shard.name)
         shard.revival = asyncio.create_task(self._revive(shard), name=f"revive {shard.name}")
         shard.revival.add_done_callback(log_task_failure)
 
     async def _revive(self, shard: Shard) -> None:
         delay = 1.0
         while True:
-            await self.pool.unregister(shard)
-            await asyncio.to_thread(self.process.kill_workers, shard.name)
             try:
-                await self.pool.register(shard)
+                await self.pool.start_worker(shard)
             except Exception as exc:
                 log.error("starting dense shard %s again failed (%s); retrying in %.0f s", shard.name, exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
                 continue
-            await self._measure_baselines([shard])
             return

@@ -37,7 +37,7 @@ class MmsHosting:
         self.settings = settings
         self.process = process
         self.isolated = IsolatedBackend(settings, mms, process)
-        self.dense = DenseBackend(settings, mms, process)
+        self.dense = DenseBackend(settings, process.environment(), process.home / "shards.out")
         self._models: Models | None = None
 
     def attach(self, models: Models) -> None:
@@ -85,22 +85,25 @@ class MmsHosting:
     def describe(self) -> dict[str, Any]:
         return {"hosting": self.settings.hosting, "shards": self.dense.describe()}
 
+    async def listings(self) -> dict[str, Any]:
+        return await self.dense.pool.listings() if self.dense.started() else {}
+
     # ---- MMS's lifetime and processes ----------------------------------------------------------------------
 
     async def start_shards(self) -> None:
         await self.dense.start()
 
+    async def stop_shards(self) -> None:
+        await self.dense.stop()
+
     def shards(self) -> Sequence[Shard]:
         """The dense shards, once started (for the metrics)."""
         return self.dense.pool.shards if self.dense.started() else ()
 
-    def host_lost(self) -> None:
-        """MMS died (the cache marked its models on disk): what the backends held is gone with it."""
-        self.dense.host_lost()
-
-    async def host_back(self) -> None:
-        """MMS was restarted: the dense shards registered again (if they ran)."""
-        await self.dense.host_back()
+    @staticmethod
+    def lost_with_mms(entry: Entry) -> bool:
+        """Whether ``entry`` was hosted in MMS, and so died with it: not a dense model (its shard is the front's)."""
+        return entry.hosting != DENSE
 
     async def check_workers(self, measure_memory: bool = True) -> None:
         """Housekeeping against MMS's processes: fresh memory figures (then the memory budget), workers of
@@ -112,11 +115,12 @@ class MmsHosting:
         if measure_memory:
             sizes = await asyncio.to_thread(lambda: {name: memory_of(group) for name, group in workers.items()})
         # Workers of a model that is not (being) loaded are ones MMS failed to stop: they only hold memory.
-        owned = {entry.name for entry in self._models.models() if entry.state in HELD} | self.dense.pool.names
+        owned = {entry.name for entry in self._models.models() if entry.state in HELD}
         orphans = [process for name, group in workers.items() if name not in owned for process in group]
         if orphans:
             await asyncio.to_thread(kill_processes, orphans, 2.0)
             log.warning("stopped %d MMS worker process(es) of models no longer loaded", len(orphans))
-        self.dense.check(workers, sizes, since)
+        if measure_memory and self.dense.started():
+            await asyncio.to_thread(self.dense.measure_shards)
         self.isolated.check(workers, sizes, since)
         self._models.recheck()

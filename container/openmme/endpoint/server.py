@@ -82,8 +82,7 @@ async def _supervise(
         assert process.process is not None
         code = await asyncio.to_thread(process.process.wait)
         log.error("MMS exited with code %s; restarting it (see %s)", code, process.log_path)
-        reload = cache.host_lost()
-        hosting.host_lost()
+        reload = cache.host_lost(hosting.lost_with_mms)
         delay = 1.0
         while True:
             try:
@@ -98,7 +97,6 @@ async def _supervise(
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
         log.info("MMS is back; loading %d model(s) again", len(reload))
-        await hosting.host_back()
         cache.reload(reload)
 
 
@@ -183,6 +181,7 @@ async def _run_owned(
                 for task in background:
                     task.cancel()
                 await runner.cleanup()
+                await hosting.stop_shards()
     finally:
         await asyncio.to_thread(process.stop)
         log.info("stopped")

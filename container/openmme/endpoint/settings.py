@@ -176,9 +176,9 @@ class Settings:
         ' openmme.json {"hosting": ...} overrides this',
         _parse_hosting,
     )
-    shards: int = _opt(0, "dense shards, each one MMS worker holding many models (0: one per CPU core)", int)
+    shards: int = _opt(0, "dense shards, each one worker process holding many models (0: one per CPU core)", int)
     workers_per_model: int = _opt(1, "MMS worker processes per isolated model", int)
-    job_queue_size: int = _opt(100, "requests MMS queues per model before answering 503 (overload)", int)
+    job_queue_size: int = _opt(100, "requests queued per model (dense: per shard) before answering 503 (overload)", int)
     allow_pickle: bool = _opt(
         False,
         "let handlers unpickle model files (only for prefixes whose every writer you trust)",

@@ -108,3 +108,8 @@ class Backend(Protocol):
     def describe(self) -> dict[str, Any]:
         """Its part of ``GET /models``' summary."""
         ...
+
+    async def listings(self) -> dict[str, Any]:
+        """What its processes say they hold, asked now (``GET /shards``: for operators, and for tests to check
+        the front's view against the workers')."""
+        ...

@@ -338,11 +338,12 @@ class ModelCache:
             entry.path.unlink(missing_ok=True)
         return True
 
-    def host_lost(self) -> list[Entry]:
-        """The host died and took every loaded model with it: mark them on disk; returns those that were ready."""
-        lost = [entry for entry in self.entries.values() if entry.state is State.READY]
+    def host_lost(self, hosted: Callable[[Entry], bool]) -> list[Entry]:
+        """The host died and took the loaded models it ``hosted`` with it: mark them on disk; returns those that
+        were ready."""
+        lost = [entry for entry in self.entries.values() if entry.state is State.READY and hosted(entry)]
         for entry in self.entries.values():
-            if entry.state in HELD:
+            if entry.state in HELD and hosted(entry):
                 entry.state = State.ON_DISK
                 entry.memory_bytes = 0
         return lost
