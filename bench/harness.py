@@ -1,5 +1,6 @@
 """What every benchmark section shares: the endpoint as a child process, small HTTP helpers, statistics,
-memory of a process tree, and the description of the machine and versions that goes beside each table.
+memory and CPU of a process tree (CPU by process kind: front, MMS's JVM, MMS workers, dense shard workers), wrk
+(the C load generator) and its output, and the description of the machine and versions beside each table.
 
 The endpoint runs as its own process (``python -m openmme.cli serve``), exactly as an operator starts it, so
 the load generator here never shares an event loop or a GIL with it.
@@ -12,12 +13,17 @@ import importlib.metadata
 import json
 import os
 import platform
+import re
+import resource
+import shlex
+import shutil
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,20 +37,33 @@ from openmme.seaweed import EmbeddedS3
 
 __all__ = [
     "BUCKET",
+    "KINDS",
     "PREFIX",
     "ROOT",
+    "WRK_MISSING",
     "Endpoint",
+    "ProcessCpu",
+    "all_up",
+    "count_kind",
     "counters",
+    "cpu_between",
     "delete",
     "describe_machine",
     "embedded_s3",
     "get_json",
     "invoke_headers",
     "list_all_models",
+    "parse_wrk",
     "percentile",
     "post",
+    "process_kind",
     "serve_flags",
+    "tree_cpu",
+    "tree_processes",
     "tree_pss_bytes",
+    "wrk",
+    "wrk_script",
+    "wrk_version",
 ]
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -131,6 +150,22 @@ def embedded_s3(directory: Path) -> Iterator[EmbeddedS3]:
         s3.stop(grace=0.5)
 
 
+@contextlib.contextmanager
+def all_up(endpoints: Sequence[Endpoint]) -> Iterator[None]:
+    """Start the endpoints at once (each start is mostly waiting for its JVM); stop them all at the end."""
+    pool = ThreadPoolExecutor(len(endpoints))
+    try:
+        for future in [pool.submit(endpoint.__enter__) for endpoint in endpoints]:
+            future.result()
+        yield
+    finally:
+        pool.shutdown(wait=True)  # no start still under way: each process below is the last one started
+        for endpoint in endpoints:
+            endpoint.terminate()
+        for endpoint in endpoints:
+            endpoint.wait_stopped()
+
+
 def invoke_headers(target: str) -> dict[str, str]:
     return {"Content-Type": "text/csv", "X-Amzn-SageMaker-Target-Model": target}
 
@@ -195,16 +230,147 @@ def tree_processes(pid: int) -> list[psutil.Process]:
 
 def tree_pss_bytes(pid: int, workers_only: bool = False) -> int:
     """Proportional set size of a process and all its descendants (the front, MMS's JVM, its workers); with
-    ``workers_only``, of the MMS worker processes among them alone."""
+    ``workers_only``, of the model worker processes among them alone (MMS's, and the dense shards')."""
     total = 0
     for process in tree_processes(pid):
         # A worker can exit between the listing and the read (an unload finishing): it holds nothing then.
         with contextlib.suppress(psutil.Error):
-            if workers_only and "--sock-name" not in process.cmdline():
+            if workers_only and "--model-name" not in process.cmdline():
                 continue
             info = process.memory_full_info()
             total += int(getattr(info, "pss", 0) or info.rss)
     return total
+
+
+# ---- server CPU by process kind ------------------------------------------------------------------------------
+
+# What the processes of an endpoint's tree are, told apart by their command lines (see ``process_kind``).
+KINDS = ("front", "java", "mms_worker", "shard_worker", "other")
+
+
+def process_kind(cmdline: Sequence[str], root: bool = False) -> str:
+    """The kind of a process of an endpoint's tree: ``java`` (MMS's JVM), ``shard_worker`` (a dense shard's worker,
+    fed by the front directly), ``mms_worker`` (an MMS Python worker: its listener and the process it forks to
+    serve the JVM, both started with ``--sock-name``), ``front`` (``openmme serve``: the tree's root, or a process
+    with its command line), else ``other``."""
+    if "com.amazonaws.ml.mms.ModelServer" in cmdline:
+        return "java"
+    if "openmme.handlers._shard_worker" in cmdline:
+        return "shard_worker"
+    if "--sock-name" in cmdline:
+        return "mms_worker"
+    if root or ("openmme.cli" in cmdline and "serve" in cmdline):
+        return "front"
+    return "other"
+
+
+@dataclass(frozen=True)
+class ProcessCpu:
+    kind: str
+    seconds: float  # user + system, since the process started
+
+
+def tree_cpu(pid: int) -> dict[tuple[int, float], ProcessCpu]:
+    """The kind and CPU seconds of every process in the tree, keyed so that a reused PID is another process."""
+    found: dict[tuple[int, float], ProcessCpu] = {}
+    for process in tree_processes(pid):
+        # A process can exit between the listing and the read: what it used is lost to both readings.
+        with contextlib.suppress(psutil.Error):
+            times = process.cpu_times()
+            kind = process_kind(process.cmdline(), root=process.pid == pid)
+            found[(process.pid, process.create_time())] = ProcessCpu(kind, times.user + times.system)
+    return found
+
+
+def cpu_between(
+    before: Mapping[tuple[int, float], ProcessCpu], after: Mapping[tuple[int, float], ProcessCpu]
+) -> dict[str, float]:
+    """CPU seconds each kind of process used between two readings of ``tree_cpu`` (every kind of ``KINDS``, 0.0
+    when none ran), and their ``total``. A process started in between counts from its start."""
+    used = dict.fromkeys(KINDS, 0.0)
+    for key, now in after.items():
+        earlier = before.get(key)
+        used[now.kind] += now.seconds - (earlier.seconds if earlier is not None else 0.0)
+    return used | {"total": sum(used.values())}
+
+
+def count_kind(pid: int, kind: str) -> int:
+    """How many processes of ``kind`` the tree holds now."""
+    return sum(reading.kind == kind for reading in tree_cpu(pid).values())
+
+
+# ---- wrk, the C load generator -----------------------------------------------------------------------------
+
+WRK_MISSING = (
+    "wrk (the C HTTP load generator the warm path is measured with) is not on PATH: install it from the "
+    "distribution's packages (Debian, Ubuntu: sudo apt-get install -y wrk), or run scripts/install as root, which "
+    "installs it with the test extra"
+)
+_WRK_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
+
+
+def _lua_string(text: str) -> str:
+    safe = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789,.-_/+ ")
+    return '"' + "".join(char if char in safe else f"\\{ord(char):03d}" for char in text) + '"'
+
+
+def wrk_script(path: Path, body: bytes, headers: Mapping[str, str]) -> Path:
+    """A wrk Lua script at ``path`` that POSTs ``body`` with ``headers`` on every request."""
+    lines = ['wrk.method = "POST"', f"wrk.body = {_lua_string(body.decode())}"]
+    lines += [f"wrk.headers[{_lua_string(name)}] = {_lua_string(value)}" for name, value in headers.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def parse_wrk(output: str) -> dict[str, Any]:
+    """What ``wrk --latency`` printed: requests, req/s, p50/p99 (ms), responses not 2xx/3xx, socket errors."""
+
+    def find(pattern: str) -> re.Match[str]:
+        match = re.search(pattern, output, re.MULTILINE)
+        if match is None:
+            raise RuntimeError(f"wrk output without {pattern!r}:\n{output}")
+        return match
+
+    def latency(percent: str) -> float:
+        match = find(rf"^\s*{percent}(?:\.0+)?%\s+([\d.]+)(us|ms|s|m|h)\s*$")
+        return float(match[1]) * _WRK_UNITS[match[2]]
+
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    return {
+        "requests": int(find(r"^\s*(\d+) requests in ")[1]),
+        "requests_per_second": float(find(r"^Requests/sec:\s+([\d.]+)")[1]),
+        "p50_ms": latency("50"),
+        "p99_ms": latency("99"),
+        "non_2xx": int(non_2xx[1]) if non_2xx else 0,
+        "socket_errors": sum(int(value) for value in errors.groups()) if errors else 0,
+    }
+
+
+def wrk(url: str, script: Path, connections: int, seconds: int) -> dict[str, Any]:
+    """One run of ``wrk -t1 -c<connections> -d<seconds>s --latency`` (keep-alive connections, closed loop), parsed;
+    with the CPU seconds wrk itself used (``client_cpu_seconds``). Raises RuntimeError when wrk is not installed
+    or fails."""
+    if shutil.which("wrk") is None:
+        raise RuntimeError(WRK_MISSING)
+    command = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url]
+    # wrk is the only child this process waits for meanwhile: the children's rusage grows by its CPU alone.
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60, check=False)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if completed.returncode != 0:
+        raise RuntimeError(f"{shlex.join(command)} exited {completed.returncode}: {completed.stderr.strip()}")
+    client = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    return parse_wrk(completed.stdout) | {"client_cpu_seconds": client}
+
+
+def wrk_version() -> str:
+    """wrk's name and version as it prints them (e.g. ``wrk debian/4.1.0-3+b2``)."""
+    if shutil.which("wrk") is None:
+        return "wrk not installed"
+    completed = subprocess.run(["wrk", "--version"], capture_output=True, text=True, timeout=30, check=False)
+    first = (completed.stdout or completed.stderr).splitlines()
+    return " ".join(first[0].split()[:2]) if first else "wrk"
 
 
 def _version(distribution: str) -> str:

@@ -44,20 +44,42 @@ def draw_all(results: dict[str, Any], out_dir: Path, published_dir: Path, link_p
     return links
 
 
+WARM_TARGETS = (("mms_direct", "MMS direct"), ("dense", "openmme dense"), ("isolated", "openmme isolated"))
+CPU_KINDS = (
+    ("front", "front"),
+    ("java", "Java"),
+    ("mms_worker", "MMS workers"),
+    ("shard_worker", "shard workers"),
+    ("other", "other"),
+)
+
+
 def _warm(plt: Any, results: dict[str, Any]) -> Any:
-    warm = results["warm"]
-    figure, (latency, throughput) = plt.subplots(1, 2, figsize=(9, 3.4))
-    width = 0.38
-    for offset, (name, label) in enumerate((("openmme", "openmme"), ("mms_direct", "MMS direct"))):
-        positions = [index + (offset - 0.5) * width for index in range(2)]
-        latency.bar(positions, [warm[f"{name}_c{c}"]["p50_ms"] for c in (1, 8)], width, label=label)
-        throughput.bar(positions, [warm[f"{name}_c{c}"]["throughput_rps"] for c in (1, 8)], width, label=label)
+    targets = results["warm"]["targets"]
+    figure, (latency, throughput, cpu) = plt.subplots(1, 3, figsize=(13, 3.6))
+    width = 0.27
+    for offset, (name, label) in enumerate(WARM_TARGETS):
+        positions = [index + (offset - 1) * width for index in range(2)]
+        latency.bar(positions, [targets[name][f"c{c}"]["p50_ms"] for c in (1, 8)], width, label=label)
+        throughput.bar(positions, [targets[name][f"c{c}"]["requests_per_second"] for c in (1, 8)], width, label=label)
     for axis, title in ((latency, "p50 latency (ms)"), (throughput, "throughput (requests/s)")):
         axis.set_xticks([0, 1], ["concurrency 1", "concurrency 8"])
         axis.set_title(title)
-    latency.axhline(warm["in_process_floor"]["p50_ms"], color="grey", linestyle=":", label="in-process floor")
+    floor = results["warm"]["in_process_floor"]["p50_ms"]
+    latency.axhline(floor, color="grey", linestyle=":", label="in-process floor")
     latency.legend(fontsize=8)
-    figure.suptitle("Warm path, one-row CSV")
+    # Server CPU per request at concurrency 8, stacked by the kind of process that used it.
+    bottoms = [0.0] * len(WARM_TARGETS)
+    for index, (kind, label) in enumerate(CPU_KINDS):
+        values = [targets[name]["c8"]["cpu_ms_per_request"][kind] for name, _ in WARM_TARGETS]
+        if not any(values):
+            continue
+        cpu.bar(range(len(WARM_TARGETS)), values, 0.6, bottom=bottoms, color=f"C{index + 3}", label=label)
+        bottoms = [bottom + value for bottom, value in zip(bottoms, values, strict=True)]
+    cpu.set_xticks(range(len(WARM_TARGETS)), [label for _, label in WARM_TARGETS], fontsize=8)
+    cpu.set_title("server CPU per request, c=8 (ms)")
+    cpu.legend(fontsize=8)
+    figure.suptitle("Warm path, one-row CSV (wrk)", y=1.03)
     return figure
 
 

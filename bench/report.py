@@ -25,24 +25,60 @@ class Goal:
         return "✅ met" if self.met else "❌ not met"
 
 
+def _ratio(warm: dict[str, Any], target: str, concurrency: int, measure: str) -> float:
+    """``target``'s measure over MMS direct's, at ``concurrency``, in this run."""
+    rows = warm["targets"]
+    mine, direct = rows[target][f"c{concurrency}"], rows["mms_direct"][f"c{concurrency}"]
+    if measure == "cpu":
+        return float(mine["cpu_ms_per_request"]["total"] / direct["cpu_ms_per_request"]["total"])
+    return float(mine[measure] / direct[measure])
+
+
 def _warm_goals(results: dict[str, Any]) -> list[Goal]:
+    """Issue 13's goals for the warm path: openmme dense (the fast path) against MMS direct, side by side."""
     warm = results["warm"]
-    found = []
-    for concurrency in (1, 8):
-        front, direct = warm[f"openmme_c{concurrency}"], warm[f"mms_direct_c{concurrency}"]
-        p50 = front["p50_ms"] / direct["p50_ms"]
-        throughput = front["throughput_rps"] / direct["throughput_rps"]
-        found.append(
-            Goal("warm", f"c={concurrency}: p50 ≤ 1.2 {TIMES} MMS direct (measured {p50:.2f} {TIMES})", p50 <= 1.2)
-        )
-        found.append(
-            Goal(
-                "warm",
-                f"c={concurrency}: throughput ≥ 0.85 {TIMES} MMS direct (measured {throughput:.2f} {TIMES})",
-                throughput >= 0.85,
-            )
-        )
-    return found
+    dense, direct = warm["targets"]["dense"], warm["targets"]["mms_direct"]
+    ceiling = warm["ceiling"]
+    p50, rps = _ratio(warm, "dense", 1, "p50_ms"), _ratio(warm, "dense", 8, "requests_per_second")
+    cpu, p99 = _ratio(warm, "dense", 8, "cpu"), _ratio(warm, "dense", 8, "p99_ms")
+    projected, projected_direct = ceiling["dense"]["projected_rps"], ceiling["mms_direct"]["projected_rps"]
+
+    def measured(ratio: float, mine: float, theirs: float, unit: str, digits: int = 2) -> str:
+        return f"measured {ratio:.2f} {TIMES}: {mine:.{digits}f} vs {theirs:.{digits}f} {unit}"
+
+    cpu_dense, cpu_direct = (row["c8"]["cpu_ms_per_request"]["total"] for row in (dense, direct))
+    return [
+        Goal(
+            "warm",
+            f"openmme dense, c=1: p50 ≤ 1.2 {TIMES} MMS direct "
+            f"({measured(p50, dense['c1']['p50_ms'], direct['c1']['p50_ms'], 'ms')})",
+            p50 <= 1.2,
+        ),
+        Goal(
+            "warm",
+            f"openmme dense, c=8: throughput ≥ 1.0 {TIMES} MMS direct ("
+            f"{measured(rps, dense['c8']['requests_per_second'], direct['c8']['requests_per_second'], 'req/s', 0)})",
+            rps >= 1.0,
+        ),
+        Goal(
+            "warm",
+            f"openmme dense, c=8: server CPU per warm request ≤ 1.0 {TIMES} MMS direct's "
+            f"({measured(cpu, cpu_dense, cpu_direct, 'ms')})",
+            cpu <= 1.0,
+        ),
+        Goal(
+            "warm",
+            f"openmme dense, c=8: p99 ≤ 1.2 {TIMES} MMS direct's "
+            f"({measured(p99, dense['c8']['p99_ms'], direct['c8']['p99_ms'], 'ms')})",
+            p99 <= 1.2,
+        ),
+        Goal(
+            "warm",
+            f"openmme dense: projected ceiling on {ceiling['cores']} cores ≥ MMS direct's "
+            f"({measured(projected / projected_direct, projected, projected_direct, 'req/s', 0)})",
+            projected >= projected_direct,
+        ),
+    ]
 
 
 def _cold_allowance(results: dict[str, Any]) -> float:
@@ -111,10 +147,12 @@ def goals(results: dict[str, Any]) -> list[Goal]:
 # ---- the document ------------------------------------------------------------------------------------
 
 
-def _context(results: dict[str, Any], endpoint_flags: str, sizes: str) -> str:
+def _context(results: dict[str, Any], endpoint_flags: str | list[str], sizes: str) -> str:
     machine = results["machine"]
+    flags = [endpoint_flags] if isinstance(endpoint_flags, str) else endpoint_flags
+    endpoints = " and ".join(f"`openmme serve {each}`" for each in flags)
     return (
-        f"*Run:* `{results['command']}` · *endpoint:* `openmme serve {endpoint_flags}` · {sizes}  \n"
+        f"*Run:* `{results['command']}` · *endpoint{'s' if len(flags) > 1 else ''}:* {endpoints} · {sizes}  \n"
         f"*Machine:* {machine['cpus']} {TIMES} {machine['cpu_model']}, {machine['memory_gib']} GiB, "
         f"{machine['platform']} · "
         f"*versions:* openmme {machine['openmme']} ({machine['openmme_revision']}), multi-model-server "
@@ -135,53 +173,128 @@ def _plot(results: dict[str, Any], name: str, alt: str) -> list[str]:
     return ["", f"![{alt}]({path})"] if path else []
 
 
+LABELS = {"mms_direct": "MMS direct", "dense": "openmme dense", "isolated": "openmme isolated"}
+KIND_LABELS = {
+    "front": "front",
+    "java": "Java",
+    "mms_worker": "MMS workers",
+    "shard_worker": "shard workers",
+    "other": "other",
+}
+
+
 def _warm_section(results: dict[str, Any]) -> list[str]:
     warm = results["warm"]
-    sizes = results["sizes"]
+    settings, targets, ceiling = warm["settings"], warm["targets"], warm["ceiling"]
+    rounds = f"{settings['rounds']} round{'s' if settings['rounds'] != 1 else ''}"
     lines = [
-        "## 1. Warm path (closed loop, one-row CSV)",
+        "## 1. Warm path (wrk, keep-alive, one-row CSV): MMS direct, openmme dense, openmme isolated",
         "",
         _context(
             results,
-            results["endpoints"]["main"],
-            f"{sizes['trees']}-tree binary:logistic model, up to {sizes['warm_seconds']:g} s or "
-            f"{sizes['warm_requests']} requests per row, after 20 warm-up requests",
+            [warm["endpoints"]["dense"], warm["endpoints"]["isolated"]],
+            f"{results['sizes']['trees']}-tree binary:logistic model; per target and concurrency {rounds} of "
+            f"`wrk -t1 -c<concurrency> -d{settings['seconds']}s --latency` ({settings['wrk']}, keep-alive "
+            "connections), the targets' order rotated each round, medians; each target warmed up first "
+            f"({settings['warm_up_seconds']} s of wrk at c=8, not counted)",
         ),
         "",
-        "| target | concurrency | requests | throughput (req/s) | p50 (ms) | p99 (ms) |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| target | concurrency | req/s | p50 (ms) | p99 (ms) | server CPU (ms/request) | "
+        + " | ".join(KIND_LABELS.values())
+        + " | workers | failed |",
+        "|---|---:|---:|---:|---:|---:|" + "---:|" * len(KIND_LABELS) + "---:|---:|",
     ]
     for concurrency in (1, 8):
-        for name in ("openmme", "mms_direct"):
-            row = warm[f"{name}_c{concurrency}"]
+        for name, label in LABELS.items():
+            row = targets[name][f"c{concurrency}"]
+            cpu = row["cpu_ms_per_request"]
+            kinds = " | ".join(f"{cpu[kind]:.3f}" for kind in KIND_LABELS)
             lines.append(
-                f"| {name.replace('_', ' ')} | {concurrency} | {row['requests']} | {row['throughput_rps']:.0f} | "
-                f"{row['p50_ms']:.2f} | {row['p99_ms']:.2f} |"
+                f"| {label} | {concurrency} | {row['requests_per_second']:.0f} | {row['p50_ms']:.2f} | "
+                f"{row['p99_ms']:.2f} | **{cpu['total']:.3f}** | {kinds} | {warm['workers'][name]} | "
+                f"{row['non_2xx'] + row['socket_errors']} |"
             )
     floor = warm["in_process_floor"]
     lines += [
-        f"| in-process `Booster.inplace_predict` (nthread=1) | 1 | — | — | {floor['p50_ms']:.3f} | "
-        f"{floor['p99_ms']:.3f} |",
+        f"| in-process `Booster.inplace_predict` (nthread=1) | 1 | — | {floor['p50_ms']:.3f} | "
+        f"{floor['p99_ms']:.3f} | — |" + " — |" * len(KIND_LABELS) + " — | — |",
         "",
-        "| ratio openmme / MMS direct | concurrency 1 | concurrency 8 |",
-        "|---|---:|---:|",
+        "| ratio to MMS direct | p50 c=1 | req/s c=1 | p50 c=8 | p99 c=8 | req/s c=8 | server CPU c=8 |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for metric, label in (("p50_ms", "p50 latency"), ("p99_ms", "p99 latency"), ("throughput_rps", "throughput")):
-        ratios = [warm[f"openmme_c{c}"][metric] / warm[f"mms_direct_c{c}"][metric] for c in (1, 8)]
-        lines.append(f"| {label} | {ratios[0]:.2f} | {ratios[1]:.2f} |")
-    lines.append("")
+    for name in ("dense", "isolated"):
+        ratios = [
+            _ratio(warm, name, concurrency, measure)
+            for concurrency, measure in (
+                (1, "p50_ms"),
+                (1, "requests_per_second"),
+                (8, "p50_ms"),
+                (8, "p99_ms"),
+                (8, "requests_per_second"),
+                (8, "cpu"),
+            )
+        ]
+        lines.append(f"| {LABELS[name]} | " + " | ".join(f"{ratio:.2f}" for ratio in ratios) + " |")
+    cores = ceiling["cores"]
+    lines += [
+        "",
+        f"| ceilings, from c={ceiling['concurrency']} | server CPU (ms/request) | front CPU (ms/request) | "
+        f"front's ceiling (req/s) | {cores} cores' ceiling (req/s) | **projected on {cores} cores (req/s)** |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, label in LABELS.items():
+        row = ceiling[name]
+        if "front_cpu_ms_per_request" in row:
+            front = f"{row['front_cpu_ms_per_request']:.3f}"
+            front_ceiling = f"{row['front_ceiling_rps_per_process']:.0f} {TIMES} {row['front_processes']} process"
+            front_ceiling += "es" if row["front_processes"] != 1 else ""
+        else:
+            front, front_ceiling = "—", "— (no front)"
+        lines.append(
+            f"| {label} | {row['cpu_ms_per_request']:.3f} | {front} | {front_ceiling} | "
+            f"{row['cores_ceiling_rps']:.0f} | **{row['projected_rps']:.0f}** |"
+        )
+    bystander = max(targets[name][f"c{c}"]["bystander_cpu_ms_per_request"] for name in LABELS for c in (1, 8))
+    client = max(targets[name][f"c{c}"]["client_cpu_ms_per_request"] for name in LABELS for c in (1, 8))
+    lines += [
+        "",
+        "Server CPU is the CPU seconds (user + system) of the processes that served a target during a round, read "
+        "with psutil before and after it, per request, by kind: the front (`openmme serve`), Java (MMS's JVM), "
+        "MMS workers (`--sock-name`), shard workers (dense shards' workers, fed by the front over MMS's socket "
+        "protocol). Two endpoints run for this section alone, with only this model: one dense, one isolated; "
+        "MMS direct is the isolated endpoint's MMS at its own inference address, so it and openmme isolated go "
+        "through the same JVM and worker, and MMS direct's server CPU counts that JVM and worker only (its front "
+        "serves none of those requests). The processes not counted in a round (the other endpoint, idle; the "
+        f"front during MMS direct's rounds) used at most {bystander:.3f} ms per request. wrk, on the same "
+        f"{results['machine']['cpus']} CPUs, used at most {client:.3f} ms per request. The front's ceiling is "
+        "1000 / its CPU per request for each front process, whatever the cores; a server's ceiling on "
+        f"{cores} cores is {cores} {TIMES} 1000 / its CPU per request (every process of it, the front included, "
+        "shares the cores); openmme's projection is the lower of the two, MMS direct's the second (its JVM and "
+        "workers use every core). Workers: the model's MMS workers, or the dense endpoint's shards (one per core; "
+        "a busy model is loaded into a second shard too), so at c=8 openmme dense may answer from more workers "
+        "than MMS direct's one. "
+        + (
+            "All three targets give the same answer bytes."
+            if warm["same_answer"]
+            else "The targets answer with different bytes (see the JSON's answers)."
+        ),
+        "",
+    ]
 
     def limit() -> str:
-        front, direct = warm["openmme_c1"], warm["mms_direct_c1"]
+        dense, direct = (targets[name]["c8"]["cpu_ms_per_request"] for name in ("dense", "mms_direct"))
+        spent = ", ".join(f"{KIND_LABELS[kind]} {dense[kind]:.3f}" for kind in KIND_LABELS if dense[kind] > 0)
+        spent_direct = ", ".join(f"{KIND_LABELS[kind]} {direct[kind]:.3f}" for kind in KIND_LABELS if direct[kind] > 0)
         return (
-            f"every request through openmme crosses one more loopback HTTP hop and the front's event loop: "
-            f"{front['p50_ms'] - direct['p50_ms']:.2f} ms more at concurrency 1 on a {direct['p50_ms']:.2f} ms "
-            f"request, and with {results['machine']['cpus']} CPUs the front, MMS's JVM, the worker and the load "
-            "generator take turns on the same cores."
+            f"per request at c=8, openmme dense spent {dense['total']:.3f} ms of CPU ({spent}) against MMS direct's "
+            f"{direct['total']:.3f} ms ({spent_direct}); its front alone, one process, caps it at "
+            f"{ceiling['dense'].get('front_ceiling_rps', 0):.0f} req/s whatever the cores, where MMS direct's CPU "
+            f"per request projects {ceiling['mms_direct']['projected_rps']:.0f} req/s on {cores} cores; with "
+            f"{results['machine']['cpus']} CPUs, the front, the workers and wrk take turns on the same cores."
         )
 
     lines += _goal_lines(_warm_goals(results), limit)
-    return lines + _plot(results, "warm", "warm path: p50 and throughput, openmme vs MMS direct")
+    return lines + _plot(results, "warm", "warm path: p50, throughput and server CPU per request by process kind")
 
 
 def _cold_section(results: dict[str, Any]) -> list[str]:
@@ -348,9 +461,10 @@ def markdown(results: dict[str, Any]) -> str:
         "# openmme benchmarks",
         "",
         f"Generated by `{results['command']}` (wall time {results['wall_seconds'] / 60:.1f} min); do not edit by "
-        "hand. Everything runs side by side on one machine in one run: SeaweedFS (S3), the endpoint "
-        "(`openmme serve`: the front and MMS, as their own processes) and the load generator (an asyncio HTTP "
-        "client whose cost is the same for every target). Requests are one CSV row of 6 features. Raw figures: "
+        "hand. Everything runs side by side on one machine in one run: SeaweedFS (S3), the endpoints "
+        "(`openmme serve`: the front and MMS, as their own processes) and the load generators: wrk, a C load "
+        "generator, for the warm path; an asyncio HTTP client, whose cost is the same for every target, for the "
+        "other sections. Requests are one CSV row of 6 features. Raw figures: "
         f"`bench/results/{'smoke' if results['smoke'] else 'latest'}.json`.",
         "",
         f"**Goals met: {met} of {len(summary)}.**",

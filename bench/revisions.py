@@ -29,7 +29,6 @@ import argparse
 import contextlib
 import json
 import os
-import re
 import shlex
 import shutil
 import signal
@@ -41,7 +40,6 @@ import textwrap
 import time
 import urllib.request
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -50,12 +48,19 @@ import psutil
 from harness import (
     BUCKET,
     ROOT,
+    WRK_MISSING,
     Endpoint,
+    all_up,
+    cpu_between,
     describe_machine,
     embedded_s3,
     invoke_headers,
     serve_flags,
+    tree_cpu,
     tree_processes,
+    wrk,
+    wrk_script,
+    wrk_version,
 )
 from openmme.publish.samples import make_rows, sample_archive, train_booster
 from sections import MARKERS, replace_section
@@ -142,21 +147,6 @@ def check_imports(files: dict[str, str], home: Path, not_under: Path | None = No
             raise RuntimeError(f"{module} imports from {file}, not from {home}")
 
 
-def tree_cpu(pid: int) -> dict[tuple[int, float], float]:
-    """CPU seconds (user + system) of every process in the tree, keyed so that a reused PID is another process."""
-    seconds: dict[tuple[int, float], float] = {}
-    for process in tree_processes(pid):
-        # A process can exit between the listing and the read: what it used is lost to both readings.
-        with contextlib.suppress(psutil.Error):
-            times = process.cpu_times()
-            seconds[(process.pid, process.create_time())] = times.user + times.system
-    return seconds
-
-
-def cpu_between(before: dict[tuple[int, float], float], after: dict[tuple[int, float], float]) -> float:
-    return sum(used - before.get(key, 0.0) for key, used in after.items())
-
-
 def check_environment(pid: int, pythonpath: str) -> int:
     """Every Python process of the base's tree (front, workers) has the base's PYTHONPATH entries, in order (MMS
     may put a model's directory before them for its workers); how many processes there are."""
@@ -174,59 +164,11 @@ def check_environment(pid: int, pythonpath: str) -> int:
     return checked
 
 
-def lua_string(text: str) -> str:
-    safe = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789,.-_/+ ")
-    return '"' + "".join(char if char in safe else f"\\{ord(char):03d}" for char in text) + '"'
-
-
-def wrk_script(path: Path, body: bytes, headers: dict[str, str]) -> Path:
-    lines = ['wrk.method = "POST"', f"wrk.body = {lua_string(body.decode())}"]
-    lines += [f"wrk.headers[{lua_string(name)}] = {lua_string(value)}" for name, value in headers.items()]
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
-
-
-def parse_wrk(output: str) -> dict[str, Any]:
-    """What ``wrk --latency`` printed: requests, req/s, p50/p99 (ms), responses not 2xx/3xx, socket errors."""
-
-    def find(pattern: str) -> re.Match[str]:
-        match = re.search(pattern, output, re.MULTILINE)
-        if match is None:
-            raise RuntimeError(f"wrk output without {pattern!r}:\n{output}")
-        return match
-
-    def latency(percent: str) -> float:
-        match = find(rf"^\s*{percent}(?:\.0+)?%\s+([\d.]+)(us|ms|s|m|h)\s*$")
-        return float(match[1]) * UNITS[match[2]]
-
-    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
-    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
-    return {
-        "requests": int(find(r"^\s*(\d+) requests in ")[1]),
-        "requests_per_second": float(find(r"^Requests/sec:\s+([\d.]+)")[1]),
-        "p50_ms": latency("50"),
-        "p99_ms": latency("99"),
-        "non_2xx": int(non_2xx[1]) if non_2xx else 0,
-        "socket_errors": sum(int(value) for value in errors.groups()) if errors else 0,
-    }
-
-
-def wrk(url: str, script: Path, connections: int, seconds: int) -> dict[str, Any]:
-    command = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url]
-    completed = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60, check=False)
-    if completed.returncode != 0:
-        raise RuntimeError(f"{shlex.join(command)} exited {completed.returncode}: {completed.stderr.strip()}")
-    return parse_wrk(completed.stdout)
-
-
 def measure(endpoint: Endpoint, script: Path, connections: int, seconds: int) -> dict[str, Any]:
     """One round: wrk against ``endpoint``, and the CPU its whole process tree used meanwhile."""
     before = tree_cpu(endpoint.pid)
     result = wrk(endpoint.url + "/invocations", script, connections, seconds)
-    cpu = cpu_between(before, tree_cpu(endpoint.pid))
+    cpu = cpu_between(before, tree_cpu(endpoint.pid))["total"]
     return result | {"server_cpu_seconds": cpu, "cpu_ms_per_request": cpu * 1000 / max(1, result["requests"])}
 
 
@@ -235,22 +177,6 @@ def answer(url: str, body: bytes) -> bytes:
     with urllib.request.urlopen(request, timeout=120) as response:
         data: bytes = response.read()
         return data
-
-
-@contextlib.contextmanager
-def all_up(endpoints: Sequence[Endpoint]) -> Iterator[None]:
-    """Start the endpoints at once (each start is mostly waiting for its JVM); stop them all at the end."""
-    pool = ThreadPoolExecutor(len(endpoints))
-    try:
-        for future in [pool.submit(endpoint.__enter__) for endpoint in endpoints]:
-            future.result()
-        yield
-    finally:
-        pool.shutdown(wait=True)  # no start still under way: each process below is the last one started
-        for endpoint in endpoints:
-            endpoint.terminate()
-        for endpoint in endpoints:
-            endpoint.wait_stopped()
 
 
 def summary(rounds: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -408,12 +334,6 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def wrk_version() -> str:
-    completed = subprocess.run(["wrk", "--version"], capture_output=True, text=True, timeout=30, check=False)
-    first = (completed.stdout or completed.stderr).splitlines()
-    return " ".join(first[0].split()[:2]) if first else "wrk"
-
-
 def bounded(low: int, high: int) -> Any:
     def parse(text: str) -> int:
         value = int(text)
@@ -440,7 +360,7 @@ def main() -> int:
     )  # fmt: skip
     options = parser.parse_args()
     if shutil.which("wrk") is None:
-        parser.error("wrk is not installed (apt-get install -y wrk; scripts/install adds it with the test extra)")
+        parser.error(WRK_MISSING)
     options.rounds = options.rounds or (1 if options.smoke else 5)
     options.seconds = options.seconds or (1 if options.smoke else 8)
     options.warm_up = 1 if options.smoke else 2

@@ -1,15 +1,19 @@
 """openmme's benchmark suite, one command: warm path, cold start, many models, load storm, density.
 
-    .venv/bin/python bench/run.py            # full run (~7 min on 2 cores): BENCHMARKS.md, bench/plots/*.png,
+    .venv/bin/python bench/run.py            # full run (~8 min on 2 cores): BENCHMARKS.md, bench/plots/*.png,
                                              # bench/results/latest.json (+ the PNGs)
     .venv/bin/python bench/run.py --smoke    # tiny sizes, checks the harness end to end in ~40 s (run in CI)
 
+The warm path is driven by wrk, a C load generator (``apt-get install -y wrk``; scripts/install adds it with the
+test extra): the run stops at once, saying so, when it is missing.
+
 Everything runs on this machine, side by side in one run: SeaweedFS, the endpoints (front + MMS) as their own
-processes, MMS alone for the cold-start yardstick, and the load generator here. Sections live in their own
-modules (warm, cold, many_models, storm, density); report.py writes BENCHMARKS.md and checks each goal;
-plots.py draws the PNGs when matplotlib (the ``bench`` extra) is installed. The endpoints here run
-``--hosting isolated``, the SageMaker way, measured against MMS alone; bench/hosting.py compares dense hosting
-with it, and writes its own section of BENCHMARKS.md, which this script keeps.
+processes, MMS alone for the cold-start yardstick, and the load generators. Sections live in their own modules
+(warm, cold, many_models, storm, density); report.py writes BENCHMARKS.md and checks each goal; plots.py draws
+the PNGs when matplotlib (the ``bench`` extra) is installed. The warm path starts its own two endpoints, dense
+and isolated, and measures both against MMS direct (see warm.py); the other sections run ``--hosting isolated``,
+the SageMaker way, measured against MMS alone. bench/hosting.py compares dense hosting with isolated beyond the
+warm path, and writes its own section of BENCHMARKS.md, which this script keeps.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import argparse
 import dataclasses
 import json
 import shlex
+import shutil
 import sys
 import tempfile
 import time
@@ -28,13 +33,13 @@ from typing import Any
 import plots
 from cold import run_cold
 from density import run_density
-from harness import BUCKET, ROOT, Endpoint, describe_machine, embedded_s3, serve_flags
+from harness import BUCKET, ROOT, WRK_MISSING, Endpoint, describe_machine, embedded_s3, serve_flags
 from many_models import ManyModelsSizes, run_many_models, target_model
 from openmme.publish.samples import make_rows, sample_archive, train_booster
 from report import goals, markdown
 from sections import keep_sections
 from storm import run_storm
-from warm import run_warm
+from warm import WarmSizes, run_warm
 
 WARM_TARGET = "warm/model.tar.gz"
 STORM_TARGET = "storm/model.tar.gz"
@@ -44,9 +49,7 @@ STORM_TARGET = "storm/model.tar.gz"
 class Sizes:
     trees: int
     cold_models: int
-    warm_seconds: float
-    warm_requests: int
-    floor_requests: int
+    warm: WarmSizes
     storm_clients: int
     density_models: int
     many: ManyModelsSizes
@@ -57,9 +60,7 @@ class Sizes:
             return cls(
                 trees=10,
                 cold_models=2,
-                warm_seconds=1.0,
-                warm_requests=50,
-                floor_requests=50,
+                warm=WarmSizes(rounds=1, seconds=1, warm_up_seconds=1, floor_requests=50),
                 storm_clients=64,
                 density_models=2,
                 many=ManyModelsSizes(catalogue=8, capacity=3, length=20, warm_up=5, clients=8),
@@ -69,9 +70,8 @@ class Sizes:
         return cls(
             trees=100,
             cold_models=8,
-            warm_seconds=10.0,
-            warm_requests=20_000,
-            floor_requests=2000,
+            # 5 rounds x 3 targets x 2 concurrencies x 5 s: 2.5 min; the warm-up gives MMS's JVM time to compile.
+            warm=WarmSizes(rounds=5, seconds=5, warm_up_seconds=5, floor_requests=2000),
             storm_clients=64,
             density_models=16,
             many=ManyModelsSizes(catalogue=1000, capacity=50, length=2500, warm_up=500, clients=8),
@@ -107,8 +107,8 @@ def run(sizes: Sizes, workdir: Path) -> dict[str, Any]:
     archive = sample_archive(booster)
     row = make_rows(1, seed=3)
     body = ",".join(repr(float(value)) for value in row[0]).encode()
-    # These sections measure isolated hosting (an MMS model and worker per model) against MMS alone;
-    # bench/hosting.py sets dense hosting beside it.
+    # The sections after the warm path measure isolated hosting (an MMS model and worker per model) against MMS
+    # alone; bench/hosting.py sets dense hosting beside it.
     main_flags = ["--hosting", "isolated"]
     many_flags = [*main_flags, "--max-models", str(sizes.many.capacity)]
     # Shown beside the tables; each endpoint also gets a free --port and a temporary --cache-dir.
@@ -126,6 +126,10 @@ def run(sizes: Sizes, workdir: Path) -> dict[str, Any]:
             client.put_object(Bucket=BUCKET, Key=f"models/{target}", Body=archive)
         timer.lap("set up: train, start S3, upload")
 
+        # First, alone on the machine: its own endpoints (dense and isolated), stopped before the next start.
+        results["warm"] = run_warm(workdir, WARM_TARGET, booster, row, body, sizes.warm)
+        timer.lap("warm")
+
         with Endpoint(workdir / "main", main_flags) as endpoint:
             timer.lap("start endpoint")
             # Density first: its line starts from an endpoint with nothing loaded.
@@ -135,17 +139,6 @@ def run(sizes: Sizes, workdir: Path) -> dict[str, Any]:
             timer.lap("cold start")
             results["storm"] = run_storm(endpoint.url, STORM_TARGET, body, sizes.storm_clients)
             timer.lap("storm")
-            results["warm"] = run_warm(
-                endpoint,
-                WARM_TARGET,
-                booster,
-                row,
-                body,
-                sizes.warm_seconds,
-                sizes.warm_requests,
-                sizes.floor_requests,
-            )
-            timer.lap("warm")
             # The main endpoint stops while the next one starts: neither is measuring anything meanwhile.
             endpoint.terminate()
             with Endpoint(workdir / "many", many_flags) as many:
@@ -166,6 +159,8 @@ def main() -> int:
         "--results-dir", type=Path, default=ROOT / "bench" / "results", help="where the JSON (and plots) go"
     )
     args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        parser.error(WRK_MISSING)
     command = "python bench/run.py" + (" --smoke" if args.smoke else "")
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="openmme-bench-") as scratch:

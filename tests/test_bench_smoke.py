@@ -1,14 +1,15 @@
-"""The benchmark's smoke mode, so that bench/run.py keeps working: tiny sizes, real processes, every section.
-Each test reads only what its own run wrote (the report and the results JSON, in its tmp_path)."""
+"""The benchmark's smoke mode, so that bench/run.py keeps working: tiny sizes, real processes (and real wrk),
+every section. Each test reads only what its own run wrote (the report and the results JSON, in its tmp_path)."""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 
-from tests.support import bench_module, run_bench_smoke
+from tests.support import bench_module, needs_tool, run_bench_smoke
 
 pytestmark = pytest.mark.integration
 
@@ -17,11 +18,13 @@ SECTIONS = ("## 1. Warm path", "## 2. Cold start", "## 3. Many models", "## 4. L
 GOAL_SECTIONS = ("warm", "cold", "many", "storm")
 
 
+@needs_tool("wrk")
 def test_bench_smoke_runs_and_reports_every_section(tmp_path: Path) -> None:
     report = tmp_path / "report.md"
     run_bench_smoke("run", report, results_dir=tmp_path)
     text = report.read_text()
-    for heading in (*SECTIONS, "| openmme | 8 |", "| mms direct | 8 |", "inplace_predict", "Belady", "Machine:"):
+    rows = ("| MMS direct | 8 |", "| openmme dense | 8 |", "| openmme isolated | 8 |", "projected on 16 cores")
+    for heading in (*SECTIONS, *rows, "inplace_predict", "Belady", "Machine:"):
         assert heading in text
     results = json.loads((tmp_path / "smoke.json").read_text())
 
@@ -43,7 +46,34 @@ def test_bench_smoke_runs_and_reports_every_section(tmp_path: Path) -> None:
 
     assert results["cold_start"]["register"] > 0
     assert results["mms_alone"]["register"] > 0
-    assert all(results["warm"][key]["errors"] == 0 for key in ("openmme_c1", "openmme_c8", "mms_direct_c8"))
+
+    # The warm path: every target answered, the same bytes, and its CPU was found where its requests went.
+    warm, kinds = results["warm"], bench_module("harness").KINDS
+    assert warm["same_answer"], warm["answers"]
+    assert warm["workers"] == {"mms_direct": 1, "dense": os.cpu_count(), "isolated": 1}
+    assert len([goal for goal in goals if goal["section"] == "warm"]) == 5
+    for name, target in warm["targets"].items():
+        for concurrency, row in target.items():
+            assert row["requests"] > 0 and row["non_2xx"] == row["socket_errors"] == 0, (name, concurrency)
+            assert 0 < row["p50_ms"] <= row["p99_ms"], (name, concurrency)
+            cpu = row["cpu_ms_per_request"]
+            assert cpu["total"] == pytest.approx(sum(cpu[kind] for kind in kinds)) and cpu["total"] > 0
+    dense, isolated, direct = (
+        warm["targets"][name]["c8"]["cpu_ms_per_request"] for name in ("dense", "isolated", "mms_direct")
+    )
+    assert dense["front"] > 0 and dense["shard_worker"] > 0 and dense["mms_worker"] == 0
+    assert isolated["front"] > 0 and isolated["java"] > 0 and isolated["mms_worker"] > 0
+    assert isolated["shard_worker"] == 0
+    assert direct["front"] == 0 and direct["java"] > 0 and direct["mms_worker"] > 0  # served without the front
+    ceiling = warm["ceiling"]
+    for name in warm["targets"]:
+        assert ceiling[name]["cores_ceiling_rps"] == pytest.approx(16_000 / ceiling[name]["cpu_ms_per_request"])
+    for name in ("dense", "isolated"):
+        row = ceiling[name]
+        assert row["front_processes"] == 1
+        assert row["front_ceiling_rps"] == pytest.approx(1000 / row["front_cpu_ms_per_request"])
+        assert row["projected_rps"] == min(row["front_ceiling_rps"], row["cores_ceiling_rps"])
+    assert ceiling["mms_direct"]["projected_rps"] == ceiling["mms_direct"]["cores_ceiling_rps"]
 
     # Single flight under the storm: the endpoint's own counters say one download and one registration.
     storm = results["storm"]
