@@ -163,5 +163,5 @@ def test_warnings_of_the_handler_are_reported(tmp_path: Path) -> None:
 
     report = check_model_dir(tmp_path)
 
-    assert report.warnings == ("code/requirements.txt is not installed by openmme yet; its packages must already "
-                               "be in the image",)  # fmt: skip
+    assert report.warnings == ("code/requirements.txt is installed only by openmme serve (into an environment of "
+                               "the model's own); here its packages must already be importable",)  # fmt: skip

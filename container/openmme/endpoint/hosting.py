@@ -55,6 +55,8 @@ class MmsHosting:
             entry.handler, entry.hosting = await asyncio.to_thread(self._inspect, entry.path)
         except UnsupportedArchive as exc:
             raise ModelError(f"model {entry.target!r} cannot be served: {exc}", original_status=400) from exc
+        if entry.hosting != DENSE:
+            await self.isolated.prepare(entry)  # a script model's requirements, built (environments.py)
 
     def _inspect(self, path: Path) -> tuple[str, str]:
         """Blocking: the handler and the hosting of the extracted model at ``path``."""
@@ -83,7 +85,11 @@ class MmsHosting:
         return self.dense.overhead_bytes()
 
     def describe(self) -> dict[str, Any]:
-        return {"hosting": self.settings.hosting, "shards": self.dense.describe()}
+        return {
+            "hosting": self.settings.hosting,
+            "shards": self.dense.describe(),
+            "environments": self.isolated.environments.describe(),
+        }
 
     async def listings(self) -> dict[str, Any]:
         return await self.dense.pool.listings() if self.dense.started() else {}

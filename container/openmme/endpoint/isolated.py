@@ -3,6 +3,10 @@
 The cache's backend for isolated models (see cache/backend.py). Its housekeeping is about those processes: their
 memory measured (PSS), and a model whose workers all died loaded again (MMS 1.1 does not restart a killed worker:
 it retries a dead socket with growing back-off, minutes apart).
+
+A script model's ``code/requirements.txt`` is built into an environment of its own while the model prepares
+(environments.py), in the load the cache's requests wait on: a long build answers 429 like any slow load, and a
+failed one is the model's ``ModelError``. The model's worker finds it by the same key and puts it on its path.
 """
 
 from __future__ import annotations
@@ -16,11 +20,13 @@ from typing import Any
 import psutil
 
 from openmme.endpoint.cache.backend import Models, Route
-from openmme.endpoint.cache.entry import Entry, State
+from openmme.endpoint.cache.entry import HELD, Entry, State
+from openmme.endpoint.environments import BuildFailed, Environments, RequirementsRefused, check_requirements
 from openmme.endpoint.errors import InsufficientMemory, ModelError
 from openmme.endpoint.mms import MmsClient, MmsProcess, MmsResponse, memory_of, tracked_prediction
 from openmme.endpoint.settings import Settings
-from openmme.handlers import DENSE
+from openmme.handlers import DENSE, SCRIPT_HANDLER
+from openmme.handlers.requirements import read_requirements, requirements_key
 
 __all__ = ["IsolatedBackend"]
 
@@ -38,6 +44,8 @@ class IsolatedBackend:
         self.process = process
         self._models: Models | None = None
         self._calls: dict[str, set[asyncio.Future[Any]]] = {}  # by MMS model name: requests in its workers
+        self.environments = Environments.from_settings(settings, in_use=self._environments_in_use)
+        self._environment_of: dict[str, str] = {}  # by MMS model name: the environment key of its requirements
 
     @property
     def models(self) -> Models:
@@ -48,6 +56,33 @@ class IsolatedBackend:
         self._models = models
 
     # ---- the cache's side of the Backend protocol --------------------------------------------------
+
+    async def prepare(self, entry: Entry) -> None:
+        """A script model's ``code/requirements.txt`` built into its environment (or found built); raises
+        ModelError when it is refused (400) or cannot be built (500)."""
+        if entry.handler != SCRIPT_HANDLER:
+            return
+        lines = await asyncio.to_thread(read_requirements, entry.path)
+        if not lines:
+            self._environment_of.pop(entry.name, None)
+            return
+        try:
+            check_requirements(lines)
+        except RequirementsRefused as exc:
+            raise ModelError(f"model {entry.target!r} cannot be served: {exc}", original_status=400) from exc
+        key = requirements_key(lines)
+        self._environment_of[entry.name] = key  # in use from now on: the budget never deletes it under this load
+        try:
+            await self.environments.ensure(lines, key, entry.target)
+        except BuildFailed as exc:
+            raise ModelError(f"model {entry.target!r} failed to load: {exc}", original_status=500) from exc
+
+    def _environments_in_use(self) -> set[str]:
+        """The environments of the models loaded, loading or unloading."""
+        if self._models is None:
+            return set()
+        held = {entry.name for entry in self._models.models() if entry.state in HELD}
+        return {key for name, key in self._environment_of.items() if name in held}
 
     async def load(self, entry: Entry) -> None:
         """Register ``entry`` as an MMS model of its own; its workers start before this returns."""
@@ -83,6 +118,7 @@ class IsolatedBackend:
             if killed:
                 log.warning("killed %d worker process(es) MMS left behind for %s", len(killed), entry.target)
             self._calls.pop(entry.name, None)
+            self._environment_of.pop(entry.name, None)
 
     # ---- the request path ------------------------------------------------------------------------------
 

@@ -46,6 +46,7 @@ from openmme.endpoint.errors import ModelError, ServiceUnavailable
 from openmme.endpoint.settings import MAX_BODY_BYTES, Settings
 from openmme.handlers import ERROR_HEADER
 from openmme.handlers._lifetime import die_with_parent, parent_death_setter
+from openmme.handlers.requirements import ENVIRONMENTS_VARIABLE
 from openmme.ports import free_port
 
 __all__ = [
@@ -319,6 +320,7 @@ class MmsProcess:
         env["TEMP"] = env["TMPDIR"] = str(self.tmp_dir)
         env["OPENMME_ALLOW_PICKLE"] = "1" if self.settings.allow_pickle else "0"
         env["OPENMME_LOAD_ERRORS_DIR"] = str(self.load_errors_dir)
+        env[ENVIRONMENTS_VARIABLE] = str(self.settings.environments_dir)  # script models' requirements
         return env
 
     @property

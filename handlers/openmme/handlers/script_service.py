@@ -26,8 +26,15 @@ Where the toolkit (1.10.1) falls short, this module steps in:
 
 The Content-Type handed to ``input_fn``/``transform_fn`` is the bare media type (``text/csv``, never
 ``text/csv; charset=utf-8``); bodies of ``text/csv`` and ``application/json`` arrive as ``str``, others as
-``bytes``, as with the toolkit. ``code/requirements.txt`` is not installed. A script that cannot load
-the model raises ``ScriptLoadError`` (reported like the XGBoost service's load failures).
+``bytes``, as with the toolkit. A script that cannot load the model raises ``ScriptLoadError`` (reported like
+the XGBoost service's load failures).
+
+``code/requirements.txt`` is installed by the front, before it registers the model, into an environment of
+that model's requirements (``openmme.endpoint.environments``); here the environment's packages are appended to
+``sys.path`` before ``inference.py`` is imported: after openmme's own (numpy, xgboost and the toolkit are
+imported already, and the environment was built against exactly those versions), before the stand-ins of
+``_compat`` (so that a real ``sagemaker_containers`` a model asks for wins). Outside ``openmme serve`` (no
+``OPENMME_ENVIRONMENTS_DIR``, e.g. ``openmme publish``'s check) nothing is installed and a warning says so.
 """
 
 from __future__ import annotations
@@ -36,7 +43,9 @@ import hashlib
 import importlib.util
 import json
 import logging
+import os
 import pathlib
+import site
 import sys
 import traceback
 import types
@@ -80,8 +89,16 @@ from openmme.handlers._mms import (
     request_content_type,
     request_header,
 )
+from openmme.handlers.requirements import ENVIRONMENTS_VARIABLE, environment_site, read_requirements, requirements_key
 
-__all__ = ["ScriptLoadError", "ScriptService", "handle", "load_user_module", "user_module_name"]
+__all__ = [
+    "ScriptLoadError",
+    "ScriptService",
+    "add_model_environment",
+    "handle",
+    "load_user_module",
+    "user_module_name",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +106,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 
 REQUIREMENTS_WARNING = (
-    "code/requirements.txt is not installed by openmme yet; its packages must already be in the image"
+    "code/requirements.txt is installed only by openmme serve (into an environment of the model's own); here its"
+    " packages must already be importable"
 )
 
 _USER_FUNCTIONS = ("input_fn", "predict_fn", "output_fn")
@@ -135,6 +153,25 @@ def load_user_module(model_dir: pathlib.Path) -> types.ModuleType:
             f"code/inference.py failed to import: {type(reason).__name__}: {one_line(str(reason))}"
         ) from exc
     return module
+
+
+def add_model_environment(model_dir: pathlib.Path) -> pathlib.Path | None:
+    """Append the packages built for ``<model_dir>/code/requirements.txt`` to ``sys.path`` (their ``.pth`` files
+    processed, as for any site directory) and return their directory; None when the model names no requirements,
+    or outside ``openmme serve`` (then with a warning). Raises ScriptLoadError when the front has not built them."""
+    lines = read_requirements(model_dir)
+    if not lines:
+        return None
+    environments = os.environ.get(ENVIRONMENTS_VARIABLE)
+    if not environments:
+        logger.warning(REQUIREMENTS_WARNING)
+        return None
+    key = requirements_key(lines)
+    site_dir = environment_site(pathlib.Path(environments), key)
+    if not site_dir.is_dir():
+        raise ScriptLoadError(f"the environment of code/requirements.txt ({key}) is not built in {environments}")
+    site.addsitedir(str(site_dir))
+    return site_dir
 
 
 def _as_toolkit_error(exc: Exception) -> BaseInferenceToolkitError:
@@ -311,8 +348,7 @@ class ScriptService(HandlerService):
     def initialize(self, context: MmsContext) -> None:
         """Import ``code/inference.py`` and run its ``model_fn``; raises (failing registration) if either fails."""
         model_dir = pathlib.Path(context.system_properties["model_dir"])
-        if (model_dir / "code" / "requirements.txt").is_file():
-            logger.warning(REQUIREMENTS_WARNING)
+        add_model_environment(model_dir)  # before the import: the script's own imports need it
         module = load_user_module(model_dir)
         transformer = ScriptTransformer(module)
         try:
