@@ -1,7 +1,9 @@
 """The model cache in process, with a fake backend and a directory as the model source (as Ray Serve tests its
 multiplexer): single flight under concurrent misses, eviction order under each budget, a busy model never
-evicted, a failed load, a model lost mid-request, and the budgets after every step. No S3, no JVM, no MMS: the
-real processes stay in tests/integration for what only they can show.
+evicted, a failed load, a model lost mid-request, and the budgets after every step; and keeping models hot:
+pinned models never evicted (and the 507 when only a pinned model could make room), pre-loading's order, bound
+and room, idle TTL, the disabled model cache (endpoint-wide and per archive), and the usage record. No S3, no
+JVM, no MMS: the real processes stay in tests/integration for what only they can show.
 
 Each scenario runs on its own event loop; after every step the whole state is asserted (states, what the backend
 holds, what is on disk, counters), not one field.
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import tarfile
 from collections import Counter
 from collections.abc import Callable, Coroutine, Mapping
@@ -21,12 +24,25 @@ from typing import Any, TypeVar
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from prometheus_client import generate_latest
 
 from openmme.endpoint.cache import Budgets, CacheEvents, Entry, ModelLost, Models, Route, State
 from openmme.endpoint.cache.core import ModelCache
+from openmme.endpoint.cache.keeping import (
+    PRELOAD_STATES,
+    USAGE_FILE_NAME,
+    KeepingConfigError,
+    Pins,
+    Preload,
+    Usage,
+    check_keeping,
+    preload_targets,
+    read_usage,
+    write_usage,
+)
 from openmme.endpoint.cache.store import ModelStore
 from openmme.endpoint.dataplane import DataPlane, Invocation
-from openmme.endpoint.errors import ModelError, ServiceUnavailable
+from openmme.endpoint.errors import InsufficientMemory, ModelError, ServiceUnavailable, ValidationError
 from openmme.endpoint.metrics import Metrics
 from openmme.endpoint.names import S3Location
 from openmme.endpoint.settings import Settings
@@ -36,24 +52,32 @@ MB = 1_000_000
 
 
 class DirectorySource:
-    """The model source: archives made on the fly, each holding one file of ``sizes[target]`` bytes."""
+    """The model source: archives made on the fly, each holding one file of ``sizes[target]`` bytes, and the
+    ``openmme.json`` of ``archive_settings[target]`` if there is one; every target but those in ``missing``."""
 
     prefix = S3Location("models", "prod/")
 
     def __init__(self, sizes: Mapping[str, int] | None = None) -> None:
         self.sizes = dict(sizes or {})
+        self.archive_settings: dict[str, dict[str, Any]] = {}
+        self.missing: set[str] = set()
         self.downloads: Counter[str] = Counter()
 
     def _archive(self, target: str) -> bytes:
-        payload = b"\0" * self.sizes.get(target, 1000)
+        files = {"model.bin": b"\0" * self.sizes.get(target, 1000)}
+        if target in self.archive_settings:
+            files["openmme.json"] = json.dumps(self.archive_settings[target]).encode()
         out = io.BytesIO()
         with tarfile.open(fileobj=out, mode="w:gz") as archive:
-            info = tarfile.TarInfo("model.bin")
-            info.size = len(payload)
-            archive.addfile(info, io.BytesIO(payload))
+            for name, payload in files.items():
+                info = tarfile.TarInfo(name)
+                info.size = len(payload)
+                archive.addfile(info, io.BytesIO(payload))
         return out.getvalue()
 
     def size(self, target: str) -> int:
+        if target in self.missing:
+            raise ValidationError(f"model {target!r} is not in the model prefix {self.prefix}")
         return len(self._archive(target))
 
     def download(self, target: str, destination: Path, max_bytes: int) -> int:
@@ -131,6 +155,9 @@ class FakeBackend:
     def describe(self) -> dict[str, Any]:
         return {"hosting": "fake", "shards": []}
 
+    async def listings(self) -> dict[str, Any]:
+        return {"fake": sorted(self.hosted)}
+
 
 class Recorder(CacheEvents):
     def __init__(self) -> None:
@@ -148,8 +175,8 @@ class Recorder(CacheEvents):
     def unloaded(self, entry: Entry, reason: str | None) -> None:
         self.seen.append((f"unloaded:{reason}", entry.target))
 
-    def removed(self, entry: Entry) -> None:
-        self.seen.append(("removed", entry.target))
+    def removed(self, entry: Entry, reason: str = "disk") -> None:
+        self.seen.append((f"removed:{reason}", entry.target))
 
 
 @dataclass
@@ -176,6 +203,16 @@ class Rig:
         assert cache.memory_in_use() == sum(self.backend.memory.get(self.backend.hosted[n], 10 * MB) for n in ready)
 
 
+class Clock:
+    """The cache's clock, moved by the test."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def make_rig(
     tmp_path: Path,
     budgets: Budgets,
@@ -183,12 +220,15 @@ def make_rig(
     sizes: Mapping[str, int] | None = None,
     wait: float = 10.0,
     admission: str = "lru",
+    clock: Callable[[], float] = lambda: 0.0,
+    **options: Any,
 ) -> Rig:
-    settings = Settings(cache_dir=tmp_path, wait_budget=wait, admission=admission)
+    """A cache over a fake backend; ``options`` are more settings (``pin``, ``idle_ttl``, ``model_cache``…)."""
+    settings = Settings(cache_dir=tmp_path, wait_budget=wait, admission=admission, **options)
     source = DirectorySource(sizes)
     backend = FakeBackend(memory)
     events = Recorder()
-    cache = ModelCache(settings, budgets, backend, ModelStore(settings, source), events=(events,), clock=lambda: 0.0)
+    cache = ModelCache(settings, budgets, backend, ModelStore(settings, source), events=(events,), clock=clock)
     return Rig(cache, backend, source, events)
 
 
@@ -206,9 +246,14 @@ async def settle() -> None:
 
 
 async def request(rig: Rig, target: str) -> None:
+    await call(rig, target)
+    await settle()
+
+
+async def call(rig: Rig, target: str) -> None:
+    """One request, without waiting for what it set off (for requests run side by side: see ``settle``)."""
     async with rig.cache.use(target):
         pass
-    await settle()
 
 
 NO_BUDGETS = Budgets(0, 0, 0)
@@ -358,7 +403,7 @@ def test_disk_budget_removes_unloaded_models_first(tmp_path: Path) -> None:
         await request(rig, "c")  # disk: a (unloaded) is removed, not b
         assert rig.states() == {"b": "on_disk", "c": "ready"}
         assert rig.cache.evictions == Counter(count=2, disk=1)
-        assert ("removed", "a") in rig.events.seen
+        assert ("removed:disk", "a") in rig.events.seen
         rig.check()
         await request(rig, "a")  # downloaded again
         assert rig.source.downloads["a"] == 2
@@ -485,3 +530,425 @@ def test_budgets_hold_after_every_step(
         assert rig.cache.counters["hits"] + rig.cache.counters["misses"] == len(targets)
 
     run(scenario)
+
+
+# ---- keeping models hot: pinning ---------------------------------------------------------------------------
+
+
+def test_pinned_models_outlive_a_flood_and_count_against_the_budget(tmp_path: Path) -> None:
+    rig = make_rig(tmp_path, Budgets(3, 0, 0), pin=("hot.tar.gz", "keep/*"))
+
+    async def scenario() -> None:
+        await request(rig, "hot.tar.gz")
+        await request(rig, "keep/one")
+        for index in range(8):  # least recently used are the pinned two, yet only the others leave
+            await request(rig, f"flood-{index}")
+            assert rig.states()["hot.tar.gz"] == rig.states()["keep/one"] == "ready"
+            rig.check()
+        assert [e.target for e in rig.cache.models() if e.state is State.READY] == ["hot.tar.gz", "keep/one", "flood-7"]
+        assert rig.cache.evictions == Counter(count=7)
+        assert (rig.backend.loads["hot.tar.gz"], rig.backend.loads["keep/one"]) == (1, 1)
+        described = {e.target: e.describe()["pinned"] for e in rig.cache.models()}
+        assert described == {"hot.tar.gz": True, "keep/one": True, **{f"flood-{i}": False for i in range(8)}}
+        assert rig.cache.snapshot()["pinnedModels"] == 2
+
+    run(scenario)
+
+
+def test_a_load_that_needs_a_pinned_models_place_is_refused_and_the_pinned_one_stays(tmp_path: Path) -> None:
+    rig = make_rig(tmp_path, Budgets(1, 0, 0), pin=("hot",))
+
+    async def scenario() -> None:
+        await request(rig, "hot")
+        with pytest.raises(InsufficientMemory, match="pinned models loaded take every one of the 1"):
+            await request(rig, "other")
+        assert rig.states() == {"hot": "ready", "other": "on_disk"}
+        assert rig.backend.loads["other"] == 0  # refused before the backend was asked
+        assert rig.cache.evictions == Counter()
+        rig.check()
+
+    run(scenario)
+
+
+def test_memory_known_only_after_the_load_a_model_that_would_need_pinned_memory_is_unloaded_and_refused(
+    tmp_path: Path,
+) -> None:
+    memory = {"pinned": 25 * MB, "small": 4 * MB, "big": 10 * MB}
+    rig = make_rig(tmp_path, Budgets(0, 30 * MB, 0), memory=memory, pin=("pinned",))
+
+    async def scenario() -> None:
+        await request(rig, "pinned")
+        await request(rig, "small")  # 29 MB: fits
+        with pytest.raises(InsufficientMemory, match="pinned models hold 25000000 bytes of the 30000000"):
+            await request(rig, "big")  # 35 MB beside the pinned one even with small gone: refused, not evicting
+        await settle()
+        assert rig.states() == {"pinned": "ready", "small": "ready", "big": "on_disk"}
+        assert rig.backend.loads["big"] == 1 and ("load_failed", "big") in rig.events.seen
+        rig.check()
+
+    run(scenario)
+
+
+def test_disk_held_by_pinned_models_is_never_freed_for_another(tmp_path: Path) -> None:
+    sizes = {"pinned": 300_000, "other": 300_000}
+    rig = make_rig(tmp_path, Budgets(0, 0, 400_000), sizes=sizes, pin=("pinned",))
+
+    async def scenario() -> None:
+        await request(rig, "pinned")
+        for _ in range(2):
+            with pytest.raises(InsufficientMemory, match=r"not enough disk for model 'other' \(300000 bytes\): pinned"):
+                await request(rig, "other")  # its archive of zeros is small: refused once extracted
+            assert rig.states() == {"pinned": "ready"}  # nothing of other left on disk, nothing of pinned removed
+            rig.check()
+        rig.cache.entries["pinned"].disk_bytes = 399_990  # as if it were larger: the archive is refused unread
+        with pytest.raises(InsufficientMemory, match=r"not enough disk for model 'other' \([0-9]{3,4} bytes\): pinned"):
+            await request(rig, "other")
+        assert (rig.source.downloads["other"], rig.source.downloads["pinned"]) == (2, 1)
+
+    run(scenario)
+
+
+def test_pins_match_names_and_patterns() -> None:
+    pins = Pins(["houston/model.tar.gz", "keep/*", "m-?.tar.gz"])
+    assert pins.literals == ("houston/model.tar.gz",)
+    assert all(name in pins for name in ("houston/model.tar.gz", "keep/a/b.tar.gz", "m-1.tar.gz"))
+    assert not any(name in pins for name in ("houston/other.tar.gz", "kept/a", "m-10.tar.gz"))
+    assert not Pins([])
+
+
+@pytest.mark.parametrize(
+    ("argv", "refusal"),
+    [
+        (["--pin", "a", "--pin", "b", "--pin", "c", "--max-models", "2"], "3 pinned models do not fit --max-models 2"),
+        (["--preload", "a", "--model-prefix", ""], "--preload and --preload-top need --model-prefix"),
+        (["--preload-top", "5"], "--preload and --preload-top need --model-prefix"),
+        (["--pin", "s3://models/prod/a.tar.gz"], "--pin 's3://models/prod/a.tar.gz': TargetModel must"),
+        (["--idle-ttl-delete"], "--idle-ttl-delete needs --idle-ttl"),
+    ],
+)
+def test_settings_that_cannot_work_are_refused_at_start(argv: list[str], refusal: str) -> None:
+    with pytest.raises(KeepingConfigError) as refused:
+        check_keeping(Settings.from_sources(argv, {}))
+    assert str(refused.value).startswith(refusal) and "\n" not in str(refused.value)
+
+
+def test_pinned_names_filling_the_count_budget_or_patterns_are_allowed_with_a_warning_at_most() -> None:
+    full = Settings.from_sources(["--pin", "a", "--pin", "b", "--pin", "c*", "--max-models", "2"], {})
+    (warning,) = check_keeping(full)
+    assert "take every one of --max-models 2" in warning
+    assert check_keeping(Settings.from_sources(["--pin", "*", "--max-models", "1"], {})) == []
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    targets=OPERATIONS,
+    max_models=st.integers(0, 4),
+    memory_budget=st.sampled_from([0, 30 * MB, 60 * MB]),
+    pinned=st.sets(st.sampled_from("abcdef"), max_size=3),
+)
+def test_budgets_hold_and_pinned_models_stay_whatever_the_traffic(
+    tmp_path_factory: pytest.TempPathFactory, targets: list[str], max_models: int, memory_budget: int, pinned: set[str]
+) -> None:
+    memory = {target: (index + 1) * 4 * MB for index, target in enumerate("abcdef")}
+    rig = make_rig(
+        tmp_path_factory.mktemp("cache"), Budgets(max_models, memory_budget, 0), memory, pin=tuple(sorted(pinned))
+    )
+
+    async def scenario() -> None:
+        ever_ready: set[str] = set()
+        for target in targets:
+            try:
+                await request(rig, target)
+            except InsufficientMemory:
+                await settle()  # only a pinned model could have made room: refused, and nothing else moved
+            ever_ready |= {t for t, state in rig.states().items() if state == "ready" and t in pinned}
+            assert all(rig.states()[t] == "ready" for t in ever_ready)
+            rig.check()
+
+    run(scenario)
+
+
+# ---- keeping models hot: pre-loading ------------------------------------------------------------------------
+
+
+def test_preload_loads_the_list_until_it_is_full_and_pushes_out_nobody(tmp_path: Path) -> None:
+    rig = make_rig(tmp_path, Budgets(3, 0, 0))
+
+    async def scenario() -> None:
+        await request(rig, "served")  # a model a request loaded first
+        preload = Preload(["first", "second", "third"], rig.cache.warm, concurrency=1)
+        assert preload.status() == {"total": 3, "pending": 3, "loaded": 0, "skipped": 0, "failed": 0}
+        await preload.run()
+        await settle()
+        assert preload.status() == {"total": 3, "pending": 0, "loaded": 2, "skipped": 1, "failed": 0}
+        # Least recently used until asked for, the later in the list the sooner it leaves; served was not pushed out.
+        assert list(rig.states().items()) == [("second", "ready"), ("first", "ready"), ("served", "ready")]
+        assert rig.cache.counters == Counter(misses=1, downloads=3, registrations=3)  # pre-loads are no requests
+        assert rig.cache.usage.counts == Counter(served=1)
+        rig.check()
+        await request(rig, "newcomer")
+        assert rig.states()["second"] == "on_disk" and rig.states()["first"] == "ready"
+        rig.check()
+
+    run(scenario)
+
+
+def test_a_preloaded_model_that_turns_out_too_large_is_unloaded_again_and_skipped(tmp_path: Path) -> None:
+    rig = make_rig(tmp_path, Budgets(0, 30 * MB, 0), memory={"a": 15 * MB, "huge": 20 * MB, "b": 10 * MB})
+
+    async def scenario() -> None:
+        preload = Preload(["a", "huge", "b"], rig.cache.warm, concurrency=1)
+        await preload.run()
+        await settle()
+        assert preload.status() == {"total": 3, "pending": 0, "loaded": 2, "skipped": 1, "failed": 0}
+        assert rig.states() == {"b": "ready", "huge": "on_disk", "a": "ready"}
+        assert rig.cache.evictions == Counter()
+        rig.check()
+
+    run(scenario)
+
+
+def test_preloading_is_bounded_and_a_failure_is_counted_not_raised(tmp_path: Path) -> None:
+    rig = make_rig(tmp_path, NO_BUDGETS)
+
+    async def scenario() -> None:
+        targets = ["m0", "m1", "bad", "m3", "m4"]
+        gates = {target: asyncio.Event() for target in targets}
+        rig.backend.gates.update(gates)
+        rig.backend.failing.add("bad")
+        preload = Preload(targets, rig.cache.warm, concurrency=2)
+        running = asyncio.create_task(preload.run())
+        for target in targets:
+            for _ in range(100):
+                await asyncio.sleep(0.01)
+                if rig.backend.loads[target]:
+                    break
+            loading = [t for t, state in rig.states().items() if state == "loading"]
+            assert len(loading) <= 2 and target in loading
+            gates[target].set()
+        await running
+        await settle()
+        assert preload.status() == {"total": 5, "pending": 0, "loaded": 4, "skipped": 0, "failed": 1}
+        assert rig.states() == {"m0": "ready", "m1": "ready", "bad": "on_disk", "m3": "ready", "m4": "ready"}
+        rig.check()
+
+    run(scenario)
+
+
+def test_a_request_during_a_preload_shares_its_load_and_makes_room_as_any_request(tmp_path: Path) -> None:
+    memory = {"old": 20 * MB, "lonely": 15 * MB, "wanted": 15 * MB}
+    rig = make_rig(tmp_path, Budgets(0, 30 * MB, 0), memory=memory)
+
+    async def scenario() -> None:
+        await request(rig, "old")
+        assert await rig.cache.warm("lonely") is False  # 35 MB: pre-loaded alone, it does not push old out
+        await settle()
+        assert rig.states() == {"lonely": "on_disk", "old": "ready"}
+        rig.backend.gates["wanted"] = gate = asyncio.Event()
+        warming = asyncio.create_task(rig.cache.warm("wanted"))
+        await asyncio.sleep(0.05)
+        assert rig.states()["wanted"] == "loading"
+        asking = asyncio.create_task(call(rig, "wanted"))  # a real request joins: admitted as any, old leaves
+        await asyncio.sleep(0.05)
+        gate.set()
+        assert await warming is True
+        await asking
+        await settle()
+        assert rig.states() == {"lonely": "on_disk", "old": "on_disk", "wanted": "ready"}
+        assert rig.backend.loads["wanted"] == 1 and rig.cache.evictions == Counter(memory=1)
+        rig.check()
+
+    run(scenario)
+
+
+def test_the_usage_record_carries_over_halved_and_is_written_whole(tmp_path: Path) -> None:
+    assert read_usage(tmp_path) == {}
+    usage = Usage({"old-favourite": 10.0, "old-rare": 1.0})
+    for target in ["new"] * 3 + ["old-rare"] * 3:
+        usage.record(target)
+    assert usage.counts == Counter({"old-favourite": 5.0, "old-rare": 3.5, "new": 3})
+    assert usage.top(2) == ["old-favourite", "old-rare"] and usage.top(0) == []
+    write_usage(tmp_path, usage.counts)
+    assert read_usage(tmp_path) == {"old-favourite": 5.0, "old-rare": 3.5, "new": 3.0}
+    assert [path.name for path in tmp_path.iterdir()] == [USAGE_FILE_NAME]  # no partial file left beside it
+    (tmp_path / USAGE_FILE_NAME).write_text('{"models": [{"model": "x"')  # what a torn write would leave
+    assert read_usage(tmp_path) == {}
+
+
+def test_preload_list_is_the_named_models_then_the_most_used_each_once() -> None:
+    recorded = {"a": 1.0, "b": 50.0, "c": 20.0, "d": 30.0}
+    chosen = Settings.from_sources(["--preload", "c", "--preload", "x", "--preload-top", "3"], {})
+    assert preload_targets(chosen, recorded) == ["c", "x", "b", "d"]
+    assert preload_targets(Settings.from_sources([], {"OPENMME_PRELOAD": "y, z"}), recorded) == ["y", "z"]
+
+
+def test_requests_are_recorded_and_saved_to_the_cache_dir(tmp_path: Path) -> None:
+    rig = make_rig(tmp_path, NO_BUDGETS)
+
+    async def scenario() -> None:
+        for target in ["a", "b", "b"]:
+            await request(rig, target)
+        await rig.cache.save_usage()
+        assert read_usage(tmp_path) == {"a": 1.0, "b": 2.0}
+
+    run(scenario)
+
+
+# ---- keeping models hot: idle TTL and the disabled model cache ---------------------------------------------
+
+
+def test_idle_models_are_unloaded_after_the_ttl_and_loaded_again_on_the_next_request(tmp_path: Path) -> None:
+    clock = Clock()
+    rig = make_rig(tmp_path, NO_BUDGETS, clock=clock, idle_ttl=10.0, pin=("pinned",))
+
+    async def scenario() -> None:
+        for target in ("a", "pinned"):
+            await request(rig, target)
+        clock.now = 5.0
+        await request(rig, "b")
+        clock.now = 12.0
+        rig.cache.unload_idle()
+        await settle()
+        assert rig.states() == {"a": "on_disk", "pinned": "ready", "b": "ready"}
+        assert ("unloaded:idle", "a") in rig.events.seen
+        async with rig.cache.use("b"):  # in use at the deadline: it stays
+            clock.now = 100.0
+            rig.cache.unload_idle()
+            await settle()
+            assert rig.states()["b"] == "ready"
+        rig.cache.unload_idle()  # its request just ended at 100: idle from then on
+        await settle()
+        assert rig.states() == {"a": "on_disk", "pinned": "ready", "b": "ready"}
+        clock.now = 111.0
+        rig.cache.unload_idle()
+        await settle()
+        assert rig.states() == {"a": "on_disk", "pinned": "ready", "b": "on_disk"}
+        assert rig.cache.evictions == Counter(idle=2)
+        rig.check()
+        await request(rig, "a")  # loaded again from disk
+        assert rig.states()["a"] == "ready" and (rig.source.downloads["a"], rig.backend.loads["a"]) == (1, 2)
+        rig.check()
+
+    run(scenario)
+
+
+def test_with_idle_ttl_delete_idle_models_leave_the_disk_too(tmp_path: Path) -> None:
+    clock = Clock()
+    rig = make_rig(tmp_path, Budgets(1, 0, 0), clock=clock, idle_ttl=10.0, idle_ttl_delete=True)
+
+    async def scenario() -> None:
+        await request(rig, "a")
+        await request(rig, "b")  # a: unloaded by the count budget, still on disk
+        warm = asyncio.create_task(rig.cache.warm("b"))  # pre-loaded models are idle from their load
+        await warm
+        clock.now = 11.0
+        rig.cache.unload_idle()
+        await settle()
+        assert rig.states() == {}
+        assert {("removed:idle", "a"), ("removed:idle", "b"), ("unloaded:idle", "b")} <= set(rig.events.seen)
+        assert rig.cache.evictions == Counter(count=1, idle=1)
+        rig.check()
+        await request(rig, "a")
+        assert rig.source.downloads["a"] == 2
+        rig.check()
+
+    run(scenario)
+
+
+def test_a_preloaded_model_is_idle_from_its_load(tmp_path: Path) -> None:
+    clock = Clock()
+    rig = make_rig(tmp_path, NO_BUDGETS, clock=clock, idle_ttl=10.0)
+
+    async def scenario() -> None:
+        clock.now = 50.0
+        assert await rig.cache.warm("early") is True
+        clock.now = 55.0
+        rig.cache.unload_idle()
+        await settle()
+        assert rig.states() == {"early": "ready"}
+        assert rig.cache.get("early").describe()["lastUsed"] is None  # type: ignore[union-attr]
+        clock.now = 61.0
+        rig.cache.unload_idle()
+        await settle()
+        assert rig.states() == {"early": "on_disk"}
+
+    run(scenario)
+
+
+def test_with_the_model_cache_disabled_every_call_loads_and_then_unloads_and_deletes(tmp_path: Path) -> None:
+    rig = make_rig(tmp_path, NO_BUDGETS, model_cache="disabled", pin=("pinned",))
+
+    async def scenario() -> None:
+        rig.backend.gates["m"] = gate = asyncio.Event()
+        calls = [asyncio.create_task(call(rig, "m")) for _ in range(5)]
+        await asyncio.sleep(0.05)
+        gate.set()
+        await asyncio.gather(*calls)  # five concurrent calls: one load, one unload once the last one ended
+        await settle()
+        assert rig.states() == {}
+        assert rig.cache.evictions == Counter(cache_disabled=1)
+        assert (rig.source.downloads["m"], rig.backend.loads["m"]) == (1, 1)
+        assert ("removed:cache_disabled", "m") in rig.events.seen
+        rig.check()
+        await request(rig, "m")
+        assert (rig.source.downloads["m"], rig.backend.loads["m"]) == (2, 2)
+        await request(rig, "pinned")  # a pinned model stays whatever the cache setting
+        assert rig.states() == {"pinned": "ready"}
+        assert rig.cache.get("pinned").describe()["modelCache"] == "disabled"  # type: ignore[union-attr]
+        rig.check()
+
+    run(scenario)
+
+
+def test_an_archive_can_turn_its_model_cache_off_or_on_against_the_endpoint(tmp_path: Path) -> None:
+    rig = make_rig(tmp_path, NO_BUDGETS)
+    enabled = make_rig(tmp_path / "other", NO_BUDGETS, model_cache="disabled")
+
+    async def scenario() -> None:
+        rig.source.archive_settings["once"] = {"modelCache": "Disabled"}  # SageMaker's spelling
+        rig.source.archive_settings["odd"] = {"modelCache": "sometimes"}
+        for target in ("once", "usual"):
+            await request(rig, target)
+        assert rig.states() == {"usual": "ready"}
+        with pytest.raises(ModelError, match='"modelCache" must be "Enabled" or "Disabled"'):
+            await request(rig, "odd")
+        rig.check()
+        enabled.source.archive_settings["kept"] = {"modelCache": "enabled", "hosting": "isolated"}
+        for target in ("kept", "dropped"):
+            await request(enabled, target)
+        assert enabled.states() == {"kept": "ready"}
+        enabled.check()
+
+    run(scenario)
+
+
+def test_metrics_show_pinned_models_preloading_and_the_new_eviction_reasons(tmp_path: Path) -> None:
+    rig = make_rig(tmp_path, NO_BUDGETS, memory={"hot": 7 * MB}, pin=("hot",), model_cache="disabled")
+    metrics = Metrics()
+    rig.cache.events = (*rig.cache.events, metrics)
+    metrics.watch(rig.cache)
+    preload = Preload(["hot", "missing"], rig.cache.warm, concurrency=1)
+    metrics.watch_preload(preload)
+    rig.source.missing.add("missing")
+
+    def scrape() -> dict[str, float]:
+        lines = generate_latest(metrics.registry).decode().splitlines()
+        return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith("openmme_")}
+
+    assert scrape()['openmme_preload_models{state="pending"}'] == 2
+
+    async def scenario() -> None:
+        await preload.run()
+        await request(rig, "other")
+
+    run(scenario)
+    samples = scrape()
+    assert {state: samples[f'openmme_preload_models{{state="{state}"}}'] for state in PRELOAD_STATES} == {
+        "pending": 0,
+        "loaded": 1,
+        "skipped": 0,
+        "failed": 1,
+    }
+    assert (samples["openmme_pinned_models"], samples["openmme_pinned_memory_bytes"]) == (1, 7 * MB)
+    assert samples['openmme_model_evictions_total{reason="cache_disabled"}'] == 1
+    assert samples['openmme_model_evictions_total{reason="disk"}'] == 0  # its files went with the counted unload

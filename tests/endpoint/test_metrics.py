@@ -28,7 +28,7 @@ def test_every_known_status_and_reason_is_exported_at_zero_before_any_request() 
         assert samples[("openmme_invocations_total", labels)] == 0, status
         assert samples[("openmme_invocation_seconds_count", labels)] == 0, status
         assert samples[("openmme_invocation_seconds_bucket", (("le", "+Inf"), ("status", status)))] == 0
-    for reason in ("count", "memory", "disk", "request"):
+    for reason in ("count", "memory", "disk", "request", "idle", "cache_disabled"):
         assert samples[("openmme_model_evictions_total", (("reason", reason),))] == 0, reason
     # Per-model series have no values known in advance: none exists before a model is invoked.
     assert not any(name.startswith("openmme_model_invocation") for name, _ in samples)
@@ -45,4 +45,4 @@ def test_the_statuses_set_up_front_are_the_ones_the_front_answers() -> None:
     assert samples[("openmme_invocations_total", (("status", "409"),))] == 1
     statuses = {dict(labels)["status"] for name, labels in samples if name == "openmme_invocations_total"}
     assert statuses == {*INVOCATION_STATUSES, "409"}
-    assert set(EVICTION_REASONS) == {"count", "memory", "disk", "request"}
+    assert set(EVICTION_REASONS) == {"count", "memory", "disk", "request", "idle", "cache_disabled"}

@@ -97,5 +97,5 @@ class EventLog(CacheEvents):
             },
         )
 
-    def removed(self, entry: Entry) -> None:
-        log_json(event_log, {"event": "removed_from_disk", "target_model": entry.target, "reason": "disk"})
+    def removed(self, entry: Entry, reason: str = "disk") -> None:
+        log_json(event_log, {"event": "removed_from_disk", "target_model": entry.target, "reason": reason})

@@ -10,7 +10,8 @@ dotted names below inside each model's worker process:
   names the model of each request in ``MODEL_HEADER`` and loads or unloads models with ``OP_HEADER``.
 
 Where a model runs is its *hosting*: ``dense`` (a booster shares a shard with other boosters) or
-``isolated`` (its own MMS model and worker processes). ``choose_hosting`` decides per archive.
+``isolated`` (its own MMS model and worker processes). ``choose_hosting`` decides per archive, and
+``choose_model_cache`` whether the model stays cached after a call (SageMaker's ModelCacheSetting).
 
 Every failed request a handler answers carries ``ERROR_HEADER: 1``, an HTTP status (400 bad input,
 415 unsupported Content-Type or Accept, 500 model failure) and a one-line plain-text body.
@@ -29,6 +30,7 @@ __all__ = [
     "ERROR_HEADER",
     "HOSTINGS",
     "ISOLATED",
+    "MODEL_CACHE_SETTINGS",
     "MODEL_HEADER",
     "OP_HEADER",
     "SCRIPT_HANDLER",
@@ -37,6 +39,7 @@ __all__ = [
     "UnsupportedArchive",
     "choose_handler",
     "choose_hosting",
+    "choose_model_cache",
     "find_booster",
 ]
 
@@ -53,8 +56,11 @@ HOSTINGS = (DENSE, ISOLATED)
 MODEL_HEADER = "X-Openmme-Model"
 OP_HEADER = "X-Openmme-Op"
 
-# An optional file at an archive's root with openmme's settings for that one model: {"hosting": "isolated"}.
+# An optional file at an archive's root with openmme's settings for that one model: {"hosting": "isolated"},
+# {"modelCache": "disabled"}.
 SETTINGS_FILE_NAME = "openmme.json"
+# SageMaker's ModelCacheSetting values (MultiModelConfig), as openmme spells them; an archive may write either case.
+MODEL_CACHE_SETTINGS = ("enabled", "disabled")
 
 # Set (to "1") on every response a handler answers with an error, so the front can tell a model's
 # failure apart from MMS's own errors (which never carry it).
@@ -129,21 +135,46 @@ def choose_hosting(model_dir: pathlib.Path, handler: str, default: str) -> str:
     """
     if handler == SCRIPT_HANDLER:
         return ISOLATED
+    return str(_archive_settings(model_dir).get("hosting", default))
+
+
+def choose_model_cache(model_dir: pathlib.Path, default: str) -> str:
+    """Whether the model at ``model_dir`` stays cached after a call: ``enabled``, or ``disabled`` (unloaded and
+    deleted from disk after each call, as SageMaker's ``ModelCacheSetting: Disabled``).
+
+    The archive's ``openmme.json`` ``{"modelCache": "Enabled" | "Disabled"}`` (any case) if it has one, else
+    ``default`` (the endpoint's ``--model-cache``). Raises UnsupportedArchive for a malformed file.
+    """
+    return str(_archive_settings(model_dir).get("modelCache", default))
+
+
+def _archive_settings(model_dir: pathlib.Path) -> dict[str, str]:
+    """The archive's ``openmme.json``, checked (``{}`` without one): ``hosting`` and ``modelCache`` as openmme
+    spells their values. Raises UnsupportedArchive for a malformed file."""
     settings_file = pathlib.Path(model_dir, SETTINGS_FILE_NAME)
     if not settings_file.is_file():
-        return default
+        return {}
     try:
         settings = json.loads(settings_file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise UnsupportedArchive(f"{SETTINGS_FILE_NAME} is not valid JSON: {exc}") from exc
     if not isinstance(settings, dict):
         raise UnsupportedArchive(f'{SETTINGS_FILE_NAME} must be a JSON object, e.g. {{"hosting": "{ISOLATED}"}}')
-    unknown = sorted(set(settings) - {"hosting"})
+    unknown = sorted(set(settings) - {"hosting", "modelCache"})
     if unknown:
-        raise UnsupportedArchive(f"{SETTINGS_FILE_NAME} has unknown settings {', '.join(unknown)}; it takes hosting")
-    hosting = settings.get("hosting", default)
-    if hosting not in HOSTINGS:
         raise UnsupportedArchive(
-            f'{SETTINGS_FILE_NAME} must be a JSON object whose "hosting" is "{DENSE}" or "{ISOLATED}"'
+            f"{SETTINGS_FILE_NAME} has unknown settings {', '.join(unknown)}; it takes hosting and modelCache"
         )
-    return str(hosting)
+    checked: dict[str, str] = {}
+    if "hosting" in settings:
+        if settings["hosting"] not in HOSTINGS:
+            raise UnsupportedArchive(
+                f'{SETTINGS_FILE_NAME} must be a JSON object whose "hosting" is "{DENSE}" or "{ISOLATED}"'
+            )
+        checked["hosting"] = settings["hosting"]
+    if "modelCache" in settings:
+        value = settings["modelCache"]
+        if not isinstance(value, str) or value.lower() not in MODEL_CACHE_SETTINGS:
+            raise UnsupportedArchive(f'{SETTINGS_FILE_NAME}: "modelCache" must be "Enabled" or "Disabled"')
+        checked["modelCache"] = value.lower()
+    return checked

@@ -40,7 +40,9 @@ def describe(settings: Settings, keys: KeyStore | None) -> tuple[int, str]:
     if keys is not None:
         metrics = "open" if settings.auth_exempt_metrics else "signed"
         replays = "; a signature seen before is refused" if settings.auth_refuse_replays else ""
-        message = f"authentication: AWS SigV4 with {len(keys)} key(s); /ping open, /metrics {metrics}{replays}"
+        message = (
+            f"authentication: AWS SigV4 with {len(keys)} key(s); /ping and /ready open, /metrics {metrics}{replays}"
+        )
         if settings.tls_cert is not None or is_loopback(settings.host):
             return logging.INFO, message
         return logging.WARNING, (

@@ -4,6 +4,7 @@
     events.py   leaf: CacheEvents (what the cache reports) and CacheView (what observers read)
     backend.py  leaf: the Backend and Models protocols, Route, Reply, ModelLost
     store.py    the extracted models on disk, fetched from the model source
+    keeping.py  what the operator keeps hot: pins, the pre-load, the usage record (imports no cache)
     core.py     ModelCache: entries, single flight, admission, eviction, budgets
 
 Only the leaves are imported here, so that metrics, logs and backends importing them do not import the cache

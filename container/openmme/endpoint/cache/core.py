@@ -16,8 +16,17 @@ in flight (or waiting for it) is never evicted, and a new model is admitted befo
 nothing idle can make room. With ``--admission tinylfu`` a frequency sketch of every request sits in front of
 that eviction (policy.py): a model being loaded that was asked for no more often lately than its victims is
 loaded to answer without unloading them, at the least-recently-used end, and is the first to leave once its
-request ends. Everything here runs on one event loop; bookkeeping between two awaits is atomic, so
-no lock guards it.
+request ends.
+
+What the operator keeps hot (keeping.py): a pinned model (``--pin``) counts against the budgets but is never
+chosen to leave, and a load that would need a pinned model's room fails with InsufficientMemory (507) instead.
+Pre-loading (``warm``) loads a model before its first request without pushing out any other (a pinned one
+excepted). Models unused for ``--idle-ttl`` seconds are unloaded by ``tend`` (housekeeping's round), and a
+model whose cache is disabled (``--model-cache disabled``, or its archive's ``openmme.json``: SageMaker's
+``ModelCacheSetting``) is unloaded and deleted from disk after each call, once no other request uses it.
+Every request is counted in ``usage``, which ``--preload-top`` reads at the next start.
+
+Everything here runs on one event loop; bookkeeping between two awaits is atomic, so no lock guards it.
 """
 
 from __future__ import annotations
@@ -37,15 +46,22 @@ import psutil
 from openmme.endpoint.cache.backend import Backend
 from openmme.endpoint.cache.entry import HELD, LOADED, Budgets, Entry, State, mms_model_name
 from openmme.endpoint.cache.events import CacheEvents
+from openmme.endpoint.cache.keeping import Pins, Usage, write_usage
 from openmme.endpoint.cache.store import ModelStore
-from openmme.endpoint.errors import Conflict, ModelError, ModelNotReady
+from openmme.endpoint.errors import Conflict, InsufficientMemory, ModelError, ModelNotReady
 from openmme.endpoint.logs import log_task_failure
 from openmme.endpoint.policy import FrequencySketch, Slot, admits, disk_victims, memory_victims
 from openmme.endpoint.settings import Settings
+from openmme.handlers import UnsupportedArchive, choose_model_cache
 
 __all__ = ["ModelCache", "budgets_for"]
 
 log = logging.getLogger(__name__)
+
+# How often, at most, the usage record is written while serving (and once more at stop).
+USAGE_SAVE_INTERVAL_S = 60.0
+# A pre-load waits for its model however long the load takes (a request would get 429 after --wait-budget).
+PRELOAD_WAIT_S = 24 * 3600.0
 
 
 def budgets_for(settings: Settings) -> Budgets:
@@ -67,6 +83,7 @@ class ModelCache:
         store: ModelStore,
         events: Sequence[CacheEvents] = (),
         clock: Callable[[], float] = time.time,
+        usage: Usage | None = None,
     ) -> None:
         self.settings = settings
         self.budgets = budgets
@@ -79,6 +96,10 @@ class ModelCache:
         self.counters: Counter[str] = Counter()  # hits, misses, downloads, registrations
         # TinyLFU's sample is ten times the cache's size in models; without a count budget, as if it held 100.
         self.sketch = FrequencySketch(10 * (budgets.max_models or 100)) if settings.admission == "tinylfu" else None
+        self.pins = Pins(settings.pin)
+        self.usage = usage or Usage()  # requests per model, for --preload-top at the next start
+        self._usage_saved = time.monotonic()
+        self._warming: set[Entry] = set()  # being pre-loaded (warm)
         backend.attach(self)
 
     # ---- the request path -------------------------------------------------------------------------------
@@ -91,10 +112,11 @@ class ModelCache:
         if entry is None:
             if self.store.source is None:
                 raise ModelError(f"model {target!r} is not loaded", original_status=404)
-            entry = self.entries[target] = self.store.new_entry(target, mms_model_name(target))
+            entry = self._new_entry(target)
         self.entries.move_to_end(target)
         hit = entry.state is State.READY
         if counted:
+            self.usage.record(target)
             if self.sketch is not None:
                 self.sketch.record(target)
             self.counters["hits" if hit else "misses"] += 1
@@ -115,6 +137,8 @@ class ModelCache:
             entry.last_used = self.clock()
             if entry.in_flight == 0:
                 self._forget_if_remote(entry)
+                if entry.model_cache == "disabled" and entry.state is State.READY and not entry.pinned:
+                    self._drop(entry, "cache_disabled", delete=True)
                 self._enforce_budgets_soon()
 
     async def _wait_ready(self, entry: Entry, wait: float) -> None:
@@ -185,8 +209,14 @@ class ModelCache:
         entry.state = State.DOWNLOADING
         try:
             size = await self.store.size(entry.target)
+            self._refuse_beside_pinned(entry, disk=size)
             await self._make_disk_room(size, keep=entry)
             entry.disk_bytes = await self.store.fetch(entry)
+            no_room = self._beside_pinned(entry, disk=entry.disk_bytes)  # extracted, it takes more than its archive
+            if no_room:
+                await self.store.remove(entry)
+                entry.disk_bytes = 0
+                raise InsufficientMemory(no_room)
             entry.downloads += 1
             self.counters["downloads"] += 1
             entry.state = State.ON_DISK
@@ -201,6 +231,9 @@ class ModelCache:
         entry.state = State.LOADING
         try:
             await self.backend.prepare(entry)
+            if entry.managed:
+                entry.model_cache = await asyncio.to_thread(self._model_cache_of, entry)
+            self._refuse_beside_pinned(entry)
             await self._make_memory_room(keep=entry, loading=True)
             started = time.perf_counter()
             self.counters["registrations"] += 1  # loads asked of the backend, failed ones included
@@ -209,13 +242,26 @@ class ModelCache:
             entry.loads += 1
             entry.state = State.READY
             entry.ready_at = time.monotonic()
+            entry.loaded_at = self.clock()
         except BaseException:
             entry.state = State.ON_DISK
             raise
         entry.memory_bytes = await self.backend.measure(entry)
         for events in self.events:
             events.loaded(entry)
+        no_room = self._beside_pinned(entry)  # measured, it needs memory only a pinned model could free
+        if no_room:
+            entry.state = State.UNLOADING
+            await self._unload(entry, None)
+            raise InsufficientMemory(no_room)
         await self._make_memory_room(keep=entry, loading=True)
+
+    def _model_cache_of(self, entry: Entry) -> str:
+        """Blocking: ``enabled`` or ``disabled``, as the archive's openmme.json or else --model-cache says."""
+        try:
+            return choose_model_cache(entry.path, self.settings.model_cache)
+        except UnsupportedArchive as exc:
+            raise ModelError(f"model {entry.target!r} cannot be served: {exc}", original_status=400) from exc
 
     async def _unload(self, entry: Entry, reason: str | None) -> None:
         """Unload ``entry`` from its host; ``reason`` is counted as an eviction."""
@@ -231,14 +277,28 @@ class ModelCache:
             for events in self.events:
                 events.unloaded(entry, reason)
 
-    async def _remove_from_disk(self, entry: Entry) -> None:
+    async def _remove_from_disk(self, entry: Entry, reason: str = "disk") -> None:
+        """Delete ``entry``'s files: for the disk budget (``disk``, counted as an eviction), or after the unload
+        that was counted (``idle``, ``cache_disabled``)."""
         await self.store.remove(entry)
         entry.disk_bytes = 0
         entry.state = State.REMOTE
         self._forget_if_remote(entry)
-        self.evictions["disk"] += 1
+        if reason == "disk":
+            self.evictions["disk"] += 1
         for events in self.events:
-            events.removed(entry)
+            events.removed(entry, reason)
+
+    def _drop(self, entry: Entry, reason: str, delete: bool) -> None:
+        """Unload the idle ``entry`` in the background, and delete its files too with ``delete``."""
+        entry.state = State.UNLOADING
+        self._transition(entry, self._unload_and_delete(entry, reason, delete), "unload")
+
+    async def _unload_and_delete(self, entry: Entry, reason: str, delete: bool) -> None:
+        await self._unload(entry, reason)
+        # Asked for again while it unloaded: it stays on disk for that request.
+        if delete and entry.state is State.ON_DISK and entry.in_flight == 0:
+            await self._remove_from_disk(entry, reason)
 
     # ---- eviction ----------------------------------------------------------------------------------
 
@@ -248,7 +308,7 @@ class ModelCache:
             Slot(
                 key=entry.target,
                 loaded=entry.state in LOADED,
-                evictable=entry.state in evictable and entry.in_flight == 0 and entry.managed,
+                evictable=entry.state in evictable and entry.in_flight == 0 and entry.managed and not entry.pinned,
                 memory=entry.memory_bytes,
                 disk=entry.disk_bytes,
             )
@@ -262,12 +322,7 @@ class ModelCache:
         end instead, over budget until its requests end (then ``_enforce_budgets_soon`` unloads it first)."""
         slots = self._slots(keep, evictable={State.READY})
         victims = memory_victims(slots, keep.memory_bytes, self.budgets.max_models, self._model_memory_budget())
-        if (
-            loading
-            and victims
-            and self.sketch is not None
-            and not admits(self.sketch, keep.target, [key for key, _ in victims])
-        ):
+        if loading and victims and (self._only_warming(keep) or not self._admitted(keep, victims)):
             self.entries.move_to_end(keep.target, last=False)
             return
         await _run_all(self._start_unload(self.entries[key], reason) for key, reason in victims)
@@ -286,6 +341,48 @@ class ModelCache:
             if victim.state is State.ON_DISK and victim.in_flight == 0:
                 await self._remove_from_disk(victim)
 
+    def _admitted(self, keep: Entry, victims: list[tuple[str, str]]) -> bool:
+        """TinyLFU's admission (always, under LRU)."""
+        return self.sketch is None or admits(self.sketch, keep.target, [key for key, _ in victims])
+
+    def _only_warming(self, keep: Entry) -> bool:
+        """Being pre-loaded, and by nothing else: it pushes no model out (unless it is pinned)."""
+        return keep in self._warming and keep.in_flight == 1 and not keep.pinned
+
+    def _beside_pinned(self, keep: Entry, disk: int | None = None) -> str | None:
+        """Why ``keep`` does not fit beside the pinned models (None: it does): in the count and memory budgets,
+        or with ``disk``, its bytes on disk, in the disk budget. Only a pinned model could make room, and none
+        ever does."""
+        if not self.pins:
+            return None
+        pinned = [entry for entry in self.entries.values() if entry.pinned and entry is not keep]
+        if disk is not None:
+            held = sum(entry.disk_bytes for entry in pinned)
+            if self.budgets.disk_bytes and held + disk > self.budgets.disk_bytes:
+                return (
+                    f"not enough disk for model {keep.target!r} ({disk} bytes): pinned models take {held} bytes of"
+                    f" the {self.budgets.disk_bytes}-byte disk budget"
+                )
+            return None
+        loaded = [entry for entry in pinned if entry.state in LOADED]
+        if self.budgets.max_models and len(loaded) + 1 > self.budgets.max_models:
+            return (
+                f"no room to load model {keep.target!r}: the {len(loaded)} pinned models loaded take every one of the"
+                f" {self.budgets.max_models} the count budget allows"
+            )
+        held, budget = sum(entry.memory_bytes for entry in loaded), self._model_memory_budget()
+        if budget and held + keep.memory_bytes > budget:
+            return (
+                f"not enough memory to load model {keep.target!r} ({keep.memory_bytes} bytes): pinned models hold"
+                f" {held} bytes of the {budget} bytes models may use"
+            )
+        return None
+
+    def _refuse_beside_pinned(self, keep: Entry, disk: int | None = None) -> None:
+        no_room = self._beside_pinned(keep, disk)
+        if no_room:
+            raise InsufficientMemory(no_room)
+
     def _start_unload(self, entry: Entry, reason: str | None) -> asyncio.Task[None]:
         entry.state = State.UNLOADING
         entry.transition = asyncio.create_task(self._unload(entry, reason), name=f"unload {entry.target}")
@@ -301,14 +398,90 @@ class ModelCache:
         if entry.state is State.REMOTE and entry.in_flight == 0 and self.entries.get(entry.target) is entry:
             del self.entries[entry.target]
 
-    def _enforce_budgets_soon(self) -> None:
-        """After a request ends, models admitted over budget while others were busy may now leave."""
+    def _over_budget(self) -> bool:
         over_count = self.budgets.max_models and self.loaded_count() > self.budgets.max_models
         over_memory = self.budgets.memory_bytes and self.memory_in_use() > self._model_memory_budget()
-        if over_count or over_memory:
+        return bool(over_count or over_memory)
+
+    def _full(self) -> bool:
+        """One more model would not fit without another leaving."""
+        full_count = self.budgets.max_models and self.loaded_count() >= self.budgets.max_models
+        full_memory = self.budgets.memory_bytes and self.memory_in_use() >= self._model_memory_budget()
+        return bool(full_count or full_memory)
+
+    def _enforce_budgets_soon(self) -> None:
+        """After a request ends, models admitted over budget while others were busy may now leave."""
+        if self._over_budget():
             newest = next(reversed(self.entries.values()))
             task = asyncio.create_task(self._make_memory_room(keep=newest), name="enforce budgets")
             task.add_done_callback(log_task_failure)
+
+    # ---- keeping models hot: pre-loading, idle unloading, the usage record -------------------------------
+
+    async def warm(self, target: str) -> bool:
+        """Pre-load ``target`` ahead of its first request, pushing out no other model (a pinned one may push out
+        models not pinned, as a request would). True when it is loaded and stays; False when there was no room
+        (then it is not loaded, or unloaded again at once). Raises what its load raised."""
+        entry = self.entries.get(target)
+        if entry is None:
+            if target not in self.pins and self._full():
+                return False
+            entry = self._new_entry(target)
+            # Least recently used until asked for; the later in the pre-load list, the sooner it leaves.
+            self.entries.move_to_end(target, last=False)
+        entry.in_flight += 1
+        self._warming.add(entry)
+        try:
+            await self._wait_ready(entry, PRELOAD_WAIT_S)
+            kept = entry.pinned or entry.in_flight > 1 or not self._over_budget()
+            if not kept and entry.state is State.READY:
+                await self._start_unload(entry, None)
+            return kept
+        finally:
+            self._warming.discard(entry)
+            entry.in_flight -= 1
+            if entry.in_flight == 0:
+                self._forget_if_remote(entry)
+                self._enforce_budgets_soon()
+
+    def unload_idle(self) -> None:
+        """``--idle-ttl``: unload the models no request used for that long, and with ``--idle-ttl-delete`` delete
+        their files (those only on disk as well); never a pinned model, one in use, or one SageMaker handed over."""
+        ttl = self.settings.idle_ttl
+        if not ttl:
+            return
+        delete, now = self.settings.idle_ttl_delete, self.clock()
+        for entry in list(self.entries.values()):
+            busy = entry.in_flight or (entry.transition is not None and not entry.transition.done())
+            if busy or entry.pinned or not entry.managed or now - max(entry.last_used, entry.loaded_at) < ttl:
+                continue
+            if entry.state is State.READY:
+                self._drop(entry, "idle", delete)
+            elif delete and entry.state is State.ON_DISK:
+                self._transition(entry, self._remove_from_disk(entry, "idle"), "delete")
+
+    async def tend(self) -> None:
+        """Housekeeping's round: idle models unloaded; the usage record written now and then, if it changed."""
+        self.unload_idle()
+        if self.usage.changed and time.monotonic() - self._usage_saved >= USAGE_SAVE_INTERVAL_S:
+            await self.save_usage()
+
+    async def save_usage(self) -> None:
+        """Write the usage record (``--preload-top`` reads it at the next start) if it changed since the last."""
+        if not self.usage.changed:
+            return
+        self._usage_saved = time.monotonic()
+        self.usage.changed = False
+        counts = dict(self.usage.counts)  # a copy: requests go on counting while the thread writes
+        try:
+            await asyncio.to_thread(write_usage, self.settings.cache_dir, counts)
+        except OSError as exc:
+            log.warning("could not write the usage record in %s: %s", self.settings.cache_dir, exc)
+
+    def _new_entry(self, target: str) -> Entry:
+        entry = self.entries[target] = self.store.new_entry(target, mms_model_name(target))
+        entry.pinned = target in self.pins
+        return entry
 
     # ---- the SageMaker container contract and the host's restarts ------------------------------------
 
@@ -320,6 +493,7 @@ class ModelCache:
         name = mms_model_name(model_name)
         link = await self.store.link(name, Path(url))
         entry = Entry(model_name, name, link, managed=False, state=State.ON_DISK, url=url)
+        entry.pinned = model_name in self.pins
         self.entries[model_name] = entry
         async with self.use(model_name, wait=max(self.settings.response_timeout, 120.0)):
             return entry
@@ -383,6 +557,7 @@ class ModelCache:
                 "memoryBytes": self.budgets.memory_bytes,
                 "diskBytes": self.budgets.disk_bytes,
             },
+            "pinnedModels": sum(entry.pinned and entry.state in LOADED for entry in self.entries.values()),
             "evictions": dict(self.evictions),
             "counters": dict(self.counters),
             **self.backend.describe(),

@@ -63,6 +63,8 @@ class Entry:
     state: State = State.REMOTE
     handler: str = ""  # set by the backend when it prepares the load
     hosting: str = ""  # dense or isolated: set by the backend when it prepares the load
+    pinned: bool = False  # matches a --pin: eviction (budgets, idle TTL, a disabled model cache) never removes it
+    model_cache: str = ""  # enabled or disabled (unloaded after each call): set by the cache when it loads
     replicas: dict[int, int] = field(default_factory=dict)  # dense: shard index → bytes held there (the backend's)
     disk_bytes: int = 0
     memory_bytes: int = 0
@@ -72,6 +74,7 @@ class Entry:
     loads: int = 0
     timings: dict[str, float] = field(default_factory=dict)
     ready_at: float = 0.0  # monotonic time of the last load
+    loaded_at: float = 0.0  # the cache's clock at the last load: idle since then, or since last_used if later
     transition: asyncio.Task[None] | None = None
 
     def describe(self) -> dict[str, Any]:
@@ -82,6 +85,8 @@ class Entry:
             "state": self.state.value,
             "handler": self.handler.partition(":")[0].rpartition(".")[2] or None,
             "hosting": self.hosting or None,
+            "pinned": self.pinned,
+            "modelCache": self.model_cache or None,
             "shards": sorted(self.replicas),
             "diskBytes": self.disk_bytes,
             "memoryBytes": self.memory_bytes,

@@ -28,7 +28,9 @@ class CacheEvents:
 
     def unloaded(self, entry: Entry, reason: str | None) -> None: ...
 
-    def removed(self, entry: Entry) -> None: ...
+    def removed(self, entry: Entry, reason: str = "disk") -> None:
+        """``entry``'s files were deleted from disk: for the disk budget (``disk``), or with its unload (``idle``,
+        ``cache_disabled``)."""
 
 
 class CacheView(Protocol):
