@@ -59,7 +59,7 @@ def test_every_sized_or_timed_option_says_its_unit(serve_help: str) -> None:
         shown = re.search(rf"{flag} ([^\s\]]+)", serve_help)
         assert shown is not None, flag
         if spec.type in ("float", float):
-            assert shown.group(1) == "SECONDS", flag
+            assert shown.group(1) == ("PERCENT" if flag.endswith("-percentage") else "SECONDS"), flag
         if spec.metadata["parse"] is parse_bytes:
             assert shown.group(1) == "SIZE", flag
 

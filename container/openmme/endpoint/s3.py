@@ -19,7 +19,7 @@ import botocore.exceptions
 from openmme.endpoint.errors import EndpointError, ServiceUnavailable, ValidationError
 from openmme.endpoint.names import S3Location
 
-__all__ = ["ModelSource", "S3Location"]
+__all__ = ["ModelSource", "S3Location", "make_client"]
 
 log = logging.getLogger(__name__)
 
@@ -28,20 +28,24 @@ _MISSING = {"404", "NoSuchKey", "NotFound"}
 _NO_BUCKET = {"NoSuchBucket"}
 
 
+def make_client(connect_timeout: float, read_timeout: float, max_attempts: int, pool: int) -> Any:
+    """An S3 client from the standard AWS settings, with its own time-outs (seconds), attempts per call (the
+    first included) and connection pool: the model source's, and data capture's (capture.py) apart from it."""
+    config = botocore.config.Config(
+        connect_timeout=connect_timeout,
+        read_timeout=read_timeout,
+        retries={"mode": "standard", "max_attempts": max_attempts},
+        max_pool_connections=pool,
+    )
+    return boto3.session.Session().client("s3", config=config)
+
+
 class ModelSource:
     """Reads model archives from one S3 prefix."""
 
     def __init__(self, prefix: S3Location, client: Any | None = None) -> None:
         self.prefix = prefix
-        self._client = client or boto3.session.Session().client(
-            "s3",
-            config=botocore.config.Config(
-                connect_timeout=5,
-                read_timeout=60,
-                retries={"mode": "standard", "max_attempts": 3},
-                max_pool_connections=32,
-            ),
-        )
+        self._client = client or make_client(connect_timeout=5, read_timeout=60, max_attempts=3, pool=32)
 
     def size(self, target: str) -> int:
         """The archive's size in bytes; ValidationError when the prefix holds no such model."""
