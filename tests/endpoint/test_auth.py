@@ -642,6 +642,23 @@ def test_middleware_checks_the_target_model_against_the_keys_patterns(boto3_send
     assert "chicago/model.tar.gz" in answers[1][1]["message"]
 
 
+def test_an_async_invocation_is_checked_against_the_model_it_names(boto3_sends: Callable[..., Sent]) -> None:
+    """InvokeEndpointAsync has no TargetModel: the key's patterns apply to the one its CustomAttributes name."""
+
+    def async_call(key: AccessKey, attributes: str) -> Sent:
+        headers = {"X-Amzn-SageMaker-Custom-Attributes": attributes, "X-Amzn-SageMaker-InputLocation": "s3://b/in"}
+        return sign("POST", "/endpoints/prod/async-invocations", key, b"", headers)
+
+    requests = [
+        async_call(HOUSTON, "TargetModel=houston/model.tar.gz"),
+        async_call(HOUSTON, "x=1;TargetModel=chicago/model.tar.gz"),
+        async_call(ADMIN, "TargetModel=chicago/model.tar.gz"),
+    ]
+    answers = exchange(signed_app({}), requests)
+    assert [status for status, _ in answers] == [200, 403, 200]
+    assert "chicago/model.tar.gz" in answers[1][1]["message"]
+
+
 def test_a_request_the_endpoint_failed_gives_its_signature_back(boto3_sends: Callable[..., Sent]) -> None:
     """botocore retries a 503 and, within the same second, sends the identical signature: it must be served."""
     failures = iter([True, False])
