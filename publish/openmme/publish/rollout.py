@@ -1,0 +1,466 @@
+"""Guarded rollouts of an alias: a canary version takes a growing share of the traffic in steps, each baked for a
+while and judged against the live version on the figures the endpoints measure; it is promoted when every step
+holds and rolled back by itself as soon as one does not (SageMaker's deployment guardrails do the same with
+canary/linear traffic shifting, baking periods and alarms; here the alarms are the comparison below).
+
+Every step is one alias change (``openmme.publish.aliases``: conditional, recorded), and the rollout in progress
+is kept in the alias document (``rollout``), so ``openmme rollout status`` in another terminal sees it and
+``promote``/``rollback`` by hand take over at any time: the controller notices that the alias changed under it
+and stops. The controller is the process that runs ``start`` (``openmme rollout start`` runs it to the end; a CI
+pipeline calls ``start_rollout``); if it dies, the alias stays at its last step, safe, until someone promotes or
+rolls back.
+
+The figures are read from each endpoint's ``GET /aliases`` (every replica: give each one's URL) and summed per
+version: requests, errors (answers 424, 500, 503, 507) and a latency histogram, counted from the step's start.
+A step fails when, with at least ``min_requests`` canary requests, the canary's error rate exceeds the live
+version's by more than ``max_error_rate_increase``, or the canary's 99th-percentile latency exceeds
+``max_latency_ratio`` times the live version's plus ``latency_slack_ms``. A step that ends its bake with too few
+canary requests to judge bakes on, up to three bakes, then rolls back: no traffic is no evidence.
+With ``--auth sigv4`` on the endpoints, set ``OPENMME_ROLLOUT_ACCESS_KEY_ID`` and
+``OPENMME_ROLLOUT_SECRET_ACCESS_KEY`` to an unrestricted key: the reads are signed with it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from openmme.endpoint.alias_state import AliasDocument, Variant, variant_name_for
+from openmme.publish.aliases import (
+    AliasConflict,
+    AliasContext,
+    AliasNotFound,
+    AliasRefused,
+    Routing,
+    commit_alias,
+    get_alias,
+    rollback_alias,
+)
+
+__all__ = [
+    "Figures",
+    "Guardrails",
+    "Outcome",
+    "judge",
+    "promote_rollout",
+    "read_figures",
+    "rollback_rollout",
+    "rollout_status",
+    "start_rollout",
+]
+
+ACCESS_KEY_ENV = "OPENMME_ROLLOUT_ACCESS_KEY_ID"
+SECRET_KEY_ENV = "OPENMME_ROLLOUT_SECRET_ACCESS_KEY"
+# A step without enough canary traffic to judge bakes on for at most this many bakes, then rolls back.
+MAX_BAKES = 3
+
+
+@dataclass(frozen=True)
+class Guardrails:
+    """How a rollout moves and what makes it roll back."""
+
+    steps: tuple[float, ...] = (10.0, 50.0)  # the canary's percent at each step; promoted after the last
+    bake_seconds: float = 60.0  # how long each step runs before the next
+    poll_seconds: float = 2.0  # how often the figures are read during a bake
+    max_error_rate_increase: float = 0.01  # canary error rate above the live one by more than this: roll back
+    max_latency_ratio: float = 1.5  # canary p99 above this many times the live p99 …
+    latency_slack_ms: float = 5.0  # … plus this: roll back
+    min_requests: int = 20  # canary requests a step needs before it is judged
+
+    def check(self) -> Guardrails:
+        if not self.steps or any(not 0 < step < 100 for step in self.steps):
+            raise AliasRefused("rollout steps are percents of traffic for the canary, each more than 0 and below 100")
+        if list(self.steps) != sorted(set(self.steps)):
+            raise AliasRefused("rollout steps must grow: e.g. 10,50")
+        if self.bake_seconds <= 0 or self.poll_seconds <= 0 or self.min_requests < 1:
+            raise AliasRefused("bake and poll are more than 0 seconds, min-requests at least 1")
+        return self
+
+
+@dataclass
+class Figures:
+    """One version's figures over a span of time, summed over the endpoints."""
+
+    requests: int = 0
+    errors: int = 0
+    buckets: list[int] = field(default_factory=list)
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.requests if self.requests else 0.0
+
+    def quantile(self, bounds: Sequence[float], q: float = 0.99) -> float | None:
+        """The upper bound (seconds) of the bucket holding the ``q`` quantile; None without requests."""
+        total = sum(self.buckets)
+        if not total:
+            return None
+        wanted, seen = math.ceil(q * total), 0
+        for index, count in enumerate(self.buckets):
+            seen += count
+            if seen >= wanted:
+                return bounds[index] if index < len(bounds) else math.inf
+        return math.inf
+
+    def minus(self, before: Figures) -> Figures:
+        if self.requests < before.requests:  # the endpoint restarted: its counters began again
+            return Figures(self.requests, self.errors, list(self.buckets))
+        earlier = before.buckets or [0] * len(self.buckets)
+        buckets = [now - then for now, then in zip(self.buckets, earlier, strict=True)]
+        return Figures(self.requests - before.requests, self.errors - before.errors, buckets)
+
+    def plus(self, other: Figures) -> Figures:
+        if not self.buckets:
+            return Figures(other.requests, other.errors, list(other.buckets))
+        buckets = [a + b for a, b in zip(self.buckets, other.buckets or [0] * len(self.buckets), strict=True)]
+        return Figures(self.requests + other.requests, self.errors + other.errors, buckets)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a rollout ended: ``promoted``, ``rolled-back``, or ``taken-over`` (changed by someone else)."""
+
+    result: str
+    reason: str
+    document: AliasDocument | None
+
+
+Snapshot = dict[str, dict[str, Figures]]  # endpoint URL → version target → its cumulative figures
+
+
+def judge(live: Figures, canary: Figures, bounds: Sequence[float], guardrails: Guardrails) -> str | None:
+    """Why the canary fails against the live version over the same span (None: it holds, or too few requests)."""
+    if canary.requests < guardrails.min_requests:
+        return None
+    if canary.error_rate > live.error_rate + guardrails.max_error_rate_increase:
+        return (
+            f"canary error rate {canary.error_rate:.1%} ({canary.errors} of {canary.requests}) against live"
+            f" {live.error_rate:.1%} ({live.errors} of {live.requests})"
+        )
+    if live.requests >= guardrails.min_requests:
+        canary_p99, live_p99 = canary.quantile(bounds), live.quantile(bounds)
+        if canary_p99 is not None and live_p99 is not None:
+            limit = live_p99 * guardrails.max_latency_ratio + guardrails.latency_slack_ms / 1000
+            if canary_p99 > limit:
+                return (
+                    f"canary p99 latency {canary_p99 * 1000:.1f} ms against live {live_p99 * 1000:.1f} ms (limit"
+                    f" {limit * 1000:.1f} ms)"
+                )
+    return None
+
+
+def read_figures(endpoints: Sequence[str], alias: str, timeout: float = 5.0) -> tuple[Snapshot, list[float]]:
+    """Each reachable endpoint's cumulative figures of ``alias``'s versions (by archive), and the histogram bounds."""
+    snapshot: Snapshot = {}
+    bounds: list[float] = []
+    for url in endpoints:
+        try:
+            body = _get_json(url.rstrip("/") + "/aliases", timeout)
+        except (OSError, ValueError):
+            continue  # a replica down or restarting: the others still count
+        bounds = [float(bound) for bound in body.get("buckets", [])] or bounds
+        versions: dict[str, Figures] = {}
+        for item in body.get("versions", []):
+            if item.get("alias") == alias:
+                figures = Figures(int(item["requests"]), int(item["errors"]), [int(n) for n in item["buckets"]])
+                target = str(item["target"])
+                versions[target] = versions[target].plus(figures) if target in versions else figures
+        snapshot[url] = versions
+    return snapshot, bounds
+
+
+def start_rollout(
+    prefix: str,
+    alias: str,
+    target: str,
+    endpoints: Sequence[str],
+    guardrails: Guardrails | None = None,
+    *,
+    name: str | None = None,
+    reason: str = "",
+    check: bool = True,
+    sample: bytes | None = None,
+    sample_content_type: str = "text/csv",
+    client: Any | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+    report: Callable[[str], None] = lambda line: None,
+) -> Outcome:
+    """Roll ``target`` out as the canary of ``alias`` (whose live version takes all its traffic now), step by step,
+    judged on ``endpoints``' figures; returns when promoted, rolled back, or taken over by hand. ``report`` is
+    told each step in one line. Raises AliasRefused (nothing written) for a rollout that cannot start."""
+    guardrails = (guardrails or Guardrails()).check()
+    if not endpoints:
+        raise AliasRefused("a rollout needs the endpoints' URLs (every replica's) to read the versions' figures")
+    started_at = _now()
+
+    def first_step(current: AliasDocument | None, context: AliasContext) -> Routing:
+        if current is None or current.removed:
+            raise AliasNotFound(f"{context.location} has no alias {alias}: set it first (openmme alias set)")
+        if current.rollout:
+            raise AliasRefused(
+                f"a rollout of {alias} is in progress ({current.rollout.get('canary')}, started"
+                f" {current.rollout.get('started_at')}): promote it or roll it back first"
+            )
+        live = _live_version(current)
+        canary = Variant(name or variant_name_for(alias, target), target, guardrails.steps[0])
+        if canary.target == live.target:
+            raise AliasRefused(f"{target} is already the live version of {alias}")
+        routing = Routing(
+            (Variant(live.name, live.target, 100 - canary.weight), canary), current.shadow, current.sticky, None
+        )
+        context.check_versions(routing, current, check=check, sample=sample, content_type=sample_content_type)
+        return routing
+
+    def record(current: AliasDocument | None, routing: Routing) -> dict[str, Any]:
+        live, canary = routing.variants
+        return {
+            "live": live.name,
+            "live_target": live.target,
+            "canary": canary.name,
+            "canary_target": canary.target,
+            "step": 0,
+            "steps": list(guardrails.steps),
+            "bake_seconds": guardrails.bake_seconds,
+            "guardrails": asdict(guardrails),
+            "started_at": started_at,
+            "step_started_at": started_at,
+        }
+
+    document = commit_alias(
+        prefix, alias, first_step, "rollout-start", reason or f"rollout of {target}", client=client, rollout=record
+    )
+    report(f"step 1 of {len(guardrails.steps)}: {document.summary()}")
+    step = 0
+    while True:
+        verdict = _bake(prefix, alias, document, endpoints, guardrails, client, clock, sleep)
+        if isinstance(verdict, Outcome):
+            return verdict
+        if verdict is not None:
+            return _roll_back(prefix, alias, document, f"automatic rollback at step {step + 1}: {verdict}", client)
+        step += 1
+        if step == len(guardrails.steps):
+            promoted = _promote(prefix, alias, document, "every step held", client)
+            if promoted.document is not None:
+                report(f"all traffic: {promoted.document.summary()}")
+            return promoted
+        try:
+            document = _next_step(prefix, alias, document, step, guardrails, client)
+        except AliasConflict as taken:
+            return Outcome("taken-over", str(taken), taken.current)
+        report(f"step {step + 1} of {len(guardrails.steps)}: {document.summary()}")
+
+
+def rollout_status(
+    prefix: str, alias: str, endpoints: Sequence[str] = (), *, client: Any | None = None
+) -> dict[str, Any]:
+    """The rollout in progress (``rollout`` None when there is none) and, given ``endpoints``, the live and canary
+    versions' figures since the step began (cumulative, as the endpoints count them)."""
+    document = get_alias(prefix, alias, client=client)
+    status: dict[str, Any] = {"alias": alias, "generation": document.generation, "rollout": document.rollout}
+    if document.rollout and endpoints:
+        snapshot, bounds = read_figures(endpoints, alias)
+        totals = _totals(snapshot)
+        for role in ("live", "canary"):
+            figures = totals.get(str(document.rollout[f"{role}_target"]), Figures())
+            p99 = figures.quantile(bounds)
+            status[role] = {
+                "requests": figures.requests,
+                "errors": figures.errors,
+                "error_rate": figures.error_rate,
+                "p99_ms": round(p99 * 1000, 3) if p99 is not None and math.isfinite(p99) else None,
+            }
+    return status
+
+
+def promote_rollout(prefix: str, alias: str, *, reason: str = "", client: Any | None = None) -> AliasDocument:
+    """All traffic to the canary of the rollout in progress, now."""
+    document = get_alias(prefix, alias, client=client)
+    if not document.rollout:
+        raise AliasRefused(f"no rollout of {alias} is in progress (openmme alias set moves it by hand)")
+    outcome = _promote(prefix, alias, document, reason or "promoted by hand", client)
+    assert outcome.document is not None
+    return outcome.document
+
+
+def rollback_rollout(
+    prefix: str, alias: str, to: str | None = None, *, reason: str = "", client: Any | None = None
+) -> AliasDocument:
+    """All traffic back to the live version of the rollout in progress (or, with ``to``, to any version the alias
+    had): one alias write. Without a rollout in progress, as ``openmme alias rollback``."""
+    document = get_alias(prefix, alias, client=client)
+    if document.rollout and to is None:
+        outcome = _roll_back(prefix, alias, document, reason or "rolled back by hand", client)
+        assert outcome.document is not None
+        return outcome.document
+    return rollback_alias(prefix, alias, to, reason=reason or "rolled back by hand", client=client)
+
+
+# ---- the controller's steps ---------------------------------------------------------------------------------
+
+
+def _bake(
+    prefix: str,
+    alias: str,
+    document: AliasDocument,
+    endpoints: Sequence[str],
+    guardrails: Guardrails,
+    client: Any,
+    clock: Callable[[], float],
+    sleep: Callable[[float], None],
+) -> str | Outcome | None:
+    """Run one step: a failure's reason, an Outcome when taken over, or None when it held for its bake."""
+    rollout = document.rollout or {}
+    live_target, canary_target = str(rollout["live_target"]), str(rollout["canary_target"])
+    baseline, _ = read_figures(endpoints, alias)
+    started = clock()
+    while True:
+        sleep(guardrails.poll_seconds)
+        try:
+            now = get_alias(prefix, alias, client=client)
+        except AliasNotFound:
+            return Outcome("taken-over", f"alias {alias} was removed during the rollout", None)
+        if now.generation != document.generation:
+            change = now.change
+            by = f"{change.action} by {change.by} at {change.at}" if change is not None else "changed"
+            return Outcome("taken-over", f"alias {alias} changed under the rollout ({by})", now)
+        snapshot, bounds = read_figures(endpoints, alias)
+        delta = _since(snapshot, baseline)
+        live, canary = delta.get(live_target, Figures()), delta.get(canary_target, Figures())
+        failure = judge(live, canary, bounds, guardrails)
+        if failure is not None:
+            return failure
+        elapsed = clock() - started
+        if elapsed >= guardrails.bake_seconds and canary.requests >= guardrails.min_requests:
+            return None
+        if elapsed >= guardrails.bake_seconds * MAX_BAKES:
+            return (
+                f"not enough canary traffic to judge: {canary.requests} requests in {elapsed:.0f} s (at least"
+                f" {guardrails.min_requests} needed)"
+            )
+
+
+def _next_step(
+    prefix: str, alias: str, document: AliasDocument, step: int, guardrails: Guardrails, client: Any
+) -> AliasDocument:
+    rollout = dict(document.rollout or {})
+    percent = guardrails.steps[step]
+
+    def make(current: AliasDocument | None, context: AliasContext) -> Routing:
+        assert current is not None  # expect_generation: the rollout's own document
+        live, canary = (
+            Variant(str(rollout["live"]), str(rollout["live_target"]), 100 - percent),
+            Variant(str(rollout["canary"]), str(rollout["canary_target"]), percent),
+        )
+        return Routing((live, canary), current.shadow, current.sticky, None)
+
+    rollout.update(step=step, step_started_at=_now())
+    return commit_alias(
+        prefix,
+        alias,
+        make,
+        "rollout-step",
+        f"rollout step {step + 1}: {percent:g}% to {rollout['canary']}",
+        expect_generation=document.generation,
+        client=client,
+        rollout=lambda current, routing: rollout,
+    )
+
+
+def _promote(prefix: str, alias: str, document: AliasDocument, reason: str, client: Any) -> Outcome:
+    rollout = document.rollout or {}
+    return _finish(prefix, alias, document, "promote", reason, str(rollout["canary"]),
+                   str(rollout["canary_target"]), "promoted", client)  # fmt: skip
+
+
+def _roll_back(prefix: str, alias: str, document: AliasDocument, reason: str, client: Any) -> Outcome:
+    rollout = document.rollout or {}
+    return _finish(prefix, alias, document, "rollback", reason, str(rollout["live"]), str(rollout["live_target"]),
+                   "rolled-back", client)  # fmt: skip
+
+
+def _finish(
+    prefix: str,
+    alias: str,
+    document: AliasDocument,
+    action: str,
+    reason: str,
+    name: str,
+    target: str,
+    result: str,
+    client: Any,
+) -> Outcome:
+    """All traffic to one version and the rollout record dropped: one write, refused if the alias moved on."""
+
+    def make(current: AliasDocument | None, context: AliasContext) -> Routing:
+        return Routing((Variant(name, target, 100.0),), current.shadow if current else None,
+                       current.sticky if current else "inference-id", None)  # fmt: skip
+
+    try:
+        done = commit_alias(prefix, alias, make, action, reason, expect_generation=document.generation, client=client)
+    except AliasConflict as taken:
+        return Outcome("taken-over", str(taken), taken.current)
+    return Outcome(result, reason, done)
+
+
+def _live_version(document: AliasDocument) -> Variant:
+    serving = [variant for variant in document.variants if variant.weight > 0]
+    if len(serving) != 1:
+        raise AliasRefused(
+            f"alias {document.alias} splits its traffic ({document.summary()}); a rollout starts from one live"
+            " version: set it to one first (openmme alias set)"
+        )
+    return serving[0]
+
+
+def _totals(snapshot: Snapshot) -> dict[str, Figures]:
+    totals: dict[str, Figures] = {}
+    for versions in snapshot.values():
+        for target, figures in versions.items():
+            totals[target] = totals[target].plus(figures) if target in totals else figures
+    return totals
+
+
+def _since(snapshot: Snapshot, baseline: Snapshot) -> dict[str, Figures]:
+    """Each version's figures since ``baseline``, summed over the endpoints (an endpoint that restarted counts
+    from zero; one not in the baseline counts whole)."""
+    totals: dict[str, Figures] = {}
+    for url, versions in snapshot.items():
+        before = baseline.get(url, {})
+        for target, figures in versions.items():
+            delta = figures.minus(before[target]) if target in before else figures
+            totals[target] = totals[target].plus(delta) if target in totals else delta
+    return totals
+
+
+def _get_json(url: str, timeout: float) -> Mapping[str, Any]:
+    request = urllib.request.Request(url)
+    key, secret = os.environ.get(ACCESS_KEY_ENV), os.environ.get(SECRET_KEY_ENV)
+    if key and secret:
+        request = _signed(url, key, secret)
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        data = json.loads(response.read())
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{url} answered {type(data).__name__}, not a JSON object")
+    return data
+
+
+def _signed(url: str, key: str, secret: str) -> urllib.request.Request:
+    """A GET signed with SigV4 for the service ``sagemaker``, as the endpoint's --auth sigv4 checks it."""
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    aws = AWSRequest(method="GET", url=url)
+    SigV4Auth(Credentials(key, secret), "sagemaker", os.environ.get("AWS_REGION", "us-east-1")).add_auth(aws)
+    return urllib.request.Request(url, headers=dict(aws.headers.items()))
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")

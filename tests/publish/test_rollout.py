@@ -1,0 +1,130 @@
+"""The rollout controller: its verdict on a canary's figures against the live version's (pure), and, against the
+real SeaweedFS, a rollout without traffic rolled back, a rollout taken over by a promote by hand, what cannot start,
+and ``openmme rollout status``. The end-to-end rollouts under load (a failing canary rolled back within its bake, a
+good one promoted) are in tests/integration/test_aliases.py."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import xgboost
+
+from openmme.cli import main
+from openmme.endpoint.alias_figures import STATS_BUCKETS
+from openmme.publish.aliases import AliasRefused, alias_history, get_alias, set_alias
+from openmme.publish.rollout import (
+    Figures,
+    Guardrails,
+    Outcome,
+    judge,
+    promote_rollout,
+    rollback_rollout,
+    rollout_status,
+    start_rollout,
+)
+from openmme.publish.samples import train_booster
+from tests.conftest import Published
+
+V1, V2 = "houston/v1/model.tar.gz", "houston/v2/model.tar.gz"
+BOUNDS = list(STATS_BUCKETS)
+NOBODY = ["http://127.0.0.1:9"]  # nothing answers there: no figures at all
+
+
+def figures(requests: int, errors: int, seconds: float) -> Figures:
+    """``requests`` calls that all took ``seconds``, ``errors`` of them errors."""
+    buckets = [0] * (len(BOUNDS) + 1)
+    buckets[next(index for index, bound in enumerate(BOUNDS) if seconds <= bound)] = requests
+    return Figures(requests, errors, buckets)
+
+
+GUARDRAILS = Guardrails(min_requests=20, max_error_rate_increase=0.01, max_latency_ratio=1.5, latency_slack_ms=5)
+
+
+@pytest.mark.parametrize(
+    ("live", "canary", "verdict"),
+    [
+        (figures(200, 0, 0.002), figures(19, 19, 0.002), None),  # too few canary requests to judge
+        (figures(200, 0, 0.002), figures(20, 1, 0.002), "canary error rate 5.0% (1 of 20) against live 0.0%"),
+        (figures(200, 10, 0.002), figures(40, 2, 0.002), None),  # 5 % against 5 %: as good as live
+        (figures(200, 0, 0.010), figures(40, 0, 0.030), "canary p99 latency"),
+        (figures(200, 0, 0.010), figures(40, 0, 0.014), None),  # under 1.5 times live + 5 ms
+        (figures(5, 0, 0.001), figures(40, 0, 0.5), None),  # live too quiet to compare latency with
+    ],
+)
+def test_the_verdict_on_a_canary(live: Figures, canary: Figures, verdict: str | None) -> None:
+    found = judge(live, canary, BOUNDS, GUARDRAILS)
+    assert (found is None) == (verdict is None)
+    if verdict is not None:
+        assert found is not None and found.startswith(verdict)
+
+
+def test_figures_count_from_a_step_start_and_from_zero_after_a_restart() -> None:
+    before, now = figures(100, 2, 0.002), figures(150, 5, 0.002)
+    assert (now.minus(before).requests, now.minus(before).errors) == (50, 3)
+    restarted = figures(10, 1, 0.002)  # the endpoint's counters began again
+    assert restarted.minus(before).requests == 10
+    assert figures(10, 0, 0.004).quantile(BOUNDS) == pytest.approx(next(b for b in BOUNDS if b >= 0.004))
+
+
+@pytest.fixture
+def houston(prefix: str, publish: Callable[..., Published], boosters: dict[str, xgboost.Booster]) -> str:
+    publish(prefix, V1, train_booster("reg:squarederror", 1))
+    publish(prefix, V2, train_booster("reg:squarederror", 2))
+    set_alias(prefix, "houston", [V1])
+    return prefix
+
+
+@pytest.mark.integration
+def test_a_rollout_without_canary_traffic_is_rolled_back(houston: str, capsys: pytest.CaptureFixture[str]) -> None:
+    command = ["rollout", "start", "houston", V2, "--prefix", houston, "--endpoint", NOBODY[0], "--steps", "20"]
+    assert main([*command, "--bake", "0.2", "--poll", "0.05", "--skip-check"]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "houston: step 1 of 1: v1=houston/v1/model.tar.gz 80%, v2=houston/v2/model.tar.gz 20%"
+    assert lines[-1].startswith("houston: rolled-back: automatic rollback at step 1: not enough canary traffic to")
+    document = get_alias(houston, "houston")
+    assert [(v.target, v.weight) for v in document.variants] == [(V1, 100.0)] and document.rollout is None
+    actions = [record.change.action for record in alias_history(houston, "houston") if record.change]
+    assert actions == ["set", "rollout-start", "rollback"]
+
+
+@pytest.mark.integration
+def test_a_promote_by_hand_takes_the_rollout_over(houston: str, capsys: pytest.CaptureFixture[str]) -> None:
+    outcomes: list[Outcome] = []
+    guardrails = Guardrails(steps=(10.0, 50.0), bake_seconds=60, poll_seconds=0.1)
+    controller = threading.Thread(
+        target=lambda: outcomes.append(start_rollout(houston, "houston", V2, NOBODY, guardrails, check=False))
+    )
+    controller.start()
+    for _ in range(100):
+        status: dict[str, Any] = rollout_status(houston, "houston")
+        if status["rollout"]:
+            break
+        threading.Event().wait(0.05)
+    assert status["rollout"]["canary_target"] == V2 and status["rollout"]["step"] == 0
+    assert main(["rollout", "status", "houston", "--prefix", houston]) == 0
+    assert "rollout of houston: v2 against v1, step 1 of 2" in capsys.readouterr().out
+    promoted = promote_rollout(houston, "houston", reason="looks fine")
+    controller.join(30)
+    assert [(v.target, v.weight) for v in promoted.variants] == [(V2, 100.0)] and promoted.rollout is None
+    assert outcomes[0].result == "taken-over" and "promote by" in outcomes[0].reason
+    # Without a rollout in progress: nothing to promote; a rollback goes to the last sole version.
+    with pytest.raises(AliasRefused, match="no rollout of houston is in progress"):
+        promote_rollout(houston, "houston")
+    assert [v.target for v in rollback_rollout(houston, "houston").variants] == [V1]
+
+
+@pytest.mark.integration
+def test_what_cannot_start(houston: str) -> None:
+    with pytest.raises(AliasRefused, match="already the live version"):
+        start_rollout(houston, "houston", V1, NOBODY, check=False)
+    with pytest.raises(AliasRefused, match="needs the endpoints' URLs"):
+        start_rollout(houston, "houston", V2, [], check=False)
+    with pytest.raises(AliasRefused, match="steps must grow"):
+        start_rollout(houston, "houston", V2, NOBODY, Guardrails(steps=(50.0, 10.0)), check=False)
+    set_alias(houston, "houston", [f"{V1}=50", f"{V2}=50"])
+    with pytest.raises(AliasRefused, match="splits its traffic"):
+        start_rollout(houston, "houston", V2, NOBODY, check=False)
+    assert [record.generation for record in alias_history(houston, "houston")] == [1, 2]
