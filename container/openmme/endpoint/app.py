@@ -3,17 +3,24 @@
 
 Routes
     GET    /ping                                  200 when MMS answers its own ping
+    GET    /ready                                 200 when /ping is and the start-time pre-load is done, else 503
     GET    /metrics                               Prometheus metrics (see metrics.py)
     POST   /invocations                           TargetModel from X-Amzn-SageMaker-Target-Model
     POST   /endpoints/{EndpointName}/invocations  what boto3's sagemaker-runtime invoke_endpoint calls
+    POST   /endpoints/{EndpointName}/async-invocations  invoke_endpoint_async: queued, 202 (asyncinvoke/)
     GET    /models                                every model known, with its state (and SageMaker's fields)
     POST   /models                                SageMaker: {"model_name", "url"} → load a local directory
     GET    /models/{name}                         one model, or 404
     DELETE /models/{name}                         unload now, or 404
     POST   /models/{name}/invoke                  SageMaker: invoke a loaded model, or 404
     GET    /shards                                what each dense shard's worker says it holds (openmme's)
+    GET    /aliases                               the aliases served, and each version's figures (openmme's)
 
-With ``--auth sigv4`` every route but ``/ping`` needs an AWS SigV4 signature (see the auth package).
+``/ping`` is SageMaker's health check: 200 as soon as the endpoint can serve, models still being pre-loaded
+or not. ``/ready`` is for a router or Kubernetes that should send traffic only once the pre-loaded models are
+in (``--preload``, ``--preload-top``); with no pre-load it answers as ``/ping`` does.
+
+With ``--auth sigv4`` every route but ``/ping`` and ``/ready`` needs an AWS SigV4 signature (see the auth package).
 The front imports no ML framework: it moves bytes between the client and MMS.
 """
 
@@ -26,13 +33,15 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from openmme.endpoint.asyncinvoke import FAILURE_LOCATION, OUTPUT_LOCATION, AsyncInvocations
 from openmme.endpoint.auth import KeyStore, sigv4_middleware
+from openmme.endpoint.cache.keeping import Preload
 from openmme.endpoint.dataplane import Answer, DataPlane, Invocation
 from openmme.endpoint.errors import ServiceUnavailable, ValidationError
 from openmme.endpoint.http_errors import errors_middleware, render
 from openmme.endpoint.metrics import Metrics
 from openmme.endpoint.mms import MmsClient
-from openmme.endpoint.names import CUSTOM_ATTRIBUTES, INFERENCE_ID, TARGET_MODEL
+from openmme.endpoint.names import CUSTOM_ATTRIBUTES, INFERENCE_ID, TARGET_MODEL, TARGET_VARIANT
 from openmme.endpoint.settings import MAX_BODY_BYTES, Settings
 
 __all__ = ["build_app"]
@@ -46,7 +55,10 @@ PLANE: web.AppKey[DataPlane] = web.AppKey("plane", DataPlane)
 MMS: web.AppKey[MmsClient] = web.AppKey("mms", MmsClient)
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings", Settings)
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
+PRELOAD: web.AppKey[Preload] = web.AppKey("preload", Preload)
 BODY: web.RequestKey[bytes] = web.RequestKey("body", bytes)
+# Set by the server when --async-output-path turns asynchronous invocations on.
+ASYNC: web.AppKey[AsyncInvocations] = web.AppKey("async", AsyncInvocations)
 
 
 async def ping(request: web.Request) -> web.Response:
@@ -55,12 +67,37 @@ async def ping(request: web.Request) -> web.Response:
     return render(ServiceUnavailable("the model server is not answering"))
 
 
+async def ready(request: web.Request) -> web.Response:
+    """Readiness: healthy (as /ping) and done pre-loading; the pre-load's figures either way."""
+    preload = request.app.get(PRELOAD)
+    status = preload.status() if preload is not None else {"total": 0, "pending": 0}
+    if not await request.app[MMS].ping():
+        return render(ServiceUnavailable("the model server is not answering"))
+    if status["pending"]:
+        message = f"pre-loading: {status['pending']} of {status['total']} models pending"
+        return web.json_response({"ready": False, "message": message, "preload": status}, status=503)
+    return web.json_response({"ready": True, "preload": status})
+
+
 async def invocations(request: web.Request) -> web.Response:
     return await _invoke(request, request.headers.get(TARGET_MODEL))
 
 
 async def endpoint_invocations(request: web.Request) -> web.Response:
     return await _invoke(request, request.headers.get(TARGET_MODEL), endpoint=request.match_info["endpoint"])
+
+
+async def endpoint_async_invocations(request: web.Request) -> web.Response:
+    """SageMaker's InvokeEndpointAsync: the request is accepted and queued (on disk) and answered at once with
+    where its result or failure will be written."""
+    invocations = request.app.get(ASYNC)
+    if invocations is None:
+        raise ValidationError(
+            "asynchronous invocations are off on this endpoint: start it with --async-output-path s3://bucket/prefix"
+        )
+    accepted = await invocations.submit(request.headers, await _read_body(request), request.match_info["endpoint"])
+    headers = {OUTPUT_LOCATION: str(accepted.output), FAILURE_LOCATION: str(accepted.failure)}
+    return web.json_response({"InferenceId": accepted.inference_id}, status=202, headers=headers)
 
 
 async def container_invoke(request: web.Request) -> web.Response:
@@ -93,7 +130,8 @@ async def _invoke(request: web.Request, target: str | None, endpoint: str | None
     """One invocation: the request into an ``Invocation``, the data plane's ``Answer`` back into a response (its
     errors are rendered by the errors middleware)."""
     headers = {key: request.headers[key] for key in FORWARDED if key in request.headers}
-    call = Invocation(target, headers, request.content_type, lambda: _read_body(request), endpoint)
+    variant = request.headers.get(TARGET_VARIANT)
+    call = Invocation(target, headers, request.content_type, lambda: _read_body(request), endpoint, variant)
     answer = await request.app[PLANE].invoke(call)
     return _response(answer)
 
@@ -146,29 +184,44 @@ async def shards(request: web.Request) -> web.Response:
     return web.json_response({"shards": await request.app[PLANE].shards()})
 
 
+async def aliases(request: web.Request) -> web.Response:
+    return web.json_response(request.app[PLANE].alias_figures())
+
+
 async def metrics(request: web.Request) -> web.Response:
     body = generate_latest(request.app[METRICS].registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 def build_app(
-    settings: Settings, plane: DataPlane, mms: MmsClient, metrics_: Metrics, keys: KeyStore | None = None
+    settings: Settings,
+    plane: DataPlane,
+    mms: MmsClient,
+    metrics_: Metrics,
+    keys: KeyStore | None = None,
+    preload: Preload | None = None,
 ) -> web.Application:
-    """The front; ``keys`` are what ``--auth sigv4`` checks signatures against (see the auth package)."""
+    """The front; ``keys`` are what ``--auth sigv4`` checks signatures against (see the auth package), ``preload``
+    the start-time pre-load ``/ready`` waits for."""
     middlewares: list[Middleware] = [errors_middleware]
     if settings.auth:
         middlewares.append(sigv4_middleware(settings, keys, _read_body))
     # The body limit is enforced by _read_body with SageMaker's error; aiohttp's own limit sits above it.
     app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY_BYTES + 1024 * 1024)
     app[PLANE], app[MMS], app[SETTINGS], app[METRICS] = plane, mms, settings, metrics_
+    if preload is not None:
+        app[PRELOAD] = preload
     app.router.add_get("/ping", ping)
+    app.router.add_get("/ready", ready)
     app.router.add_get("/metrics", metrics)
     app.router.add_post("/invocations", invocations)
     app.router.add_post("/endpoints/{endpoint}/invocations", endpoint_invocations)
+    app.router.add_post("/endpoints/{endpoint}/async-invocations", endpoint_async_invocations)
     app.router.add_get("/models", list_models)
     app.router.add_post("/models", add_model)
     app.router.add_post("/models/{name:.+}/invoke", container_invoke)
     app.router.add_get("/models/{name:.+}", describe_model)
     app.router.add_delete("/models/{name:.+}", delete_model)
     app.router.add_get("/shards", shards)
+    app.router.add_get("/aliases", aliases)
     return app

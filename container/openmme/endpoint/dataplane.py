@@ -1,10 +1,14 @@
 """The data plane: everything between a parsed request and its answer, with no HTTP in it.
 
-An invocation is resolved to the archive it means (today: the TargetModel itself, validated; aliases, variants
-and pipeline steps will resolve here, before the cache, which stays keyed by immutable archive names), run
+An invocation is resolved to the archive it means (the TargetModel itself, validated; or, for an alias, the
+version its document picks for this request: aliases.py), before the cache, which stays keyed by immutable
+archive names; it is then run
 through the cache (held loaded, loaded on a miss) and its backend, sent again once when the backend reports
 ``ModelLost`` (a worker died, or the host forgot the model), and recorded once: the metrics and one access-log
-line, whatever the outcome and however many attempts it took.
+line, whatever the outcome and however many attempts it took; once answered, it is offered to data capture
+(capture.py) when that is on, and, when its alias mirrors it to a shadow version, to the mirror (shadow.py). The
+answer names the variant that answered (``x-Amzn-Invoked-Production-Variant``): the alias's version, or
+``AllTraffic`` for an archive invoked by its name.
 
 The front (app.py) turns HTTP into an ``Invocation`` and an ``Answer`` or an ``EndpointError`` back into HTTP;
 the container API's model calls (list, describe, load, unload) go through here too, so that the data plane is
@@ -16,8 +20,9 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from openmme.endpoint.aliases import ALL_TRAFFIC, AliasTable, Resolution
 from openmme.endpoint.cache.backend import ModelLost, Reply
 from openmme.endpoint.cache.core import ModelCache
 from openmme.endpoint.cache.entry import Entry
@@ -31,7 +36,11 @@ from openmme.endpoint.errors import (
 from openmme.endpoint.logs import access_log, log_json
 from openmme.endpoint.metrics import Metrics
 from openmme.endpoint.names import CUSTOM_ATTRIBUTES, INFERENCE_ID, INVOKED_VARIANT, validate_target_model
+from openmme.endpoint.shadow import Mirror
 from openmme.handlers import ERROR_HEADER
+
+if TYPE_CHECKING:
+    from openmme.endpoint.capture import Capturer
 
 __all__ = ["Answer", "DataPlane", "Invocation"]
 
@@ -50,6 +59,7 @@ class Invocation:
     content_type: str
     read_body: Callable[[], Awaitable[bytes]]  # read after the request is validated (it may be refused first)
     endpoint: str | None = None  # the EndpointName of the URL, if it named one
+    variant: str | None = None  # the TargetVariant (X-Amzn-SageMaker-Target-Variant), if sent
 
 
 @dataclass(frozen=True)
@@ -64,8 +74,17 @@ class Answer:
 class DataPlane:
     """Invocations and the container API's model calls, over the cache and its backend."""
 
-    def __init__(self, cache: ModelCache, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        cache: ModelCache,
+        metrics: Metrics,
+        capture: Capturer | None = None,
+        aliases: AliasTable | None = None,
+    ) -> None:
         self.cache = cache
+        self.capture = capture  # data capture (capture.py), offered every answered invocation; None: off
+        self.aliases = aliases  # the aliases of the prefix (aliases.py); None: no aliases
+        self.mirror = Mirror(self._shadow_call, aliases, cache.settings.shadow_concurrency) if aliases else None
         self.settings = cache.settings
         self.backend = cache.backend
         self.metrics = metrics
@@ -83,16 +102,24 @@ class DataPlane:
         }
         status = 500
         target: str | None = None
+        resolution: Resolution | None = None
         try:
             if call.endpoint is not None and call.endpoint != self.settings.endpoint_name:
                 raise ValidationError(
                     f"Endpoint {call.endpoint} not found; this server serves endpoint {self.settings.endpoint_name}."
                 )
-            target = self.resolve(call.target)
+            resolution = self.resolve(call.target, call.headers, call.variant)
+            target = resolution.target
+            if resolution.alias is not None:
+                record["variant"], record["version"] = resolution.variant, target
             _refuse_form(call.content_type, target)
             body = await call.read_body()
-            answer = await self._run(target, body, call.headers, record)
+            answer = await self._run(target, body, call.headers, record, resolution.variant)
             status = 200
+            if self.capture is not None:
+                self.capture.offer(target, call.headers, body, answer.body, answer.content_type)
+            if resolution.shadow is not None and self.mirror is not None:
+                self.mirror.offer(resolution, body, call.headers, answer)
             return answer
         except EndpointError as error:
             status = error.status
@@ -101,14 +128,42 @@ class DataPlane:
         finally:
             record["status"] = status
             record["total_ms"] = _ms_since(started)
-            self.metrics.invocation(target, status, time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+            self.metrics.invocation(target, status, seconds)
+            if resolution is not None and resolution.alias is not None and self.aliases is not None:
+                self.aliases.record(resolution, status, seconds)
             log_json(access_log, record)
 
-    def resolve(self, target: str | None) -> str:
-        """The archive a TargetModel means: today the TargetModel itself, checked as SageMaker checks it."""
-        return validate_target_model(target, self.prefix)
+    def resolve(
+        self, target: str | None, headers: Mapping[str, str] | None = None, variant: str | None = None
+    ) -> Resolution:
+        """What a TargetModel means for this request, checked as SageMaker checks it: an alias's version (picked
+        by its weights, the request's sticky key, or ``variant``, its TargetVariant), or the archive it names."""
+        name = validate_target_model(target, self.prefix)
+        if self.aliases is not None:
+            headers = headers or {}
+            chosen = self.aliases.resolve(name, headers.get(INFERENCE_ID), headers.get(CUSTOM_ATTRIBUTES), variant)
+            if chosen is not None:
+                return chosen
+        if variant is not None and variant != ALL_TRAFFIC:
+            raise ValidationError(
+                f"TargetVariant {variant} is not a variant of TargetModel {name}: an archive invoked by its name has"
+                f" one variant, {ALL_TRAFFIC} (variants are an alias's versions)"
+            )
+        return Resolution(name)
 
-    async def _run(self, target: str, body: bytes, headers: Mapping[str, str], record: dict[str, object]) -> Answer:
+    async def _shadow_call(self, target: str, body: bytes, headers: Mapping[str, str]) -> Answer:
+        """A mirrored invocation (shadow.py): through the cache and backend as any request, logged by the mirror."""
+        return await self._run(target, body, headers, {}, ALL_TRAFFIC)
+
+    async def _run(
+        self,
+        target: str,
+        body: bytes,
+        headers: Mapping[str, str],
+        record: dict[str, object],
+        variant: str = ALL_TRAFFIC,
+    ) -> Answer:
         """Through the cache to the model; sent again once when the backend lost the model meanwhile."""
         hit = self.cache.is_ready(target)
         record["cache"] = "hit" if hit else "miss"
@@ -129,7 +184,7 @@ class DataPlane:
                     record["predict_ms"] = _ms_since(predicting)
                     continue  # its workers died, or the host forgot it: loaded again on the next attempt
                 record["predict_ms"] = _ms_since(predicting)
-                return _answer(target, reply, headers)
+                return _answer(target, reply, headers, variant)
         raise ServiceUnavailable(f"model {target!r} could not be kept loaded; retry")
 
     # ---- the container API's model calls ----------------------------------------------------------------
@@ -149,6 +204,17 @@ class DataPlane:
     async def shards(self) -> dict[str, Any]:
         """What each dense shard's worker says it holds and has loaded, by shard name."""
         return await self.backend.listings()
+
+    def alias_figures(self) -> dict[str, Any]:
+        """``GET /aliases``: the aliases served and their versions' figures (empty when aliases are off)."""
+        return self.aliases.describe() if self.aliases is not None else {"aliases": {}, "versions": [], "shadows": []}
+
+    async def close(self) -> None:
+        """After the last request: let mirrored invocations finish, stop alias switches under way."""
+        if self.mirror is not None:
+            await self.mirror.close()
+        if self.aliases is not None:
+            await self.aliases.close()
 
     async def add(self, name: str, url: str) -> None:
         """SageMaker's ``POST /models``: serve the directory it already downloaded."""
@@ -185,10 +251,11 @@ def _ms_since(started: float) -> float:
     return round((time.perf_counter() - started) * 1000, 2)
 
 
-def _answer(target: str, reply: Reply, request_headers: Mapping[str, str]) -> Answer:
-    """The runtime API's answer to the model's reply: the prediction, or the right typed error."""
+def _answer(target: str, reply: Reply, request_headers: Mapping[str, str], variant: str) -> Answer:
+    """The runtime API's answer to the model's reply: the prediction (naming the ``variant`` that answered), or the
+    right typed error."""
     if reply.status == 200:
-        headers = {INVOKED_VARIANT: "AllTraffic"}
+        headers = {INVOKED_VARIANT: variant}
         attributes = reply.headers.get(CUSTOM_ATTRIBUTES) or request_headers.get(CUSTOM_ATTRIBUTES)
         if attributes:
             headers[CUSTOM_ATTRIBUTES] = attributes

@@ -3,7 +3,8 @@
 SageMaker's endpoint-level MME metrics under openmme names (ModelCacheHit → hits and misses,
 ModelDownloadingTime, ModelLoadingTime, ModelLoadingWaitTime, ModelUnloadingTime, LoadedModelCount), plus
 what SageMaker does not show: extraction time, cache memory and disk, evictions by reason, invocations by
-status.
+status, pinned models and pre-loading, data capture's records written and dropped and its buffer, the async
+invocation queue (depth, oldest age, outcomes).
 
 Per-model series carry a ``model`` label, but only for a bounded set of models: the first
 ``model_labels`` TargetModels seen get their own label, every later one is counted under ``model="other"``.
@@ -14,22 +15,37 @@ is usually asked about (the early, busy ones) keep names. ``GET /models`` has ev
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from typing import Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from openmme.endpoint.cache.entry import Entry, State
+from openmme.endpoint.cache.entry import LOADED, Entry, State
 from openmme.endpoint.cache.events import CacheEvents, CacheView, ShardFigures
+from openmme.endpoint.cache.keeping import PRELOAD_STATES, Preload
 
-__all__ = ["EVICTION_REASONS", "INVOCATION_STATUSES", "OTHER_MODELS", "Metrics"]
+__all__ = [
+    "ASYNC_OUTCOMES",
+    "CAPTURE_OUTCOMES",
+    "EVICTION_REASONS",
+    "INVOCATION_STATUSES",
+    "OTHER_MODELS",
+    "AsyncQueueView",
+    "Metrics",
+]
 
 OTHER_MODELS = "other"
 # Label values known in advance get their series at 0 from the first scrape (Prometheus' instrumentation practice:
 # a series that appears only at its first event hides that event from rate() and from alerts on it).
-EVICTION_REASONS = ("count", "memory", "disk", "request")
+# idle: --idle-ttl; cache_disabled: unloaded after its call (--model-cache disabled, or the archive's openmme.json).
+EVICTION_REASONS = ("count", "memory", "disk", "request", "idle", "cache_disabled")
 # Every status an invocation is answered with: the prediction, or one of the front's errors (errors.py).
 INVOCATION_STATUSES = ("200", "400", "424", "429", "500", "503", "507")
+# What became of an invocation data capture picked (capture.py): written to S3, or dropped (buffer full, S3 failed).
+CAPTURE_OUTCOMES = ("written", "dropped")
+# What became of an InvokeEndpointAsync call (asyncinvoke/): accepted or refused (queue full); once run, its outcome.
+ASYNC_OUTCOMES = ("accepted", "refused", "succeeded", "failed", "expired", "timed_out")
 # Loads take from tens of milliseconds (a file) to minutes (a large archive over a slow link).
 _LOAD_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, float("inf"))
 # Invocations: sub-millisecond to the 60 s a client waits.
@@ -62,6 +78,15 @@ class _CacheState(Collector):
             ("openmme_disk_budget_bytes", "The disk budget for extracted models.", budgets.disk_bytes),
         ):
             yield GaugeMetricFamily(name, documentation, value=value)
+        pinned = [entry for entry in models if entry.pinned and entry.state in LOADED]
+        yield GaugeMetricFamily(
+            "openmme_pinned_models", "Pinned models loaded (--pin: never evicted).", value=len(pinned)
+        )
+        yield GaugeMetricFamily(
+            "openmme_pinned_memory_bytes",
+            "Memory held by pinned models: the part of the memory budget eviction cannot free.",
+            value=sum(entry.memory_bytes for entry in pinned),
+        )
         states = GaugeMetricFamily("openmme_models", "Models the endpoint knows, by state.", labels=["state"])
         for state in State:
             states.add_metric([state.value], sum(entry.state is state for entry in models))
@@ -77,6 +102,64 @@ class _CacheState(Collector):
             shard_requests.add_metric([shard.name], shard.in_flight)
         yield shard_memory
         yield shard_requests
+
+
+class AsyncQueueView(Protocol):
+    """What the async invocations' gauges read (asyncinvoke.AsyncInvocations)."""
+
+    capacity: int
+
+    def queued(self) -> int: ...
+
+    def running(self) -> int: ...
+
+    def oldest_queued_age(self) -> float: ...
+
+
+class _AsyncQueueState(Collector):
+    """The async invocation queue, read at scrape time."""
+
+    def __init__(self, view: AsyncQueueView) -> None:
+        self.view = view
+
+    def collect(self) -> Iterator[Metric]:
+        requests = GaugeMetricFamily(
+            "openmme_async_queue_requests",
+            "Async invocations accepted and not finished, by state: queued (not started) or running.",
+            labels=["state"],
+        )
+        requests.add_metric(["queued"], self.view.queued())
+        requests.add_metric(["running"], self.view.running())
+        yield requests
+        yield GaugeMetricFamily(
+            "openmme_async_oldest_queued_age_seconds",
+            "How long the oldest async invocation not started yet has waited (0: none waits).",
+            value=self.view.oldest_queued_age(),
+        )
+        yield GaugeMetricFamily(
+            "openmme_async_queue_capacity",
+            "Async invocations the queue holds at most (--async-max-queue); past it calls are refused (503).",
+            value=self.view.capacity,
+        )
+
+
+class _PreloadState(Collector):
+    """The pre-load's progress, read at scrape time."""
+
+    def __init__(self, preload: Preload) -> None:
+        self.preload = preload
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "openmme_preload_models",
+            "Models of the start-time pre-load (--preload, --preload-top), by state: pending, loaded, skipped (no"
+            " room), failed.",
+            labels=["state"],
+        )
+        status = self.preload.status()
+        for state in PRELOAD_STATES:
+            family.add_metric([state], status[state])
+        yield family
 
 
 class Metrics(CacheEvents):
@@ -147,10 +230,49 @@ class Metrics(CacheEvents):
             "openmme_model_loads", "Loads into MMS by model (bounded labels): a high rate is thrashing.", ["model"],
             registry=registry,
         )  # fmt: skip
+        self.capture_records = Counter(
+            "openmme_capture_records",
+            "Invocations data capture picked, by outcome: written to S3, or dropped (buffer full, or S3 failed).",
+            ["outcome"],
+            registry=registry,
+        )
+        for outcome in CAPTURE_OUTCOMES:
+            self.capture_records.labels(outcome)
+        self.capture_buffer_records = Gauge(
+            "openmme_capture_buffer_records",
+            "Captured invocations held in memory, waiting to be written to S3.",
+            registry=registry,
+        )
+        self.async_requests = Counter(
+            "openmme_async_requests",
+            "InvokeEndpointAsync calls: accepted, refused (queue full), and how accepted ones ended (succeeded, failed,"
+            " expired past their RequestTTLSeconds, timed_out past their InvocationTimeoutSeconds).",
+            ["outcome"],
+            registry=registry,
+        )
+        for outcome in ASYNC_OUTCOMES:
+            self.async_requests.labels(outcome)
+
+    def watch_async(self, view: AsyncQueueView) -> None:
+        """Export the async invocation queue's gauges from now on."""
+        self.registry.register(_AsyncQueueState(view))
+
+    def async_request(self, outcome: str) -> None:
+        """An async invocation ``accepted``, ``refused``, or finished (``succeeded``, ``failed``, ``expired``,
+        ``timed_out``)."""
+        self.async_requests.labels(outcome).inc()
 
     def watch(self, cache: CacheView, shards: Callable[[], Iterable[ShardFigures]] = tuple) -> None:
         """Export the cache's gauges (and the dense shards', as ``shards`` lists them) from now on."""
         self.registry.register(_CacheState(cache, shards))
+
+    def captured(self, outcome: str, records: int = 1) -> None:
+        """``records`` captured invocations ``written`` to S3 or ``dropped``."""
+        self.capture_records.labels(outcome).inc(records)
+
+    def watch_preload(self, preload: Preload) -> None:
+        """Export the start-time pre-load's progress from now on."""
+        self.registry.register(_PreloadState(preload))
 
     def model_label(self, target: str) -> str:
         if target in self._labelled:
@@ -192,8 +314,9 @@ class Metrics(CacheEvents):
         if reason:
             self.evictions.labels(reason).inc()
 
-    def removed(self, entry: Entry) -> None:
-        self.evictions.labels("disk").inc()
+    def removed(self, entry: Entry, reason: str = "disk") -> None:
+        if reason == "disk":  # otherwise its unload was counted already
+            self.evictions.labels("disk").inc()
 
 
 def metric_names(lines: Iterable[str]) -> set[str]:

@@ -15,9 +15,12 @@ __all__ = [
     "INFERENCE_ID",
     "INVOKED_VARIANT",
     "MAX_TARGET_MODEL_LENGTH",
+    "RESERVED_FOLDER",
     "SAGEMAKER_HEADER_PREFIX",
     "TARGET_MODEL",
+    "TARGET_VARIANT",
     "S3Location",
+    "async_target_model",
     "validate_target_model",
 ]
 
@@ -26,11 +29,14 @@ TARGET_MODEL = "X-Amzn-SageMaker-Target-Model"
 CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
 INFERENCE_ID = "X-Amzn-SageMaker-Inference-Id"
 INVOKED_VARIANT = "x-Amzn-Invoked-Production-Variant"
+TARGET_VARIANT = "X-Amzn-SageMaker-Target-Variant"
 ERROR_TYPE = "x-amzn-ErrorType"
 # Every request header of the runtime API starts so; with --auth sigv4 each one sent must be signed.
 SAGEMAKER_HEADER_PREFIX = "x-amzn-sagemaker-"
 
 MAX_TARGET_MODEL_LENGTH = 1024
+# Where openmme keeps its own state in a model prefix (aliases: alias_state.py); never a TargetModel.
+RESERVED_FOLDER = ".openmme/"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +81,8 @@ def validate_target_model(target: str | None, prefix: S3Location | None = None) 
     segments = target.split("/")
     if any(segment in {"", ".", ".."} for segment in segments):
         raise ValidationError(f"TargetModel must not contain empty, '.' or '..' path segments: {target!r}")
+    if target.startswith(RESERVED_FOLDER):
+        raise ValidationError(f"TargetModel must not be under {RESERVED_FOLDER}, openmme's own folder: {target!r}")
     return target
 
 
@@ -92,3 +100,14 @@ def _not_a_uri(uri: str, prefix: S3Location | None) -> str:
         f"TargetModel must be relative to the endpoint's model prefix {prefix}, not a full S3 URI; {uri!r} is not an "
         "archive under it: publish the archive there (openmme publish) and give its key relative to the prefix"
     )
+
+
+def async_target_model(custom_attributes: str | None, header: str | None, default: str) -> str | None:
+    """The TargetModel an InvokeEndpointAsync call names, which has no field for one: a ``TargetModel=<key>`` item
+    of its CustomAttributes (``;``-separated), else the TargetModel header, else ``--async-default-model``; None
+    when none does (asyncinvoke/, and the SigV4 middleware's allow patterns)."""
+    for item in (custom_attributes or "").split(";"):
+        key, equals, value = item.partition("=")
+        if equals and key.strip().lower() == "targetmodel" and value.strip():
+            return value.strip()
+    return header or default or None

@@ -13,10 +13,21 @@ import ssl
 
 from aiohttp import web
 
-from openmme.endpoint.app import build_app
+from openmme.endpoint.aliases import AliasReader, AliasTable
+from openmme.endpoint.app import ASYNC, build_app
+from openmme.endpoint.asyncinvoke import AsyncInvocations
 from openmme.endpoint.auth import AuthConfigError, KeyStore, check_exposure, describe, load_keys
 from openmme.endpoint.cache.core import ModelCache, budgets_for
+from openmme.endpoint.cache.keeping import (
+    KeepingConfigError,
+    Preload,
+    Usage,
+    check_keeping,
+    preload_targets,
+    read_usage,
+)
 from openmme.endpoint.cache.store import ModelStore
+from openmme.endpoint.capture import Capturer
 from openmme.endpoint.dataplane import DataPlane
 from openmme.endpoint.hosting import MmsHosting
 from openmme.endpoint.lock import CacheDirError, CacheDirLock
@@ -59,9 +70,9 @@ async def _wait_for_mms(process: MmsProcess, mms: MmsClient, timeout: float) -> 
     raise RuntimeError(f"MMS did not answer within {timeout:g} s; see {process.log_path}")
 
 
-async def _housekeeping(hosting: MmsHosting, process: MmsProcess) -> None:
+async def _housekeeping(hosting: MmsHosting, process: MmsProcess, cache: ModelCache) -> None:
     """Every couple of seconds: find dead or leftover MMS workers; every few rounds, measure memory too (so the
-    memory budget holds as models grow)."""
+    memory budget holds as models grow); unload idle models (--idle-ttl) and write the usage record now and then."""
     rounds = 0
     while True:
         await asyncio.sleep(HOUSEKEEPING_INTERVAL_S)
@@ -69,6 +80,7 @@ async def _housekeeping(hosting: MmsHosting, process: MmsProcess) -> None:
             continue  # the supervisor is restarting MMS
         rounds += 1
         try:
+            await cache.tend()
             await hosting.check_workers(measure_memory=rounds % MEMORY_EVERY_ROUNDS == 0)
         except Exception:
             log.exception("housekeeping failed")
@@ -147,11 +159,30 @@ async def _run_owned(
             await _wait_for_mms(process, mms, settings.mms_start_timeout)
             metrics = Metrics(model_labels=settings.metrics_model_labels)
             hosting = MmsHosting(settings, mms, process)
-            cache = ModelCache(settings, budgets, hosting, ModelStore(settings, source), events=(metrics, EventLog()))
+            recorded = await asyncio.to_thread(read_usage, settings.cache_dir)  # what --preload-top reads
+            cache = ModelCache(
+                settings,
+                budgets,
+                hosting,
+                ModelStore(settings, source),
+                events=(metrics, EventLog()),
+                usage=Usage(recorded),
+            )
             metrics.watch(cache, hosting.shards)
+            preload = Preload(preload_targets(settings, recorded), cache.warm, settings.preload_concurrency)
+            metrics.watch_preload(preload)
             if settings.hosting == "dense":
                 await hosting.start_shards()
-            app = build_app(settings, DataPlane(cache, metrics), mms, metrics, keys)
+            capture = Capturer.from_settings(settings, metrics) if settings.capture_destination else None
+            aliases = None
+            if source is not None and settings.alias_refresh:  # aliases of the prefix (aliases.py)
+                aliases = AliasTable(settings, cache, metrics, AliasReader(source.prefix))
+                await aliases.start()  # before the front serves: the documents as S3 (or the last run) has them
+            plane = DataPlane(cache, metrics, capture, aliases)
+            app = build_app(settings, plane, mms, metrics, keys, preload)
+            asynchronous = None
+            if settings.async_output_path:  # InvokeEndpointAsync on
+                app[ASYNC] = asynchronous = AsyncInvocations.from_settings(settings, plane, metrics)
             runner = web.AppRunner(app, access_log=None, shutdown_timeout=30.0)
             await runner.setup()
             site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True, ssl_context=tls)
@@ -170,10 +201,17 @@ async def _run_owned(
                 budgets,
             )
             log.log(*describe(settings, keys))
+            if capture is not None:
+                capture.start()
+            if asynchronous is not None:  # what an earlier run accepted and did not finish runs now
+                await asynchronous.start()
             background = [
-                asyncio.create_task(_housekeeping(hosting, process), name="housekeeping"),
+                asyncio.create_task(_housekeeping(hosting, process, cache), name="housekeeping"),
+                asyncio.create_task(preload.run(), name="pre-load"),  # /ping answers meanwhile; /ready once done
                 asyncio.create_task(_supervise(cache, hosting, process, mms, settings), name="supervise MMS"),
             ]
+            if aliases is not None:
+                background.append(asyncio.create_task(aliases.run(), name="refresh aliases"))
             try:
                 await stop.wait()
                 log.info("stopping: finishing requests in flight")
@@ -181,6 +219,12 @@ async def _run_owned(
                 for task in background:
                     task.cancel()
                 await runner.cleanup()
+                if asynchronous is not None:  # before the data plane's parts stop: running requests may finish
+                    await asynchronous.close()
+                await plane.close()  # mirrored invocations finish, alias switches stop
+                await cache.save_usage()  # --preload-top's list for the next start
+                if capture is not None:  # after the last request: what it captured is written too
+                    await capture.close()
                 await hosting.stop_shards()
     finally:
         await asyncio.to_thread(process.stop)
@@ -194,7 +238,9 @@ def serve(settings: Settings) -> None:
         keys = load_keys(settings, os.environ)
         check_exposure(settings)
         tls = tls_context(settings)
-    except (AuthConfigError, TlsConfigError) as exc:
+        for warning in check_keeping(settings):
+            log.warning("%s", warning)
+    except (AuthConfigError, TlsConfigError, KeepingConfigError) as exc:
         raise SystemExit(f"openmme serve: {exc}") from None
     # The main thread runs the event loop, which starts MMS: a thread that lives as long as the process (see
     # MmsProcess.start).

@@ -91,11 +91,78 @@ class _OneOf:
 _parse_hosting = _OneOf("a hosting mode", ("dense", "isolated"))
 _parse_admission = _OneOf("an admission policy", ("lru", "tinylfu"))
 _parse_log_level = _OneOf("a log level", ("DEBUG", "INFO", "WARNING", "ERROR"))
+_parse_model_cache = _OneOf("a model cache setting", ("enabled", "disabled"))
+_parse_capture_mode = _OneOf("a capture mode", ("input", "output", "both"))
 
 
-def _opt(default: Any, help: str, parse: Callable[[str], Any] | None = None, metavar: str | None = None) -> Any:
-    """A setting; ``metavar`` names its values in ``--help`` (its choices, or its unit)."""
-    return field(default=default, metadata={"help": help, "parse": parse, "metavar": metavar})
+def _parse_s3_uri(text: str) -> str:
+    """A data capture destination: ``s3://bucket[/prefix]``, kept as given (empty: capture off)."""
+    uri = text.strip()
+    if uri and (not uri.startswith("s3://") or not uri[len("s3://") :].partition("/")[0]):
+        raise ValueError(f"not an S3 URI: {text!r} (expected s3://bucket/prefix)")
+    return uri
+
+
+def _parse_percentage(text: str) -> float:
+    percentage = float(text)
+    if not 0 <= percentage <= 100:
+        raise ValueError(f"not a percentage: {text!r} (0 to 100)")
+    return percentage
+
+
+def _parse_media_type(text: str) -> str:
+    media_type = text.strip().lower()
+    if media_type.count("/") != 1 or ";" in media_type or " " in media_type:
+        raise ValueError(f"not a media type: {text!r} (e.g. text/csv, without parameters)")
+    return media_type
+
+
+def _parse_variant(text: str) -> str:
+    """A production variant's name, by SageMaker's VariantName pattern (it becomes an S3 key segment)."""
+    if not re.fullmatch(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}", text):
+        raise ValueError(f"not a variant name: {text!r} (letters, digits and inner hyphens, at most 63)")
+    return text
+
+
+def _parse_interval(text: str) -> float:
+    seconds = float(text)
+    if seconds <= 0:
+        raise ValueError(f"not an interval: {text!r} (more than 0 seconds)")
+    return seconds
+
+
+def _parse_seconds(text: str) -> float:
+    seconds = float(text)
+    if seconds < 0:
+        raise ValueError(f"not a duration: {text!r} (0 or more seconds)")
+    return seconds
+
+
+def _parse_count(text: str) -> int:
+    count = int(text)
+    if count < 0:
+        raise ValueError(f"not a count: {text!r} (0 or more)")
+    return count
+
+
+def _parse_positive(text: str) -> int:
+    count = int(text)
+    if count < 1:
+        raise ValueError(f"must be at least 1: {text!r}")
+    return count
+
+
+def _opt(
+    default: Any,
+    help: str,
+    parse: Callable[[str], Any] | None = None,
+    metavar: str | None = None,
+    repeated: bool = False,
+) -> Any:
+    """A setting; ``metavar`` names its values in ``--help`` (its choices, or its unit). ``repeated``: the flag may
+    be given several times, the environment variable holds the values separated by commas; the setting is the
+    tuple of them all."""
+    return field(default=default, metadata={"help": help, "parse": parse, "metavar": metavar, "repeated": repeated})
 
 
 def _metavar(spec: dataclasses.Field[Any]) -> str:
@@ -112,8 +179,10 @@ def _shown_default(spec: dataclasses.Field[Any]) -> str:
     value: Any = spec.default
     if isinstance(value, bool):
         return "on" if value else "off"
-    if value is None or value == "":
+    if value is None or value == "" or value == ():
         return "unset"
+    if isinstance(value, tuple):
+        return ",".join(value)
     if spec.metadata["parse"] is parse_bytes and value:
         for unit in ("TiB", "GiB", "MiB", "KiB"):
             if value % _UNITS[unit.lower()] == 0:
@@ -160,6 +229,44 @@ class Settings:
         " leaves first, as on SageMaker) or tinylfu (a model asked for no more often lately than the one it would"
         " push out answers and is unloaded first instead: for skewed traffic with a long tail of rare models)",
         _parse_admission,
+    )
+    # Keeping models hot (cache/keeping.py): pinning, pre-loading, idle unloading, SageMaker's ModelCacheSetting.
+    pin: tuple[str, ...] = _opt(
+        (),
+        "a TargetModel, or an fnmatch pattern (houston/*), that eviction never unloads or deletes; pinned models"
+        " count against the budgets, and a load that would need a pinned model's room is refused (507); repeatable",
+        str,
+        "PATTERN",
+        repeated=True,
+    )
+    preload: tuple[str, ...] = _opt(
+        (),
+        "a TargetModel loaded in the background at start (GET /ready says when pre-loading is done); repeatable",
+        str,
+        "NAME",
+        repeated=True,
+    )
+    preload_top: int = _opt(
+        0,
+        "also pre-load the N models most used before the last stop (recorded in --cache-dir, kept across restarts)",
+        _parse_count,
+        "N",
+    )
+    preload_concurrency: int = _opt(2, "models pre-loaded at once", _parse_positive, "N")
+    idle_ttl: float = _opt(
+        0.0,
+        "unload a model no request used for this many seconds, checked every 2 s (0: never; pinned models never)",
+        _parse_seconds,
+        "SECONDS",
+    )
+    idle_ttl_delete: bool = _opt(
+        False, "with --idle-ttl, also delete the idle model's files from the cache disk", _parse_bool
+    )
+    model_cache: str = _opt(
+        "enabled",
+        "SageMaker's ModelCacheSetting: disabled unloads a model and deletes its files after each call (for many"
+        ' rarely used models); an archive\'s openmme.json {"modelCache": ...} overrides this',
+        _parse_model_cache,
     )
     max_archive_bytes: int = _opt(8 * 1024**3, "an archive whose extracted size is larger is refused", parse_bytes)
     max_archive_members: int = _opt(100_000, "an archive with more members is refused", int)
@@ -226,6 +333,143 @@ class Settings:
     metrics_model_labels: int = _opt(
         50, 'models that get their own label in per-model metrics; later ones count as model="other"', int
     )
+    # Data capture (capture.py): SageMaker's DataCaptureConfig, written in its S3 layout for Model Monitor tooling.
+    capture_destination: str = _opt(
+        "",
+        "S3 URI data capture writes to (SageMaker's DestinationS3Uri), as <uri>/<endpoint>/<variant>/yyyy/mm/dd/hh/"
+        "*.jsonl; S3 settings as for the models (empty: no capture)",
+        _parse_s3_uri,
+        "S3_URI",
+    )
+    capture_sampling_percentage: float = _opt(
+        20.0,
+        "percentage of invocations captured (InitialSamplingPercentage; may have a fraction)",
+        _parse_percentage,
+        "PERCENT",
+    )
+    capture_mode: str = _opt(
+        "both", "what is captured (CaptureMode): the request, the response, or both", _parse_capture_mode
+    )
+    capture_csv_content_types: tuple[str, ...] = _opt(
+        ("text/csv",),
+        "content types captured as CSV text (CsvContentTypes); types neither CSV nor JSON are captured base64;"
+        " repeatable",
+        _parse_media_type,
+        "TYPE",
+        repeated=True,
+    )
+    capture_json_content_types: tuple[str, ...] = _opt(
+        ("application/json",),
+        "content types captured as JSON text (JsonContentTypes); repeatable",
+        _parse_media_type,
+        "TYPE",
+        repeated=True,
+    )
+    capture_models: tuple[str, ...] = _opt(
+        (),
+        "capture only TargetModels matching this fnmatch pattern (houston/*); repeatable (unset: every model)",
+        str,
+        "PATTERN",
+        repeated=True,
+    )
+    capture_variant: str = _opt(
+        "AllTraffic",
+        "the variant name in the capture path (SageMaker's VariantName rules; the endpoint answers as AllTraffic)",
+        _parse_variant,
+        "NAME",
+    )
+    capture_buffer: int = _opt(
+        64 * 1024**2,
+        "most bytes of captured requests and responses held in memory awaiting S3; past it a capture is dropped,"
+        " never waited for",
+        parse_bytes,
+    )
+    capture_flush_interval: float = _opt(
+        10.0,
+        "seconds between writes of captured invocations to S3 (one object per hour partition per write)",
+        _parse_interval,
+        "SECONDS",
+    )
+    # Asynchronous invocations (asyncinvoke/): SageMaker's InvokeEndpointAsync, AsyncInferenceConfig's options.
+    async_output_path: str = _opt(
+        "",
+        "S3 URI async results are written to (S3OutputPath), as <uri>/<id>.out; S3 settings as for the models"
+        " (empty: InvokeEndpointAsync is refused)",
+        _parse_s3_uri,
+        "S3_URI",
+    )
+    async_failure_path: str = _opt(
+        "",
+        "S3 URI async failures are written to (S3FailurePath), as <uri>/<id>-error.out (empty: --async-output-path)",
+        _parse_s3_uri,
+        "S3_URI",
+    )
+    async_default_model: str = _opt(
+        "",
+        "TargetModel of an async request whose CustomAttributes name none with TargetModel=<key> (empty: such a"
+        " request is refused)",
+        str,
+        "NAME",
+    )
+    async_max_queue: int = _opt(
+        1000,
+        "async requests accepted and not finished at most (kept in --cache-dir across restarts); past it"
+        " InvokeEndpointAsync answers 503 ServiceUnavailable",
+        _parse_positive,
+        "N",
+    )
+    async_concurrency: int = _opt(
+        2,
+        "async requests run at once (MaxConcurrentInvocationsPerInstance); each holds its whole body in memory",
+        _parse_positive,
+        "N",
+    )
+    # Aliases of the model prefix (aliases.py): versions, traffic split, shadow, rollouts (openmme alias/rollout).
+    alias_refresh: float = _opt(
+        2.0,
+        "seconds between reads of the prefix's alias documents (.openmme/aliases/; a ListObjectsV2, and a GetObject"
+        " per changed alias): how soon an alias change reaches this endpoint, plus its new versions' load (0: no"
+        " aliases)",
+        _parse_seconds,
+        "SECONDS",
+    )
+    alias_max_staleness: float = _opt(
+        0.0,
+        "answer alias invocations with 503 once the alias documents could not be read from S3 for this long (0: the"
+        " last ones read keep serving however long S3 is away)",
+        _parse_seconds,
+        "SECONDS",
+    )
+    shadow_concurrency: int = _opt(
+        4,
+        "mirrored invocations of shadow versions running at once; past it an invocation is not mirrored",
+        _parse_positive,
+        "N",
+    )
+    # Per-model dependencies (environments.py): a script model's code/requirements.txt, built into an environment
+    # of its own, shared by the models that name the same requirements.
+    environment_build_timeout: float = _opt(
+        600.0,
+        "seconds pip may take to build the environment of a model's code/requirements.txt; past it pip is stopped"
+        " and the model's requests get a ModelError (424)",
+        _parse_interval,
+        "SECONDS",
+    )
+    environments_budget: int = _opt(
+        5 * 1024**3,
+        "most bytes of built environments kept in <cache-dir>/environments (kept across restarts); the least"
+        " recently used ones no loaded model uses are deleted to make room, and one that still does not fit fails"
+        " its model's load (0: no limit)",
+        parse_bytes,
+    )
+    wheelhouse: Path | None = _opt(  # noqa: RUF009  (an immutable default)
+        None,
+        "build environments only from the wheels in this directory (pip --no-index --find-links DIR), for machines"
+        " without a package index (unset: pip's own settings, PIP_INDEX_URL or pip.conf, say where packages come"
+        " from)",
+        Path,
+        "DIR",
+    )
     log_level: str = _opt(
         "INFO",
         "the least severe of the text lines on stderr to show (JSON request and event lines go to stdout)",
@@ -242,6 +486,12 @@ class Settings:
         """Downloads and extractions in progress; renamed into ``models_dir`` when complete."""
         return self.cache_dir / "staging"
 
+    @property
+    def environments_dir(self) -> Path:
+        """Built environments of models' code/requirements.txt, one per set of requirements; kept across restarts
+        (unlike the model store)."""
+        return self.cache_dir / "environments"
+
     @classmethod
     def from_sources(cls, argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
         """Build settings from command-line arguments over environment variables over defaults."""
@@ -253,13 +503,18 @@ class Settings:
             raw, source = getattr(namespace, spec.name), "--" + spec.name.replace("_", "-")
             if raw is None:
                 raw, source = environ.get(ENV_PREFIX + spec.name.upper()), ENV_PREFIX + spec.name.upper()
+                if raw is not None and spec.metadata["repeated"]:
+                    raw = [item.strip() for item in raw.split(",") if item.strip()]
             if raw is None and spec.name == "port":
                 raw, source = environ.get("SAGEMAKER_BIND_TO_PORT"), "SAGEMAKER_BIND_TO_PORT"
             if raw is None:
                 continue
             parse = spec.metadata["parse"]
             try:
-                values[spec.name] = parse(raw) if parse else raw
+                if spec.metadata["repeated"]:
+                    values[spec.name] = tuple(parse(item) for item in raw)
+                else:
+                    values[spec.name] = parse(raw) if parse else raw
             except ValueError as exc:
                 parser.error(f"{source}: {exc}")
         return cls(**values)
@@ -274,6 +529,9 @@ class Settings:
             flag = "--" + spec.name.replace("_", "-")
             if isinstance(spec.default, bool):
                 parser.add_argument(flag, dest=spec.name, action="store_const", const="1", help=help_text)
+            elif spec.metadata["repeated"]:
+                help_text = help_text.replace("[env ", "[env (comma-separated) ", 1)
+                parser.add_argument(flag, dest=spec.name, action="append", metavar=_metavar(spec), help=help_text)
             else:
                 parser.add_argument(flag, dest=spec.name, metavar=_metavar(spec), help=help_text)
         return parser
