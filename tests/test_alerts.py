@@ -5,6 +5,7 @@ exports, and every Prometheus the repository runs loads them."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 from pathlib import Path
@@ -13,7 +14,9 @@ from typing import Any
 import pytest
 import yaml
 
+from openmme.endpoint.alias_figures import AliasFigures
 from openmme.endpoint.cache.entry import Budgets, Entry
+from openmme.endpoint.cache.keeping import Preload
 from openmme.endpoint.metrics import OTHER_MODELS, Metrics
 from tests.support import ROOT, needs_tool
 
@@ -129,12 +132,18 @@ class _EmptyQueue:
         return 0.0
 
 
+async def _never_called(target: str) -> bool:
+    raise AssertionError(target)
+
+
 def exported_series() -> dict[str, dict[str, set[str]]]:
     """Each series name the endpoint exports (every feature on), with the label values it has from the first
     scrape."""
     metrics = Metrics()
     metrics.watch(_NoModels())
     metrics.watch_async(_EmptyQueue())
+    AliasFigures(metrics)  # the alias and shadow series (registered when the prefix has aliases)
+    metrics.watch_preload(Preload([], _never_called, 1))
     series: dict[str, dict[str, set[str]]] = {}
     for family in metrics.registry.collect():
         series.setdefault(family.name + ("_total" if family.type == "counter" else ""), {})
@@ -174,3 +183,12 @@ def test_every_prometheus_the_repository_runs_loads_the_rules(compose: Path, con
     (job,) = scrape["scrape_configs"]
     assert job["job_name"] == "openmme"  # the job OpenmmeReplicaDown watches
     assert 'up{job="openmme"}' in next(r["expr"] for r in alerting_rules() if r["alert"] == "OpenmmeReplicaDown")
+
+
+def test_the_dashboard_asks_only_for_series_the_endpoint_exports() -> None:
+    dashboard = json.loads((ROOT / "deploy" / "grafana" / "dashboards" / "openmme.json").read_text())
+    exported = exported_series()  # families by name (a histogram's, whose labels have no sample yet, too)
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            for name in re.findall(r"\b(openmme_[a-z_]+)", target["expr"]):
+                assert name in exported or re.sub(r"_(bucket|sum|count)$", "", name) in exported, (panel["title"], name)
