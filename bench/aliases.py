@@ -1,8 +1,8 @@
 """What alias resolution costs on the warm path: the same loaded model invoked by its archive's name and through an
 alias (90/10 between two versions, so that a variant is drawn for every request), side by side in one run.
 
-    .venv/bin/python bench/aliases.py           # full run (~55 s on 2 cores): bench/results/aliases.json and a
-                                                # Markdown table on stdout
+    .venv/bin/python bench/aliases.py           # full run (~55 s on 2 cores): its section of BENCHMARKS.md,
+                                                # bench/results/aliases.json
     .venv/bin/python bench/aliases.py --smoke   # tiny sizes, checks the harness end to end
 
 One SeaweedFS holds two 100-tree boosters, ``warm/v1/model.tar.gz`` and ``warm/v2/model.tar.gz``; alias ``warm``
@@ -20,25 +20,23 @@ histogram bucket), in microseconds per call.
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import sys
-import tempfile
 import timeit
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness import PREFIX, WRK_MISSING, Endpoint, describe_machine, embedded_s3, invoke_headers, post, wrk, wrk_script
+from harness import PREFIX, Endpoint, describe_machine, embedded_s3, invoke_headers, post, wrk, wrk_script
 from openmme.publish import publish_archive
 from openmme.publish.aliases import set_alias
 from openmme.publish.samples import make_rows, sample_archive, train_booster
+from sections import section_main
 
+START, END = "<!-- aliases:start -->", "<!-- aliases:end -->"
 V1, V2, ALIAS = "warm/v1/model.tar.gz", "warm/v2/model.tar.gz", "warm"
 SIDES = {"archive": V1, "alias": ALIAS}
 CONCURRENCIES = (1, 8)
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 @dataclass(frozen=True)
@@ -124,8 +122,16 @@ def _median(runs: list[dict[str, Any]]) -> dict[str, float]:
     }
 
 
-def markdown(results: dict[str, Any]) -> str:
+def markdown(results: dict[str, Any], command: str) -> str:
+    machine = results["machine"]
     lines = [
+        START,
+        "## Aliases: the warm path by an archive's name and through an alias, side by side",
+        "",
+        f"`{command}` — alias `{ALIAS}` sends 90 % to v1 and 10 % to v2 (both loaded), one dense endpoint serves both"
+        f" sides, alternating wrk rounds, median round; {machine['cpus']} CPUs ({machine['cpu_model']}),"
+        f" {machine['memory_gib']} GiB; openmme {machine['openmme_revision']}; {results['wall_seconds'] / 60:.1f} min.",
+        "",
         "| concurrency | TargetModel | req/s | p50 ms | p99 ms |",
         "|---|---|---|---|---|",
     ]
@@ -147,29 +153,9 @@ def markdown(results: dict[str, Any]) -> str:
         f"`DataPlane.resolve` in process: {costs['archive']:.2f} µs for an archive's name, {costs['alias']:.2f} µs"
         " for the alias."
     )
-    return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks the harness end to end")
-    parser.add_argument("--output", type=Path, help="where the results JSON goes (default: bench/results/)")
-    args = parser.parse_args(argv)
-    sizes = SMOKE if args.smoke else FULL
-    try:
-        with tempfile.TemporaryDirectory(prefix="openmme-bench-aliases-") as scratch:
-            results = run(sizes, Path(scratch))
-    except RuntimeError as exc:
-        if str(exc) == WRK_MISSING:
-            print(exc, file=sys.stderr)
-            return 2
-        raise
-    output = args.output or RESULTS / ("aliases-smoke.json" if args.smoke else "aliases.json")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(results, indent=1))
-    print(markdown(results))
-    return 0
+    lines.append(END)
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(section_main("aliases", __doc__ or "", (FULL, SMOKE), run, markdown, (START, END)))

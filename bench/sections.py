@@ -1,7 +1,7 @@
 """Sections of BENCHMARKS.md that a benchmark other than bench/run.py owns, between its own two markers.
 
-bench/scale_out.py, bench/hosting.py, bench/revisions.py and bench/capture.py each replace their section in place
-(or append it); bench/run.py rewrites the file from scratch and keeps every such section, at the end, as it was.
+bench/scale_out.py, hosting.py, revisions.py, capture.py, transform.py and aliases.py each replace their section in
+place (or append it); bench/run.py rewrites the file from scratch and keeps every such section, at the end, as it was.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ MARKERS = (
     ("<!-- hosting:start -->", "<!-- hosting:end -->"),
     ("<!-- revisions:start -->", "<!-- revisions:end -->"),
     ("<!-- capture:start -->", "<!-- capture:end -->"),
+    ("<!-- transform:start -->", "<!-- transform:end -->"),
+    ("<!-- aliases:start -->", "<!-- aliases:end -->"),
 )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -120,3 +121,16 @@ def test_dockerfile_env_names_are_settings(dockerfile: str) -> None:
     assert names - install_only <= SETTING_ENV
     install = (ROOT / "scripts" / "install").read_text()
     assert all(name in install for name in install_only)
+
+
+def test_the_package_list_names_every_package_of_the_tree() -> None:
+    """The image installs a copy (OPENMME_EDITABLE=0), which holds only the packages pyproject.toml lists: a
+    package missing from the list works in a checkout and is absent from the image."""
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    roots = {package: ROOT / folder for package, folder in setuptools["package-dir"].items()}
+    found = {"openmme"}
+    for package, folder in roots.items():
+        for init in folder.rglob("__init__.py"):
+            relative = init.parent.relative_to(folder).parts
+            found.add(".".join((package, *relative)))
+    assert sorted(setuptools["packages"]) == sorted(found)
