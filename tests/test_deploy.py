@@ -4,23 +4,28 @@ pass the Kubernetes schemas, and their resources match the budgets the container
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import kubernetes_validate
 import pytest
 import yaml
 
-from openmme.cli import main
+from openmme.cli import main, parser
+from openmme.endpoint.names import S3Location
 from openmme.endpoint.settings import Settings
 from openmme.router import HEADER, RouterOptions, nginx_config
+from openmme.transform.options import job_from_arguments, shard_from_arguments
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "k8s"
 HASH_VARIABLE = "$http_" + HEADER.lower().replace("-", "_")
+TRANSFORM_JOB = "transform-job.yaml"
 # What a pod needs beyond its model memory budget: MMS's JVM, the front, the handlers' processes.
 POD_OVERHEAD = 2**30
 
@@ -55,7 +60,9 @@ def replicas_of(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def test_scale_out_compose_has_replicas_router_s3_and_publisher(scale_out: dict[str, Any]) -> None:
-    assert set(scale_out["services"]) == {"s3", "publish-samples", "replica-1", "replica-2", "replica-3", "router"}
+    default = {name for name, service in scale_out["services"].items() if "profiles" not in service}
+    assert default == {"s3", "publish-samples", "replica-1", "replica-2", "replica-3", "router"}
+    assert scale_out["services"]["prometheus"]["profiles"] == ["observability"]
     single = load_yaml(ROOT / "docker-compose.yml")
     assert scale_out["services"]["s3"] == single["services"]["s3"]
     assert scale_out["configs"] == single["configs"]
@@ -99,6 +106,19 @@ def test_compose_router_config_is_what_the_generator_writes(scale_out: dict[str,
     assert checked_in == nginx_config(replicas, RouterOptions(listen=listen, tries=len(replicas)))
     assert checked_in == router_config_cli(*(f"--replica={r}" for r in replicas), "--listen", listen)
     assert set(router["depends_on"]) == set(replicas_of(scale_out))
+
+
+def test_scale_out_prometheus_scrapes_each_replica_not_the_router(scale_out: dict[str, Any]) -> None:
+    scrape = load_yaml(ROOT / "deploy" / "prometheus.scale-out.yml")
+    (job,) = scrape["scrape_configs"]
+    replicas = {
+        f"{name}:{Settings.from_sources(service['command'][1:], {}).port}"
+        for name, service in replicas_of(scale_out).items()
+    }
+    # One target per replica, so that `up` (OpenmmeReplicaDown in deploy/alerts.yml) says which one is down.
+    (targets,) = [config["targets"] for config in job["static_configs"]]
+    assert sorted(targets) == sorted(replicas)
+    assert job["metrics_path"] == "/metrics"
 
 
 def test_router_hashes_on_the_target_model_and_spreads_requests_without_it() -> None:
@@ -145,7 +165,8 @@ def test_kubernetes_manifests_pass_the_schemas(manifest: str) -> None:
 
 def test_kustomization_lists_every_manifest() -> None:
     listed = set(load_yaml(K8S / "kustomization.yaml")["resources"])
-    assert listed == {path.name for path in K8S.glob("*.yaml")} - {"kustomization.yaml"}
+    # The transform Job is created on its own when a job is to run, not with every apply of the endpoint.
+    assert listed == {path.name for path in K8S.glob("*.yaml")} - {"kustomization.yaml", TRANSFORM_JOB}
 
 
 def test_pod_resources_match_the_budgets_the_container_is_given() -> None:
@@ -163,7 +184,8 @@ def test_pod_resources_match_the_budgets_the_container_is_given() -> None:
     (volume,) = pod["volumes"]
     assert quantity(volume["emptyDir"]["sizeLimit"]) == settings.disk_budget
     assert container["volumeMounts"][0] == {"name": volume["name"], "mountPath": "/var/cache/openmme"}
-    assert container["readinessProbe"]["httpGet"]["path"] == "/ping"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/ready"  # after the start-time pre-load
+    assert container["livenessProbe"]["httpGet"]["path"] == "/ping"
     assert container["ports"][0]["containerPort"] == settings.port
 
 
@@ -183,3 +205,73 @@ def test_ingress_routes_like_the_generated_router() -> None:
     assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
     hpa = load_yaml(K8S / "hpa.yaml")
     assert hpa["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
+
+
+def transform_arguments(argv: list[str]) -> argparse.Namespace:
+    """``openmme transform``'s arguments as the CLI parses them (a manifest's or compose's command)."""
+    args = parser().parse_args(argv)
+    assert args.command == "transform"
+    return args
+
+
+def test_transform_job_is_indexed_and_each_pod_takes_its_share() -> None:
+    manifest = load_yaml(K8S / TRANSFORM_JOB)
+    spec = manifest["spec"]
+    assert spec["completionMode"] == "Indexed"
+    pod = spec["template"]["spec"]
+    assert pod["restartPolicy"] == "Never"  # a failed index is retried by a new pod, which resumes
+    (container,) = pod["containers"]
+    args = transform_arguments(container["args"])
+    job = job_from_arguments(args)
+    # One share per completion index: the pods' $JOB_COMPLETION_INDEX runs over every share, once.
+    assert args.shard_index is None and args.shard_count == spec["completions"] >= spec["parallelism"]
+    assert {shard_from_arguments(args, {"JOB_COMPLETION_INDEX": str(i)}) for i in range(spec["completions"])} == {
+        (index, args.shard_count) for index in range(args.shard_count)
+    }
+    # It calls the endpoint's Service, by its name and port, with the endpoint's name.
+    service = load_yaml(K8S / "service.yaml")
+    deployment = load_yaml(K8S / "deployment.yaml")["spec"]["template"]["spec"]["containers"][0]
+    url = urlsplit(args.endpoint_url)
+    assert (url.hostname, url.port) == (service["metadata"]["name"], service["spec"]["ports"][0]["port"])
+    assert args.endpoint_name == Settings.from_sources(deployment["args"][1:], {}).endpoint_name
+    assert job.target_model and job.split_type == "Line"
+    # S3 settings as the replicas get them.
+    replica_env = {item["name"]: item for item in deployment["env"] if item["name"].startswith("AWS_")}
+    assert {item["name"]: item for item in container["env"]} == replica_env
+
+
+@pytest.fixture(scope="module")
+def transform_compose() -> dict[str, Any]:
+    return load_yaml(ROOT / "deploy" / "compose.transform.yml")
+
+
+def test_transform_compose_runs_the_job_as_workers_sharing_the_inputs(transform_compose: dict[str, Any]) -> None:
+    services = transform_compose["services"]
+    single = load_yaml(ROOT / "docker-compose.yml")
+    assert services["s3"] == single["services"]["s3"] and transform_compose["configs"] == single["configs"]
+    assert services["endpoint"]["command"] == single["services"]["endpoint"]["command"]
+    endpoint = Settings.from_sources(services["endpoint"]["command"][1:], {})
+    workers = {name: service for name, service in services.items() if name.startswith("transform-")}
+    # Compose writes a literal $ as $$.
+    arguments = {
+        name: transform_arguments([arg.replace("$$", "$") for arg in service["command"]])
+        for name, service in workers.items()
+    }
+    jobs = {job_from_arguments(args) for args in arguments.values()}
+    assert len(jobs) == 1  # the same job, a share each
+    (job,) = jobs
+    assert job.data_processing.join and job.input_filter.text == "$[1:]"
+    counts = {args.shard_count for args in arguments.values()}
+    assert counts == {len(workers)}
+    assert sorted(args.shard_index for args in arguments.values()) == list(range(len(workers)))
+    for name, args in arguments.items():
+        url = urlsplit(args.endpoint_url)
+        assert (url.hostname, url.port, args.endpoint_name) == ("endpoint", endpoint.port, endpoint.endpoint_name)
+        assert workers[name]["depends_on"]["endpoint"] == {"condition": "service_healthy"}
+        assert workers[name]["depends_on"]["sample-input"] == {"condition": "service_completed_successfully"}
+    # The sample input is Python that compiles, and writes where the job reads.
+    script = services["sample-input"]["command"][0]
+    compile(script, "sample-input", "exec")
+    assert job.input_location == S3Location("batch", "rows/") and '"batch"' in script and "rows/" in script
+    ports = [port for service in services.values() for port in service.get("ports", [])]
+    assert all(port.startswith("127.0.0.1:") for port in ports)

@@ -8,6 +8,13 @@
     openmme models list --prefix s3://…        the TargetModel names a prefix holds
     openmme models remove NAME --prefix s3://…
     openmme router-config --replica HOST:PORT [--replica …] [--hot NAME …]   nginx.conf for several replicas
+    openmme alias set ALIAS VERSION[=PERCENT] … --prefix s3://…   point an alias at versions (and a shadow)
+    openmme alias show|history ALIAS --prefix s3://…   /   openmme alias list --prefix s3://…
+    openmme alias remove|rollback ALIAS --prefix s3://… [--to VERSION]
+    openmme rollout start ALIAS VERSION --prefix s3://… --endpoint URL …   a guarded canary, to the end
+    openmme rollout status|promote|rollback ALIAS --prefix s3://…
+    openmme transform --target-model NAME --input s3://… --output s3://… (--endpoint-url URL | --model-prefix s3://…)
+                                               batch transform: CreateTransformJob against one TargetModel
 
 ``serve`` also runs as a bare ``serve`` (the container entrypoint SageMaker calls).
 """
@@ -16,11 +23,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from openmme.endpoint.alias_state import AliasDocument
     from openmme.publish import ProgressLine
 
 __all__ = ["main"]
@@ -152,6 +160,179 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _alias(args: argparse.Namespace) -> int:
+    from openmme.publish import PublishError
+    from openmme.publish import aliases as library
+
+    try:
+        if args.action == "set":
+            return _alias_set(args)
+        if args.action == "list":
+            for document in library.list_aliases(args.prefix):
+                print(f"{document.alias}\t{document.generation}\t{document.summary()}")
+            return 0
+        if args.action == "history":
+            for document in library.alias_history(args.prefix, args.alias, limit=args.limit):
+                print(_history_line(document))
+            return 0
+        if args.action == "show":
+            _print_alias(library.get_alias(args.prefix, args.alias))
+            return 0
+        if args.action == "remove":
+            done = library.remove_alias(
+                args.prefix, args.alias, reason=args.reason, expect_generation=args.expect_generation
+            )
+            print(f"removed alias {args.alias} (generation {done.generation}); its history stays")
+            return 0
+        done = library.rollback_alias(
+            args.prefix, args.alias, args.to, reason=args.reason, expect_generation=args.expect_generation
+        )
+        print(f"{args.alias} → {done.summary()} (generation {done.generation})")
+        return 0
+    except PublishError as exc:
+        print(f"openmme alias: {exc}", file=sys.stderr)
+        return 1
+
+
+def _alias_set(args: argparse.Namespace) -> int:
+    from openmme.publish import ModelCheckFailed
+    from openmme.publish.aliases import AliasRefused, ShadowSpec, VersionSpec, set_alias
+    from openmme.publish.check import content_type_for
+
+    names = args.names.split(",") if args.names else []
+    if names and len(names) != len(args.versions):
+        raise AliasRefused(f"--names gives {len(names)} names for {len(args.versions)} versions")
+    versions = [VersionSpec.parse(text, names[index] if names else None) for index, text in enumerate(args.versions)]
+    sample = None
+    if args.sample is not None:
+        try:
+            sample = args.sample.read_bytes()
+        except OSError as exc:
+            raise ModelCheckFailed(f"cannot read the sample {args.sample}: {exc}") from exc
+    done = set_alias(
+        args.prefix,
+        args.alias,
+        versions,
+        shadow=ShadowSpec.parse(args.shadow, args.shadow_name) if args.shadow else None,
+        sticky=args.sticky,
+        reason=args.reason,
+        expect_generation=args.expect_generation,
+        check=not args.skip_check,
+        sample=sample,
+        sample_content_type=args.sample_content_type or (content_type_for(args.sample) if args.sample else "text/csv"),
+    )
+    print(f"{args.alias} → {done.summary()} (generation {done.generation})")
+    return 0
+
+
+def _rollout(args: argparse.Namespace) -> int:
+    from openmme.publish import PublishError
+    from openmme.publish import rollout as library
+
+    try:
+        if args.action == "start":
+            return _rollout_start(args)
+        if args.action == "status":
+            status = library.rollout_status(args.prefix, args.alias, args.endpoint)
+            if not status["rollout"]:
+                print(f"no rollout of {args.alias} is in progress (generation {status['generation']})")
+                return 0
+            print(f"rollout of {args.alias}: {_rollout_line(status['rollout'])}")
+            for role in ("live", "canary"):
+                if role in status:
+                    figures = status[role]
+                    print(
+                        f"  {role:<6} {figures['requests']} requests, {figures['errors']} errors"
+                        f" ({figures['error_rate']:.1%}), p99 {figures['p99_ms']} ms (cumulative, all endpoints)"
+                    )
+            return 0
+        if args.action == "promote":
+            done = library.promote_rollout(args.prefix, args.alias, reason=args.reason)
+        else:
+            done = library.rollback_rollout(args.prefix, args.alias, args.to, reason=args.reason)
+        print(f"{args.alias} → {done.summary()} (generation {done.generation})")
+        return 0
+    except PublishError as exc:
+        print(f"openmme rollout: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(
+            f"openmme rollout: interrupted; {args.alias} stays at its current step: openmme rollout promote or"
+            " rollback it",
+            file=sys.stderr,
+        )
+        return 130
+
+
+def _rollout_start(args: argparse.Namespace) -> int:
+    from openmme.publish.rollout import Guardrails, start_rollout
+
+    try:
+        steps = tuple(float(step) for step in args.steps.split(","))
+    except ValueError:
+        print(
+            f"openmme rollout: --steps takes percents separated by commas (10,50), not {args.steps!r}", file=sys.stderr
+        )
+        return 2
+    guardrails = Guardrails(
+        steps=steps,
+        bake_seconds=args.bake,
+        poll_seconds=args.poll,
+        max_error_rate_increase=args.max_error_rate_increase / 100,
+        max_latency_ratio=args.max_latency_ratio,
+        latency_slack_ms=args.latency_slack_ms,
+        min_requests=args.min_requests,
+    )
+    outcome = start_rollout(
+        args.prefix,
+        args.alias,
+        args.version,
+        args.endpoint,
+        guardrails,
+        name=args.name,
+        reason=args.reason,
+        check=not args.skip_check,
+        report=lambda line: print(f"{args.alias}: {line}", flush=True),
+    )
+    print(f"{args.alias}: {outcome.result}: {outcome.reason}")
+    return 0 if outcome.result == "promoted" else 1
+
+
+def _history_line(document: AliasDocument) -> str:
+    change = document.change
+    if change is None:
+        return f"{document.generation}\t\t\t\t{document.summary()}\t"
+    return "\t".join(
+        (str(document.generation), change.at, change.action, f"{change.by} ({change.user})", document.summary(),
+         change.reason)
+    )  # fmt: skip
+
+
+def _print_alias(document: AliasDocument) -> None:
+    change = document.change
+    made = f" ({change.action} by {change.by} as {change.user} at {change.at}" if change else ""
+    made += f": {change.reason})" if change and change.reason else (")" if change else "")
+    print(f"alias {document.alias}, generation {document.generation}{made}")
+    print(f"  {document.summary()}")
+    for variant in document.variants:
+        print(f"  variant {variant.name:<12} {variant.weight:>6g}%  {variant.target}")
+    if document.shadow is not None:
+        shadow = document.shadow
+        print(f"  shadow  {shadow.name:<12} {shadow.percent:>6g}%  {shadow.target} (mirrored, never answered)")
+    print(f"  sticky key: {document.sticky}")
+    if document.rollout:
+        print(f"  rollout: {_rollout_line(document.rollout)}")
+
+
+def _rollout_line(rollout: Mapping[str, Any]) -> str:
+    steps = ", ".join(f"{step:g}%" for step in rollout.get("steps", []))
+    return (
+        f"{rollout.get('canary')} against {rollout.get('live')}, step {int(rollout.get('step', 0)) + 1} of"
+        f" {len(rollout.get('steps', []))} ({steps}), bake {rollout.get('bake_seconds')} s, started"
+        f" {rollout.get('started_at')}"
+    )
+
+
 def _demo(args: argparse.Namespace) -> int:
     from openmme.demo import run_demo
 
@@ -181,6 +362,12 @@ def _router_config(args: argparse.Namespace) -> int:
         print(f"openmme router-config: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def _transform(args: argparse.Namespace) -> int:
+    from openmme.transform.command import main as transform_main
+
+    return transform_main(args)
 
 
 def version() -> str:
@@ -247,6 +434,9 @@ def parser() -> argparse.ArgumentParser:
     for sub in (listing, remove):
         sub.add_argument("--prefix", required=True, help="the endpoint's model prefix, s3://bucket/prefix/")
 
+    _alias_parser(commands)
+    _rollout_parser(commands)
+
     router = commands.add_parser(
         "router-config",
         help="print an nginx.conf that routes each TargetModel to one of several replicas (consistent hashing)",
@@ -257,7 +447,124 @@ def parser() -> argparse.ArgumentParser:
     router.add_argument("--hot", action="append", default=[], metavar="NAME", help="a TargetModel to spread out")
     router.add_argument("--hot-spread", type=int, default=2, help="replicas a hot model spreads over (default: 2)")
     router.add_argument("--tries", type=int, default=0, help="replicas one request may try (default: all)")
+
+    from openmme.transform.options import add_arguments as add_transform_arguments
+
+    transform = commands.add_parser(
+        "transform",
+        help="batch transform: run a CreateTransformJob over S3 objects against one TargetModel",
+        description="SageMaker batch transform (CreateTransformJob's fields as flags) against any TargetModel of a "
+        "running endpoint (--endpoint-url) or of one started for the job (--model-prefix). Each input object's "
+        "output, <output>/<name>.out, is written whole or not at all; a re-run skips the complete ones. Exit code: "
+        "0 done, 1 some objects failed, 2 invalid job, 130 interrupted.",
+    )
+    add_transform_arguments(transform)
     return root
+
+
+def _alias_parser(commands: Any) -> None:
+    alias = commands.add_parser(
+        "alias",
+        help="aliases of a prefix: a stable TargetModel that stands for versions, with weights and a shadow",
+        description="An alias is a TargetModel (houston) that endpoints resolve to versions, archives of the prefix "
+        "(houston/v7/model.tar.gz). Its state lives in the prefix (.openmme/), every change is recorded, and two "
+        "changes never overwrite each other.",
+    )
+    action = alias.add_subparsers(dest="action", required=True)
+    setting = action.add_parser(
+        "set",
+        help="point an alias at one or more versions (checked: each must exist and load)",
+        description="Each VERSION is an archive of the prefix, with its percent of the traffic (TARGET=PERCENT; "
+        "the percents add up to 100; one version alone takes 100). Versions new to the alias are downloaded and "
+        "loaded here first, as openmme publish path checks a model. Endpoints load the new versions before "
+        "they route to them (a warm switch).",
+    )
+    setting.add_argument("alias", metavar="ALIAS")
+    setting.add_argument("versions", nargs="+", metavar="VERSION[=PERCENT]")
+    setting.add_argument("--names", help="the versions' variant names, comma-separated (default: from the archive's"
+                         " name, houston/v7/model.tar.gz → v7); x-Amzn-Invoked-Production-Variant and TargetVariant"
+                         " use them")  # fmt: skip
+    setting.add_argument("--shadow", metavar="TARGET=PERCENT", help="mirror PERCENT of the alias's requests to TARGET")
+    setting.add_argument("--shadow-name", help="the shadow's variant name (default: from its archive's name)")
+    setting.add_argument(
+        "--sticky",
+        help="what keeps a caller on one version: inference-id (the default), custom-attribute:KEY (a key of "
+        "CustomAttributes, KEY=value pairs separated by ; or ,), or none (a draw per request)",
+    )
+    setting.add_argument("--sample", type=Path, help="request rows each new version must answer (e.g. rows.csv)")
+    setting.add_argument("--sample-content-type", help="the sample's Content-Type (default: from its suffix, else CSV)")
+    setting.add_argument("--skip-check", action="store_true", help="do not load new versions here (they must exist)")
+    show = action.add_parser("show", help="what an alias points at now, and its last change")
+    history = action.add_parser("history", help="every change of an alias, oldest first (tab-separated)")
+    history.add_argument("--limit", type=int, default=0, help="only the last N changes")
+    remove = action.add_parser("remove", help="remove an alias (its history stays)")
+    rollback = action.add_parser(
+        "rollback", help="all traffic to the last version that took all of it before what serves now, or to --to"
+    )
+    rollback.add_argument("--to", metavar="VERSION", help="a variant name or archive the alias pointed at before")
+    listing = action.add_parser("list", help="every alias of a prefix: name, generation, versions (tab-separated)")
+    for sub in (setting, show, history, remove, rollback):
+        if sub is not setting:
+            sub.add_argument("alias", metavar="ALIAS")
+    for sub in (setting, remove, rollback):
+        sub.add_argument("--reason", default="", help="why, for the record")
+        sub.add_argument(
+            "--expect-generation",
+            type=int,
+            metavar="N",
+            help="refuse unless the alias is still at generation N (as openmme alias show said)",
+        )
+    for sub in (setting, show, history, remove, rollback, listing):
+        sub.add_argument("--prefix", required=True, help="the endpoint's model prefix, s3://bucket/prefix/")
+
+
+def _rollout_parser(commands: Any) -> None:
+    rollout = commands.add_parser(
+        "rollout",
+        help="a guarded canary of an alias: steps, bake time, automatic rollback on errors or latency",
+        description="A canary version takes a growing share of an alias's traffic, step by step; each step bakes "
+        "while the endpoints' figures of the canary and the live version are compared, and the canary is rolled "
+        "back at once when it errs or slows down beyond the limits, promoted when every step held.",
+    )
+    action = rollout.add_subparsers(dest="action", required=True)
+    start = action.add_parser("start", help="run a rollout to its end (promoted: exit 0; rolled back: 1)")
+    start.add_argument("alias", metavar="ALIAS")
+    start.add_argument("version", metavar="VERSION", help="the canary: an archive of the prefix")
+    start.add_argument(
+        "--endpoint",
+        action="append",
+        required=True,
+        metavar="URL",
+        help="an endpoint whose figures count (every replica's URL, not the router's); repeatable",
+    )
+    start.add_argument("--name", help="the canary's variant name (default: from its archive's name)")
+    start.add_argument("--steps", default="10,50", help="the canary's percent at each step (default: 10,50)")
+    start.add_argument("--bake", type=float, default=60.0, metavar="SECONDS", help="each step's bake (default: 60)")
+    start.add_argument("--poll", type=float, default=2.0, metavar="SECONDS", help="figures read every (default: 2)")
+    start.add_argument(
+        "--max-error-rate-increase",
+        type=float,
+        default=1.0,
+        metavar="POINTS",
+        help="percentage points the canary's error rate may exceed the live one's (default: 1)",
+    )
+    start.add_argument(
+        "--max-latency-ratio", type=float, default=1.5, help="canary p99 over live p99 allowed (default: 1.5)"
+    )
+    start.add_argument("--latency-slack-ms", type=float, default=5.0, help="added to that limit (default: 5 ms)")
+    start.add_argument("--min-requests", type=int, default=20, help="canary requests to judge a step (default: 20)")
+    start.add_argument("--skip-check", action="store_true", help="do not load the canary here first")
+    status = action.add_parser("status", help="the rollout in progress, with the endpoints' figures if given")
+    status.add_argument("--endpoint", action="append", default=[], metavar="URL", help="an endpoint; repeatable")
+    promote = action.add_parser("promote", help="all traffic to the canary now")
+    rollback = action.add_parser("rollback", help="all traffic to the live version now (or --to a known version)")
+    rollback.add_argument("--to", metavar="VERSION", help="a variant name or archive the alias pointed at before")
+    for sub in (status, promote, rollback):
+        sub.add_argument("alias", metavar="ALIAS")
+    for sub in (start, promote, rollback):
+        sub.add_argument("--reason", default="", help="why, for the record")
+    for sub in (start, status, promote, rollback):
+        sub.add_argument("--prefix", required=True, help="the endpoint's model prefix, s3://bucket/prefix/")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -274,6 +581,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _models(args)
     if args.command == "router-config":
         return _router_config(args)
+    if args.command == "alias":
+        return _alias(args)
+    if args.command == "rollout":
+        return _rollout(args)
+    if args.command == "transform":
+        return _transform(args)
     return _demo(args)
 
 
