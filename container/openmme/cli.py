@@ -148,12 +148,17 @@ def _models(args: argparse.Namespace) -> int:
                 "serving their cached copy until they evict it"
             )
             return 0
+        from openmme.publish.aliases import list_aliases
+
         listed = 0
         for model in list_models(args.prefix):
             print(f"{model.target_model}\t{model.size}\t{model.last_modified.isoformat()}")
             listed += 1
         if not listed:
             print(f"openmme models: {args.prefix} holds no models", file=sys.stderr)
+        # The aliases after the archives, marked so that a script reading TargetModels can tell them apart.
+        for document in list_aliases(args.prefix):
+            print(f"{document.alias}\talias\t{document.summary()}")
     except PublishError as exc:
         print(f"openmme models: {exc}", file=sys.stderr)
         return 1
@@ -428,7 +433,10 @@ def parser() -> argparse.ArgumentParser:
 
     models = commands.add_parser("models", help="what an endpoint's prefix holds")
     action = models.add_subparsers(dest="action", required=True)
-    listing = action.add_parser("list", help="TargetModel, size and last-modified of every model (tab-separated)")
+    listing = action.add_parser(
+        "list",
+        help="TargetModel, size and last-modified of every model, then each alias and its versions (tab-separated)",
+    )
     remove = action.add_parser("remove", help="delete one model from the prefix")
     remove.add_argument("name", metavar="NAME", help="the TargetModel, as `openmme models list` shows it")
     for sub in (listing, remove):

@@ -81,6 +81,21 @@ def test_the_cli_lists_name_size_and_time(prefix: str, capsys: pytest.CaptureFix
     assert [(name, size) for name, size, _ in lines] == [("a/model.tar.gz", "3"), ("b/model.tar.gz", "5")]
 
 
+def test_the_cli_lists_the_aliases_after_the_archives(prefix: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from openmme.publish.aliases import set_alias
+
+    publish_archive(b"123", prefix, "houston/v1/model.tar.gz")
+    publish_archive(b"1234", prefix, "houston/v2/model.tar.gz")
+    set_alias(prefix, "houston", ["houston/v1/model.tar.gz=90", "houston/v2/model.tar.gz=10"], check=False)
+
+    assert main(["models", "list", "--prefix", prefix]) == 0
+
+    lines = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
+    assert [line[0] for line in lines] == ["houston/v1/model.tar.gz", "houston/v2/model.tar.gz", "houston"]
+    assert lines[2][1] == "alias"
+    assert "houston/v1/model.tar.gz 90%" in lines[2][2] and "houston/v2/model.tar.gz 10%" in lines[2][2]
+
+
 def test_listing_a_missing_bucket_says_so() -> None:
     with pytest.raises(BucketNotFound, match="the bucket does not exist"):
         list(list_models("s3://no-such-bucket/prod/"))
