@@ -159,6 +159,15 @@ async def _read_bytes(reader: asyncio.StreamReader) -> bytes:
 # ---- the worker --------------------------------------------------------------------------------------------
 
 
+class _Expired(Exception):
+    """A request's time-out passed before its answer came."""
+
+
+def _expire(future: asyncio.Future[MmsResponse]) -> None:
+    if not future.done():
+        future.set_exception(_Expired())
+
+
 @dataclass(eq=False)
 class _Pending:
     request: Request
@@ -261,22 +270,24 @@ class ShardWorker:
             raise ServiceUnavailable(
                 f"dense shard {self.name} has {len(self._queue)} requests waiting (--job-queue-size); retry"
             )
-        pending = _Pending(Request(headers, body, content_type), asyncio.get_running_loop().create_future(), prediction)
+        loop = asyncio.get_running_loop()
+        pending = _Pending(Request(headers, body, content_type), loop.create_future(), prediction)
         self._queue.append(pending)
         self._wakeup.set()
+        # A timer on the future itself rather than wait_for(shield(...)): no task or future more per request.
+        timer = loop.call_later(timeout, _expire, pending.future)
         try:
-            return await asyncio.wait_for(asyncio.shield(pending.future), timeout)
-        except TimeoutError as exc:
-            pending.future.cancel()
+            return await pending.future
+        except _Expired as exc:
             log.error("dense shard %s did not answer within %g s: ending its worker", self.name, timeout)
             self.kill()
             if prediction:
                 message = f"the model did not answer within {timeout:g} s"
                 raise ModelError(message, original_status=408, original_message="timed out") from exc
             raise ServiceUnavailable(f"dense shard {self.name} did not answer within {timeout:g} s; retry") from exc
-        except asyncio.CancelledError:
-            pending.future.cancel()  # the caller went away: its answer, when it comes, is dropped
-            raise
+        finally:
+            timer.cancel()  # awaiting the future directly: a caller that goes away cancels it, and its answer,
+            # when it comes, is dropped
 
     async def _run(self) -> None:
         """Send what is queued, one message at a time, and hand each answer to its caller."""
