@@ -218,3 +218,32 @@ def test_predictions_beyond_the_queue_bound_are_refused_at_once_and_the_queued_o
     statuses, refused = asyncio.run(scenario())
     assert statuses == [200] * 5
     assert refused.status == 503 and "--job-queue-size" in str(refused)
+
+
+def test_a_worker_that_dies_idle_is_noticed_by_housekeeping_and_a_stop_is_prompt(store: Path) -> None:
+    ended: list[ShardWorker] = []
+
+    async def scenario() -> tuple[float, float]:
+        gone = asyncio.Event()
+        async with started(store) as worker:
+            worker.on_exit = lambda exited: (ended.append(exited), gone.set())
+            await _load(worker)
+            assert worker.pid is not None
+            os.kill(worker.pid, signal.SIGKILL)  # no request in it: nothing reads the socket
+            for _ in range(50):
+                if worker.process is not None and worker.process.poll() is not None:
+                    break
+                await asyncio.sleep(0.05)
+            started_at = asyncio.get_running_loop().time()
+            worker.check()  # housekeeping's round
+            await asyncio.wait_for(gone.wait(), 10)
+            noticed = asyncio.get_running_loop().time() - started_at
+            # A live worker, idle, stops at once: the channel closed, the worker gone, the pump out.
+            await worker.start(timeout=120)
+            stopping = asyncio.get_running_loop().time()
+            await worker.stop()
+            return noticed, asyncio.get_running_loop().time() - stopping
+
+    noticed, stopped = asyncio.run(scenario())
+    assert len(ended) == 2  # the dead one, then the stopped one
+    assert noticed < 1.0 and stopped < 2.0

@@ -287,6 +287,11 @@ class DenseBackend:
 
     # ---- housekeeping ----------------------------------------------------------------------------------
 
+    def check_shards(self) -> None:
+        """Housekeeping: a shard whose worker died while idle is started again now (see ShardWorker.check)."""
+        for shard in self.pool.shards:
+            shard.worker.check()
+
     def measure_shards(self) -> None:
         """Blocking: the shards' workers' memory, measured now."""
         for shard in self.pool.shards:

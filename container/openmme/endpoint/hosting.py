@@ -126,7 +126,9 @@ class MmsHosting:
         if orphans:
             await asyncio.to_thread(kill_processes, orphans, 2.0)
             log.warning("stopped %d MMS worker process(es) of models no longer loaded", len(orphans))
-        if measure_memory and self.dense.started():
-            await asyncio.to_thread(self.dense.measure_shards)
+        if self.dense.started():
+            self.dense.check_shards()
+            if measure_memory:
+                await asyncio.to_thread(self.dense.measure_shards)
         self.isolated.check(workers, sizes, since)
         self._models.recheck()

@@ -193,6 +193,7 @@ class ShardWorker:
     _wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     _in_worker: list[_Pending] = field(default_factory=list)  # the message the worker is answering
     _pump: asyncio.Task[None] | None = None
+    _closed: bool = False  # ended (killed or stopped): the pump leaves even when idle
     stopping: bool = False  # stopped on purpose: its end is not a failure
 
     @property
@@ -212,7 +213,7 @@ class ShardWorker:
             ours.close()
             self.kill()
             raise
-        self.stopping = False
+        self.stopping = self._closed = False
         try:
             self._writer.write(encode_load(self.name, str(self.model_dir), self.handler))
             code = await asyncio.wait_for(self._read_load_reply(), timeout)
@@ -294,7 +295,7 @@ class ShardWorker:
         assert self._reader is not None and self._writer is not None
         reader, writer = self._reader, self._writer
         try:
-            while True:
+            while not self._closed:
                 if not self._queue:
                     self._wakeup.clear()
                     await self._wakeup.wait()
@@ -312,6 +313,8 @@ class ShardWorker:
                     if not pending.future.done():
                         pending.future.set_result(reply)
                 batch.clear()
+            if not self.stopping:
+                log.warning("dense shard %s: its worker %s was ended", self.name, self.pid)
         except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
             if not self.stopping:
                 reason = exc or type(exc).__name__
@@ -329,28 +332,38 @@ class ShardWorker:
             self.on_exit(self)
 
     def kill(self) -> None:
-        """End the worker now (its requests fail with WorkerGone); it is not restarted here."""
+        """End the worker now (its requests fail with WorkerGone, ``on_exit`` follows); it is not restarted here."""
         if self.process is not None and self.process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 self.process.kill()
+        self._close()
+
+    def _close(self) -> None:
+        self._closed = True
+        self._wakeup.set()  # an idle pump leaves too
         if self._writer is not None:
             self._writer.close()
+
+    def check(self) -> None:
+        """Housekeeping: a worker that died while idle (no request to find out) is ended now, and ``on_exit``
+        follows, instead of on its next request."""
+        if self.alive() and self.process is not None and self.process.poll() is not None:
+            self.kill()
 
     async def stop(self, grace: float = 5.0) -> None:
         """Close the channel (the worker then exits by itself) and wait for it; killed after ``grace`` s."""
         self.stopping = True
-        if self._writer is not None:
-            self._writer.close()
-        if self._pump is not None:
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await asyncio.wait_for(asyncio.shield(self._pump), grace)
-        if self.process is not None:
-            process = self.process
+        process = self.process
+        self._close()
+        if process is not None:
             try:
                 await asyncio.wait_for(asyncio.to_thread(process.wait), grace)
             except TimeoutError:
                 self.kill()
                 await asyncio.to_thread(process.wait)
+        if self._pump is not None:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await self._pump
 
     def memory_bytes(self) -> int:
         """Blocking: the worker's proportional set size (0 when it is gone)."""
