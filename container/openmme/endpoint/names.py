@@ -6,6 +6,7 @@ checks, the model source and ``openmme publish`` all take these from here withou
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from openmme.endpoint.errors import ValidationError
 
@@ -16,11 +17,13 @@ __all__ = [
     "INVOKED_VARIANT",
     "MAX_TARGET_MODEL_LENGTH",
     "RESERVED_FOLDER",
+    "S3_MISSING_CODES",
     "SAGEMAKER_HEADER_PREFIX",
     "TARGET_MODEL",
     "TARGET_VARIANT",
     "S3Location",
     "async_target_model",
+    "s3_error_code",
     "validate_target_model",
 ]
 
@@ -111,3 +114,12 @@ def async_target_model(custom_attributes: str | None, header: str | None, defaul
         if equals and key.strip().lower() == "targetmodel" and value.strip():
             return value.strip()
     return header or default or None
+
+
+# The error codes S3 servers answer for an object (or a HEAD of one) that does not exist.
+S3_MISSING_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
+
+
+def s3_error_code(exc: Any) -> str:
+    """The ``Code`` of a botocore ``ClientError`` (``""`` when it has none)."""
+    return str(exc.response.get("Error", {}).get("Code", ""))

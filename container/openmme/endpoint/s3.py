@@ -17,14 +17,13 @@ import botocore.config
 import botocore.exceptions
 
 from openmme.endpoint.errors import EndpointError, ServiceUnavailable, ValidationError
-from openmme.endpoint.names import S3Location
+from openmme.endpoint.names import S3_MISSING_CODES, S3Location, s3_error_code
 
 __all__ = ["ModelSource", "S3Location", "make_client"]
 
 log = logging.getLogger(__name__)
 
 _CHUNK = 1024 * 1024
-_MISSING = {"404", "NoSuchKey", "NotFound"}
 _NO_BUCKET = {"NoSuchBucket"}
 
 
@@ -78,8 +77,8 @@ class ModelSource:
         return written
 
     def _translate(self, exc: botocore.exceptions.ClientError, target: str) -> EndpointError:
-        code = str(exc.response.get("Error", {}).get("Code", ""))
-        if code in _MISSING:
+        code = s3_error_code(exc)
+        if code in S3_MISSING_CODES:
             return ValidationError(f"model {target!r} is not in the model prefix {self.prefix}")
         if code in _NO_BUCKET:
             return ValidationError(f"the model prefix's bucket does not exist: {self.prefix}")

@@ -23,7 +23,7 @@ from typing import Any
 
 import botocore.exceptions
 
-from openmme.endpoint.names import S3Location
+from openmme.endpoint.names import S3_MISSING_CODES, S3Location, s3_error_code
 from openmme.transform.spec import TransformJob
 
 __all__ = [
@@ -42,7 +42,6 @@ __all__ = [
 ]
 
 FINGERPRINT = "openmme-transform"  # the output's user metadata key (x-amz-meta-openmme-transform)
-_MISSING = {"404", "NoSuchKey", "NotFound"}
 
 
 class TransformStoreError(RuntimeError):
@@ -164,7 +163,7 @@ def fingerprint_of(client: Any, location: S3Location) -> str | None:
     try:
         head = client.head_object(Bucket=location.bucket, Key=location.key)
     except botocore.exceptions.ClientError as exc:
-        if str(exc.response.get("Error", {}).get("Code", "")) in _MISSING:
+        if s3_error_code(exc) in S3_MISSING_CODES:
             return None
         raise _translate(exc, f"checking {location}") from exc
     except botocore.exceptions.BotoCoreError as exc:

@@ -37,7 +37,7 @@ import botocore.exceptions
 from boto3.s3.transfer import TransferConfig
 
 from openmme.endpoint.errors import ValidationError
-from openmme.endpoint.names import S3Location, validate_target_model
+from openmme.endpoint.names import S3_MISSING_CODES, S3Location, s3_error_code, validate_target_model
 from openmme.publish._errors import (
     ArtifactExists,
     BucketNotFound,
@@ -77,7 +77,6 @@ COPY_MULTIPART_CHUNKSIZE = 64 * MiB
 # S3's minimum part size; boto3 would silently use it for anything smaller.
 _MIN_PART = 5 * MiB
 
-_MISSING = {"404", "NoSuchKey", "NotFound"}
 _NO_BUCKET = {"NoSuchBucket"}
 _DENIED = {"403", "AccessDenied", "AllAccessDisabled", "InvalidAccessKeyId", "SignatureDoesNotMatch"}
 # Bucket names as S3 (including legacy us-east-1 names and S3-compatible stores) accepts them: letters, digits,
@@ -167,8 +166,8 @@ def require_bucket(client: Any, location: S3Location) -> None:
     try:
         client.head_bucket(Bucket=location.bucket)
     except botocore.exceptions.ClientError as exc:
-        code = str(exc.response.get("Error", {}).get("Code", ""))
-        if code in _MISSING | _NO_BUCKET:
+        code = s3_error_code(exc)
+        if code in S3_MISSING_CODES | _NO_BUCKET:
             raise BucketNotFound(f"bucket {location.bucket!r} of {location} does not exist") from exc
         if code not in _DENIED:
             raise translate(exc, f"checking bucket {location.bucket}") from exc
@@ -181,7 +180,7 @@ def object_size(client: Any, location: S3Location) -> int | None:
     try:
         head = client.head_object(Bucket=location.bucket, Key=location.key)
     except botocore.exceptions.ClientError as exc:
-        if str(exc.response.get("Error", {}).get("Code", "")) in _MISSING:
+        if s3_error_code(exc) in S3_MISSING_CODES:
             return None
         raise translate(exc, f"checking {location}") from exc
     except botocore.exceptions.BotoCoreError as exc:

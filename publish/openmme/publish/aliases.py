@@ -60,7 +60,7 @@ from openmme.endpoint.alias_state import (
     state_prefix,
     variant_name_for,
 )
-from openmme.endpoint.names import RESERVED_FOLDER, S3Location
+from openmme.endpoint.names import RESERVED_FOLDER, S3_MISSING_CODES, S3Location, s3_error_code
 from openmme.publish._errors import PublishError, StoreError
 from openmme.publish._s3 import check_target_model, object_size, parse_prefix, require_bucket, s3_client, translate
 from openmme.publish.check import check_archive
@@ -85,7 +85,6 @@ __all__ = [
 
 _PRECONDITION_FAILED = {"PreconditionFailed", "412"}
 _NOT_IMPLEMENTED = {"NotImplemented", "501"}
-_MISSING = {"404", "NoSuchKey", "NotFound"}
 # Rolling a half-written change forward, then trying again, happens at most this often per change.
 _MAX_ROLL_FORWARD = 3
 _PROBE_NAME = "conditional-write-probe"
@@ -474,7 +473,7 @@ def _put(client: Any, location: S3Location, body: bytes, **condition: str) -> bo
             Bucket=location.bucket, Key=location.key, Body=body, ContentType="application/json", **condition
         )
     except botocore.exceptions.ClientError as exc:
-        code = str(exc.response.get("Error", {}).get("Code", ""))
+        code = s3_error_code(exc)
         status = str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
         if code in _PRECONDITION_FAILED or status == "412":
             return False
@@ -519,7 +518,7 @@ def _read_json(client: Any, location: S3Location, alias: str) -> tuple[AliasDocu
         response = client.get_object(Bucket=location.bucket, Key=location.key)
         body = response["Body"].read()
     except botocore.exceptions.ClientError as exc:
-        if str(exc.response.get("Error", {}).get("Code", "")) in _MISSING:
+        if s3_error_code(exc) in S3_MISSING_CODES:
             return None
         raise translate(exc, f"reading {location}") from exc
     except botocore.exceptions.BotoCoreError as exc:

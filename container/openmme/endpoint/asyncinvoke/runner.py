@@ -50,7 +50,7 @@ from openmme.endpoint.errors import (
 )
 from openmme.endpoint.logs import access_log, log_json
 from openmme.endpoint.metrics import Metrics
-from openmme.endpoint.names import S3Location, validate_target_model
+from openmme.endpoint.names import S3_MISSING_CODES, S3Location, s3_error_code, validate_target_model
 from openmme.endpoint.s3 import make_client
 from openmme.endpoint.settings import Settings
 
@@ -67,7 +67,6 @@ RETRY_FIRST_S, RETRY_MAX_S, WRITE_RETRY_MAX_S = 1.0, 30.0, 60.0
 SKEW_S = 60.0
 _CHUNK = 1024 * 1024
 _TRANSIENT = (ModelNotReady, ServiceUnavailable, InsufficientMemory)
-_MISSING = {"404", "NoSuchKey", "NotFound"}
 _REFUSED = {"403", "AccessDenied", "NoSuchBucket", "InvalidAccessKeyId", "SignatureDoesNotMatch"}
 
 
@@ -399,8 +398,8 @@ class AsyncInvocations:
 
 
 def _translate(exc: botocore.exceptions.ClientError, location: S3Location) -> EndpointError:
-    code = str(exc.response.get("Error", {}).get("Code", ""))
-    if code in _MISSING:
+    code = s3_error_code(exc)
+    if code in S3_MISSING_CODES:
         return ValidationError(f"InputLocation {location} does not exist")
     if code in _REFUSED:
         return ValidationError(f"the endpoint may not read InputLocation {location}: {code}")
