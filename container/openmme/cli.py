@@ -192,7 +192,7 @@ def _alias(args: argparse.Namespace) -> int:
         done = library.rollback_alias(
             args.prefix, args.alias, args.to, reason=args.reason, expect_generation=args.expect_generation
         )
-        print(f"{args.alias} → {done.summary()} (generation {done.generation})")
+        _print_moved(done)
         return 0
     except PublishError as exc:
         print(f"openmme alias: {exc}", file=sys.stderr)
@@ -226,7 +226,7 @@ def _alias_set(args: argparse.Namespace) -> int:
         sample=sample,
         sample_content_type=args.sample_content_type or (content_type_for(args.sample) if args.sample else "text/csv"),
     )
-    print(f"{args.alias} → {done.summary()} (generation {done.generation})")
+    _print_moved(done)
     return 0
 
 
@@ -255,7 +255,7 @@ def _rollout(args: argparse.Namespace) -> int:
             done = library.promote_rollout(args.prefix, args.alias, reason=args.reason)
         else:
             done = library.rollback_rollout(args.prefix, args.alias, args.to, reason=args.reason)
-        print(f"{args.alias} → {done.summary()} (generation {done.generation})")
+        _print_moved(done)
         return 0
     except PublishError as exc:
         print(f"openmme rollout: {exc}", file=sys.stderr)
@@ -301,6 +301,11 @@ def _rollout_start(args: argparse.Namespace) -> int:
     )
     print(f"{args.alias}: {outcome.result}: {outcome.reason}")
     return 0 if outcome.result == "promoted" else 1
+
+
+def _print_moved(document: AliasDocument) -> None:
+    """What ``alias set``, ``alias rollback`` and ``rollout promote|rollback`` answer: where the alias points now."""
+    print(f"{document.alias} → {document.summary()} (generation {document.generation})")
 
 
 def _history_line(document: AliasDocument) -> str:
