@@ -30,7 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from harness import BUCKET, Endpoint, embedded_s3, get_json, invoke_headers, post, serve_flags
 from openmme.publish.samples import make_rows, sample_archive, train_booster
-from sections import MARKERS, section_main
+from sections import MARKERS, goal_table, section_main
 from warm import closed_loop
 
 START, END = MARKERS[3]
@@ -182,10 +182,8 @@ def markdown(results: dict[str, Any], command: str) -> str:
         f"{down['written'] - up['written']:.0f} written and {down['dropped'] - up['dropped']:.0f} dropped while it "
         "was down.",
         "",
-        "| goal | measured | met |",
-        "|---|---|:-:|",
+        *goal_table(goals(results)),
     ]
-    lines += [f"| {goal} | {measured} | {'✅' if met else '❌'} |" for goal, measured, met in goals(results)]
     lines.append(END)
     return "\n".join(lines) + "\n"
 

@@ -49,7 +49,7 @@ from harness import (
 )
 from many_models import replay, zipf_trace
 from openmme.publish.samples import make_rows, sample_archive, train_booster
-from sections import MARKERS, section_main
+from sections import MARKERS, goal_table, section_main
 from warm import closed_loop
 
 MIB = 2**20
@@ -295,10 +295,8 @@ def markdown(results: dict[str, Any], command: str) -> str:
         f"{isolated['zipf']['p50_ms']:.1f} / {isolated['zipf']['p99_ms']:.1f} |",
         f"| Zipf: models loaded at the end | {both(('zipf', 'loaded_at_end'), 'd')} |",
         "",
-        "| goal | measured | met |",
-        "|---|---|:-:|",
+        *goal_table(goals(results)),
     ]
-    lines += [f"| {goal} | {measured} | {'✅' if met else '❌'} |" for goal, measured, met in goals(results)]
     lines += [
         "",
         f"Zipf: {sizes['trace']} requests, the first {sizes['warm_up']} not counted, 8 closed-loop clients. "

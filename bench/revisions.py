@@ -63,7 +63,7 @@ from harness import (
     wrk_version,
 )
 from openmme.publish.samples import make_rows, sample_archive, train_booster
-from sections import MARKERS, replace_section
+from sections import MARKERS, goal_table, replace_section
 
 START, END = MARKERS[2]
 MODES = ("dense", "isolated")
@@ -314,8 +314,7 @@ def markdown(results: dict[str, Any]) -> str:
             f"| {mode} | **ratio working tree / base** | **{ratio['requests_per_second']:.3f}x** | "
             f"**{ratio['p50_ms']:.3f}x** | {ratio['p99_ms']:.3f}x | {ratio['cpu_ms_per_request']:.3f}x | |"
         )
-    lines += ["", "| goal | measured | met |", "|---|---|:-:|"]
-    lines += [f"| {goal} | {measured} | {'✅' if met else '❌'} |" for goal, measured, met in goals(results)]
+    lines += ["", *goal_table(goals(results))]
     same = all(results["modes"][mode]["same_answer"] for mode in MODES)
     lines += [
         "",

@@ -10,13 +10,13 @@ import argparse
 import json
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from harness import ROOT, describe_machine
 
-__all__ = ["MARKERS", "keep_sections", "replace_section", "section_main"]
+__all__ = ["MARKERS", "goal_table", "keep_sections", "replace_section", "section_main"]
 
 # (start, end) of every section a separate benchmark writes.
 MARKERS = (
@@ -27,6 +27,15 @@ MARKERS = (
     ("<!-- transform:start -->", "<!-- transform:end -->"),
     ("<!-- aliases:start -->", "<!-- aliases:end -->"),
 )
+
+
+def goal_table(goals: Iterable[tuple[str, str, bool]]) -> list[str]:
+    """A section's goals as Markdown table lines: each goal, what was measured, and ✅ or ❌."""
+    return [
+        "| goal | measured | met |",
+        "|---|---|:-:|",
+        *(f"| {goal} | {measured} | {'✅' if met else '❌'} |" for goal, measured, met in goals),
+    ]
 
 
 def replace_section(document: str, section: str, start: str, end: str) -> str:

@@ -57,7 +57,7 @@ from harness import (
 from openmme.publish.samples import make_rows, sample_archive, train_booster
 from openmme.transform import DataProcessing, EndpointTarget, TransformJob, run_transform
 from openmme.transform.records import filter_inputs, payload_batches, split_records
-from sections import section_main
+from sections import goal_table, section_main
 from warm import closed_loop
 
 START, END = "<!-- transform:start -->", "<!-- transform:end -->"
@@ -325,10 +325,8 @@ def markdown(results: dict[str, Any], command: str) -> str:
         "resends bytes it holds; shared is one machine for all, where the transform's own work and the S3 server's "
         "come out of the endpoint's cores.",
         "",
-        "| goal | measured | met |",
-        "|---|---|:-:|",
+        *goal_table(goals(results)),
     ]
-    lines += [f"| {goal} | {measured} | {'✅' if met else '❌'} |" for goal, measured, met in goals(results)]
     lines.append(END)
     return "\n".join(lines) + "\n"
 
