@@ -1,8 +1,9 @@
 """The alias document: what an alias of a model prefix points at, how it is laid out in the prefix, and how one
-request picks a version. A leaf (it imports only names.py and errors.py), shared by the endpoint (aliases.py, which
-resolves invocations with it) and ``openmme.publish.aliases`` (which writes it).
+request picks a version. A leaf (it imports only names.py, errors.py and pipeline_manifest.py), shared by the
+endpoint (aliases.py, which resolves invocations with it) and ``openmme.publish.aliases`` (which writes it).
 
-An alias is a TargetModel that names no archive but a set of versions (immutable archives of the prefix), each
+An alias is a TargetModel that names no archive but a set of versions (immutable archives of the prefix, or
+pipeline manifests: pipeline_manifest.py), each
 with a *variant* name (SageMaker's VariantName rules: the ``x-Amzn-Invoked-Production-Variant`` answered, and what
 ``TargetVariant`` pins) and a weight, the percent of the alias's traffic it gets; an optional *shadow* version
 gets a mirrored sample whose answers are never returned. Layout, under the prefix:
@@ -32,6 +33,7 @@ from typing import Any
 
 from openmme.endpoint.errors import ValidationError
 from openmme.endpoint.names import RESERVED_FOLDER, validate_target_model
+from openmme.endpoint.pipeline_manifest import PIPELINE_SUFFIX, is_pipeline
 
 __all__ = [
     "ALIAS_FORMAT",
@@ -349,8 +351,10 @@ def check_alias_name(alias: str) -> str:
             f"{alias!r} is not an alias name: segments of letters, digits, '_', '.', '-' separated by '/', each"
             " starting with a letter or digit"
         )
-    if alias.endswith(_ARCHIVE_SUFFIXES):
-        raise AliasInvalid(f"{alias!r} ends like an archive; an alias name must not (e.g. houston, houston/live)")
+    if alias.endswith(_ARCHIVE_SUFFIXES) or is_pipeline(alias):
+        raise AliasInvalid(
+            f"{alias!r} ends like an archive or a pipeline; an alias name must not (e.g. houston, houston/live)"
+        )
     return alias
 
 
@@ -358,7 +362,7 @@ def variant_name_for(alias: str, target: str) -> str:
     """A variant name for ``target`` as a version of ``alias``: ``houston/v7/model.tar.gz`` → ``v7``,
     ``houston/model-v2.tar.gz`` → ``model-v2``, ``m-17.tar.gz`` → ``m-17``."""
     stem = target
-    for suffix in _ARCHIVE_SUFFIXES:
+    for suffix in (*_ARCHIVE_SUFFIXES, PIPELINE_SUFFIX):
         if stem.endswith(suffix):
             stem = stem[: -len(suffix)]
             break

@@ -28,7 +28,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -163,6 +163,9 @@ class AliasTable:
         self._blocked: dict[str, tuple[int, float]] = {}  # a switch that failed: its generation, retry time
         self._unreachable = False
         self.figures = AliasFigures(metrics)
+        # The archives a version that is a pipeline runs (set by the data plane when pipelines are served): a warm
+        # switch loads them. None: every version is an archive.
+        self.expand: Callable[[str], Awaitable[list[str]]] | None = None
         registry = metrics.registry
         self.refresh_failures = Counter(
             "openmme_alias_refresh_failures", "Refreshes of the alias documents that could not read S3.",
@@ -363,12 +366,15 @@ class AliasTable:
                 del self._switching[alias]
 
     async def _load(self, target: str) -> BaseException | None:
-        """Load ``target`` as a request would (evicting what the budgets say); the error, or None."""
+        """Load ``target`` as a request would (evicting what the budgets say), or each archive it runs when it is a
+        pipeline; the error, or None."""
         try:
-            async with self.cache.use(target, wait=WARM_WAIT_S, counted=False):
-                return None
+            for archive in await self.expand(target) if self.expand is not None else [target]:
+                async with self.cache.use(archive, wait=WARM_WAIT_S, counted=False):
+                    pass
         except (EndpointError, OSError) as exc:
             return exc
+        return None
 
     def _install(self, document: AliasDocument, etag: str, switch_seconds: float = 0.0, quiet: bool = False) -> None:
         alias = document.alias

@@ -10,6 +10,13 @@ line, whatever the outcome and however many attempts it took; once answered, it 
 answer names the variant that answered (``x-Amzn-Invoked-Production-Variant``): the alias's version, or
 ``AllTraffic`` for an archive invoked by its name.
 
+A pipeline (a TargetModel ending in ``.pipeline.json``, pipeline_manifest.py; or any TargetModel, with
+``--pipeline``) runs its steps in order, each an ordinary model of the cache, as SageMaker runs a serial inference
+pipeline's containers: the client's Content-Type goes to the first step and its Accept to the last, each step's
+answer is the next one's body with its Content-Type, a step followed by another is asked in the Accept its manifest
+entry names, else in its archive's default (``openmme.json``), else in none (the handler's default). CustomAttributes
+and the InferenceId go to every step. An error names the step that failed.
+
 The front (app.py) turns HTTP into an ``Invocation`` and an ``Answer`` or an ``EndpointError`` back into HTTP;
 the container API's model calls (list, describe, load, unload) go through here too, so that the data plane is
 the one caller of the cache.
@@ -17,6 +24,7 @@ the one caller of the cache.
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -36,13 +44,16 @@ from openmme.endpoint.errors import (
 from openmme.endpoint.logs import access_log, log_json
 from openmme.endpoint.metrics import Metrics
 from openmme.endpoint.names import CUSTOM_ATTRIBUTES, INFERENCE_ID, INVOKED_VARIANT, validate_target_model
+from openmme.endpoint.pipeline_manifest import TARGET_STEP, PipelineManifest, is_pipeline, split_pipeline_target
+from openmme.endpoint.pipelines import Pipelines
+from openmme.endpoint.settings import MAX_BODY_BYTES
 from openmme.endpoint.shadow import Mirror
 from openmme.handlers import ERROR_HEADER
 
 if TYPE_CHECKING:
     from openmme.endpoint.capture import Capturer
 
-__all__ = ["Answer", "DataPlane", "Invocation"]
+__all__ = ["Answer", "DataPlane", "Invocation", "PlannedStep"]
 
 # Bodies MMS parses into form parameters instead of passing them on: the model would see no body at all.
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
@@ -63,6 +74,15 @@ class Invocation:
 
 
 @dataclass(frozen=True)
+class PlannedStep:
+    """One step of a pipeline, bound for one request: the archive it runs and how errors name it."""
+
+    target: str
+    accept: str | None  # asked of it when another step follows (None: its archive's default, else its handler's)
+    where: str  # "step 2 of 3 of pipeline 'x.pipeline.json'"
+
+
+@dataclass(frozen=True)
 class Answer:
     """A prediction: the model's bytes and the runtime API's headers."""
 
@@ -80,8 +100,10 @@ class DataPlane:
         metrics: Metrics,
         capture: Capturer | None = None,
         aliases: AliasTable | None = None,
+        pipelines: Pipelines | None = None,
     ) -> None:
         self.cache = cache
+        self.pipelines = pipelines  # pipeline manifests (pipelines.py); None: TargetModels run alone
         self.capture = capture  # data capture (capture.py), offered every answered invocation; None: off
         self.aliases = aliases  # the aliases of the prefix (aliases.py); None: no aliases
         self.mirror = Mirror(self._shadow_call, aliases, cache.settings.shadow_concurrency) if aliases else None
@@ -90,6 +112,8 @@ class DataPlane:
         self.metrics = metrics
         source = cache.store.source
         self.prefix = source.prefix if source is not None else None
+        if aliases is not None and pipelines is not None:
+            aliases.expand = self.pipeline_archives  # an alias version that is a pipeline: its steps load first
 
     async def invoke(self, call: Invocation) -> Answer:
         """One invocation: validate, resolve, hold the model loaded (loading it on a miss), predict, answer; logged
@@ -114,7 +138,7 @@ class DataPlane:
                 record["variant"], record["version"] = resolution.variant, target
             _refuse_form(call.content_type, target)
             body = await call.read_body()
-            answer = await self._run(target, body, call.headers, record, resolution.variant)
+            answer = await self._execute(target, body, call.headers, record, resolution.variant)
             status = 200
             if self.capture is not None:
                 self.capture.offer(target, call.headers, body, answer.body, answer.content_type)
@@ -152,9 +176,96 @@ class DataPlane:
             )
         return Resolution(name)
 
+    async def pipeline_archives(self, target: str) -> list[str]:
+        """The archives ``target`` runs: its steps' (their aliases' versions as served now) when it is a pipeline,
+        else itself (through ``--pipeline``'s steps when one is set)."""
+        if self.pipelines is None or not (is_pipeline(target) or self.pipelines.default):
+            return [target]
+        manifest, inner = await self._manifest_of(target)
+        if inner is None and manifest.takes_target:
+            return [step.model for step in manifest.steps if step.model != TARGET_STEP]  # warmed with no model
+        return [step.target for step in self._bind(manifest, inner, {})]
+
     async def _shadow_call(self, target: str, body: bytes, headers: Mapping[str, str]) -> Answer:
         """A mirrored invocation (shadow.py): through the cache and backend as any request, logged by the mirror."""
-        return await self._run(target, body, headers, {}, ALL_TRAFFIC)
+        return await self._execute(target, body, headers, {}, ALL_TRAFFIC)
+
+    async def _execute(
+        self, target: str, body: bytes, headers: Mapping[str, str], record: dict[str, object], variant: str
+    ) -> Answer:
+        """``target`` run alone, or, when it is a pipeline (or ``--pipeline`` names one), its steps in order."""
+        if self.pipelines is None or not (is_pipeline(target) or self.pipelines.default):
+            return await self._run(target, body, headers, record, variant)
+        manifest, inner = await self._manifest_of(target)
+        steps = self._bind(manifest, inner, headers)
+        return await self._run_steps(manifest, steps, body, headers, record, variant)
+
+    async def _manifest_of(self, target: str) -> tuple[PipelineManifest, str | None]:
+        """The manifest ``target`` runs through, and the model its ``{TargetModel}`` step stands for."""
+        assert self.pipelines is not None
+        if is_pipeline(target):
+            name, inner = split_pipeline_target(target)
+        else:
+            name, inner = self.pipelines.default, target
+        return await self.pipelines.manifest(name), inner
+
+    def _bind(self, manifest: PipelineManifest, inner: str | None, headers: Mapping[str, str]) -> list[PlannedStep]:
+        """The manifest's steps for this request: ``{TargetModel}`` filled in, an alias resolved to the version it
+        picks for this request (as for a direct call of the alias)."""
+        steps = manifest.bound(inner)
+        planned = []
+        for index, step in enumerate(steps, 1):
+            where = f"step {index} of {len(steps)} of pipeline {manifest.name!r}"
+            target = step.model
+            if self.aliases is not None:
+                chosen = self.aliases.resolve(target, headers.get(INFERENCE_ID), headers.get(CUSTOM_ATTRIBUTES), None)
+                if chosen is not None:
+                    target = chosen.target
+            if is_pipeline(target):
+                raise ValidationError(
+                    f"{where} resolves to pipeline {target!r}: steps are models, pipelines do not nest"
+                )
+            planned.append(PlannedStep(target, step.accept, where))
+        return planned
+
+    async def _run_steps(
+        self,
+        manifest: PipelineManifest,
+        steps: list[PlannedStep],
+        body: bytes,
+        headers: Mapping[str, str],
+        record: dict[str, object],
+        variant: str,
+    ) -> Answer:
+        """The steps in order, each answer the next one's request; the last one's answer is the pipeline's."""
+        records: list[dict[str, object]] = []
+        record["pipeline"], record["steps"] = manifest.name, records
+        request = dict(headers)
+        last = len(steps) - 1
+        for index, step in enumerate(steps):
+            step_headers = dict(request)
+            if index < last:
+                step_headers.pop("Accept", None)
+                if step.accept is not None:
+                    step_headers["Accept"] = step.accept
+            step_record: dict[str, object] = {"model": step.target}
+            records.append(step_record)
+            try:
+                reply = await self._call(step.target, body, step_headers, step_record)
+                if index == last or reply.status != 200:  # the pipeline's answer, or the step's error raised
+                    return _answer(step.target, reply, headers, variant, step.where)
+            except EndpointError as error:
+                raise _in_step(error, step) from error
+            if len(reply.body) > MAX_BODY_BYTES:
+                following = steps[index + 1]
+                message = (
+                    f"{step.where} ({step.target!r}) answered {len(reply.body)} bytes for step {index + 2}"
+                    f" ({following.target!r}), over the {MAX_BODY_BYTES}-byte limit of one invocation"
+                )
+                raise ModelError(message, original_status=413)
+            body = reply.body
+            request["Content-Type"] = _content_type(reply)
+        raise AssertionError("a pipeline has at least two steps")
 
     async def _run(
         self,
@@ -165,6 +276,11 @@ class DataPlane:
         variant: str = ALL_TRAFFIC,
     ) -> Answer:
         """Through the cache to the model; sent again once when the backend lost the model meanwhile."""
+        return _answer(target, await self._call(target, body, headers, record), headers, variant)
+
+    async def _call(self, target: str, body: bytes, headers: Mapping[str, str], record: dict[str, object]) -> Reply:
+        """The model's reply, whatever its status; the request is sent again once when the backend lost the model
+        meanwhile. A request that asks no Accept (or ``*/*``) is asked the archive's default, when it sets one."""
         hit = self.cache.is_ready(target)
         record["cache"] = "hit" if hit else "miss"
         for attempt in range(2):
@@ -174,6 +290,8 @@ class DataPlane:
                 if not hit:
                     _record_load(entry, record)
                 predicting = time.perf_counter()
+                if entry.default_accept is not None and headers.get("Accept", "*/*") == "*/*":
+                    headers = {**headers, "Accept": entry.default_accept}
                 try:
                     route = self.backend.route(entry)
                 except ModelLost:
@@ -184,7 +302,7 @@ class DataPlane:
                     record["predict_ms"] = _ms_since(predicting)
                     continue  # its workers died, or the host forgot it: loaded again on the next attempt
                 record["predict_ms"] = _ms_since(predicting)
-                return _answer(target, reply, headers, variant)
+                return reply
         raise ServiceUnavailable(f"model {target!r} could not be kept loaded; retry")
 
     # ---- the container API's model calls ----------------------------------------------------------------
@@ -199,7 +317,10 @@ class DataPlane:
         return self.cache.is_ready(name)
 
     def summary(self) -> dict[str, Any]:
-        return self.cache.snapshot()
+        summary = self.cache.snapshot()
+        if self.pipelines is not None:
+            summary["pipelines"] = self.pipelines.describe()
+        return summary
 
     async def shards(self) -> dict[str, Any]:
         """What each dense shard's worker says it holds and has loaded, by shard name."""
@@ -251,9 +372,25 @@ def _ms_since(started: float) -> float:
     return round((time.perf_counter() - started) * 1000, 2)
 
 
-def _answer(target: str, reply: Reply, request_headers: Mapping[str, str], variant: str) -> Answer:
+def _content_type(reply: Reply) -> str:
+    return reply.headers.get("Content-Type", "application/octet-stream").split(";")[0]
+
+
+def _in_step(error: EndpointError, step: PlannedStep) -> EndpointError:
+    """``error`` (a step's load or call failed) with the step named, unless its message names it already."""
+    if step.where in error.message:
+        return error
+    named = copy.copy(error)
+    named.message = f"{step.where} ({step.target!r}): {error.message}"
+    named.args = (named.message,)
+    return named
+
+
+def _answer(
+    target: str, reply: Reply, request_headers: Mapping[str, str], variant: str, step: str | None = None
+) -> Answer:
     """The runtime API's answer to the model's reply: the prediction (naming the ``variant`` that answered), or the
-    right typed error."""
+    right typed error (naming the pipeline ``step`` that answered it, if it is one)."""
     if reply.status == 200:
         headers = {INVOKED_VARIANT: variant}
         attributes = reply.headers.get(CUSTOM_ATTRIBUTES) or request_headers.get(CUSTOM_ATTRIBUTES)
@@ -261,13 +398,13 @@ def _answer(target: str, reply: Reply, request_headers: Mapping[str, str], varia
             headers[CUSTOM_ATTRIBUTES] = attributes
         if INFERENCE_ID in request_headers:
             headers[INFERENCE_ID] = request_headers[INFERENCE_ID]
-        content_type = reply.headers.get("Content-Type", "application/octet-stream").split(";")[0]
-        return Answer(reply.body, content_type, headers)
+        return Answer(reply.body, _content_type(reply), headers)
     message = reply.message
     if reply.headers.get(ERROR_HEADER) or reply.status not in (503, 507):
         side = "client" if 400 <= reply.status < 500 else "server"
+        model = f"model {target!r}" if step is None else f"model {target!r} ({step})"
         raise ModelError(
-            f'Received {side} error ({reply.status}) from model {target!r} with message "{message}".',
+            f'Received {side} error ({reply.status}) from {model} with message "{message}".',
             original_status=reply.status,
             original_message=message,
         )

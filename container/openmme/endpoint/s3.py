@@ -76,6 +76,21 @@ class ModelSource:
             raise ServiceUnavailable(f"the model store {self.prefix} cannot be reached: {exc}") from exc
         return written
 
+    def read(self, target: str, max_bytes: int) -> bytes:
+        """A small object of the prefix (a pipeline manifest), whole; ValidationError when the prefix holds no such
+        object or it is larger than ``max_bytes``."""
+        location = self.prefix.child(target)
+        try:
+            response = self._client.get_object(Bucket=location.bucket, Key=location.key)
+            if int(response["ContentLength"]) > max_bytes:
+                response["Body"].close()
+                raise ValidationError(f"{location} is larger than the {max_bytes}-byte limit")
+            return bytes(response["Body"].read())
+        except botocore.exceptions.ClientError as exc:
+            raise self._translate(exc, target) from exc
+        except botocore.exceptions.BotoCoreError as exc:
+            raise ServiceUnavailable(f"the model store {self.prefix} cannot be reached: {exc}") from exc
+
     def _translate(self, exc: botocore.exceptions.ClientError, target: str) -> EndpointError:
         code = s3_error_code(exc)
         if code in S3_MISSING_CODES:

@@ -34,6 +34,7 @@ from openmme.endpoint.lock import CacheDirError, CacheDirLock
 from openmme.endpoint.logs import EventLog, configure_logging
 from openmme.endpoint.metrics import Metrics
 from openmme.endpoint.mms import MmsClient, MmsProcess
+from openmme.endpoint.pipelines import Pipelines
 from openmme.endpoint.s3 import ModelSource, S3Location
 from openmme.endpoint.settings import Settings
 from openmme.endpoint.tls import TlsConfigError, tls_context
@@ -178,7 +179,8 @@ async def _run_owned(
             if source is not None and settings.alias_refresh:  # aliases of the prefix (aliases.py)
                 aliases = AliasTable(settings, cache, metrics, AliasReader(source.prefix))
                 await aliases.start()  # before the front serves: the documents as S3 (or the last run) has them
-            plane = DataPlane(cache, metrics, capture, aliases)
+            pipelines = Pipelines.from_settings(settings, source)  # checked already by serve()
+            plane = DataPlane(cache, metrics, capture, aliases, pipelines)
             app = build_app(settings, plane, mms, metrics, keys, preload)
             asynchronous = None
             if settings.async_output_path:  # InvokeEndpointAsync on
@@ -240,7 +242,8 @@ def serve(settings: Settings) -> None:
         tls = tls_context(settings)
         for warning in check_keeping(settings):
             log.warning("%s", warning)
-    except (AuthConfigError, TlsConfigError, KeepingConfigError) as exc:
+        Pipelines.from_settings(settings, None)  # a --pipeline-file that cannot be served stops the start
+    except (AuthConfigError, TlsConfigError, KeepingConfigError, ValueError) as exc:
         raise SystemExit(f"openmme serve: {exc}") from None
     # The main thread runs the event loop, which starts MMS: a thread that lives as long as the process (see
     # MmsProcess.start).

@@ -165,6 +165,19 @@ def _opt(
     return field(default=default, metadata={"help": help, "parse": parse, "metavar": metavar, "repeated": repeated})
 
 
+def _parse_pipeline_name(value: str) -> str:
+    if value and not value.endswith(".pipeline.json"):
+        raise ValueError(f"a pipeline manifest's name ends in .pipeline.json: {value!r}")
+    return value
+
+
+def _parse_pipeline_file(value: str) -> tuple[str, Path]:
+    name, equals, path = value.partition("=")
+    if not equals or not path:
+        raise ValueError(f"expected NAME.pipeline.json=PATH, got {value!r}")
+    return _parse_pipeline_name(name), Path(path)
+
+
 def _metavar(spec: dataclasses.Field[Any]) -> str:
     """What ``--help`` shows after a flag: the field's own, else its kind of value (a size, a path, a number)."""
     parse = spec.metadata["parse"]
@@ -445,6 +458,23 @@ class Settings:
         "mirrored invocations of shadow versions running at once; past it an invocation is not mirrored",
         _parse_positive,
         "N",
+    )
+    # Inference pipelines (pipeline_manifest.py, pipelines.py): a TargetModel ending in .pipeline.json runs its steps.
+    pipeline: str = _opt(
+        "",
+        "a pipeline manifest (a key of the prefix ending in .pipeline.json, with a {TargetModel} step) that every"
+        " invocation of a TargetModel that is no pipeline runs through, as SageMaker's PipelineModel([featurizer,"
+        " MultiDataModel]) (empty: a TargetModel runs alone)",
+        _parse_pipeline_name,
+        "NAME.pipeline.json",
+    )
+    pipeline_file: tuple[tuple[str, Path], ...] = _opt(
+        (),
+        "serve the local manifest file PATH as the pipeline NAME, before S3's (to try a pipeline before publishing"
+        " it: openmme pipeline publish does); repeatable",
+        _parse_pipeline_file,
+        "NAME.pipeline.json=PATH",
+        repeated=True,
     )
     # Per-model dependencies (environments.py): a script model's code/requirements.txt, built into an environment
     # of its own, shared by the models that name the same requirements.

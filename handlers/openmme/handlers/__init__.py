@@ -57,8 +57,10 @@ MODEL_HEADER = "X-Openmme-Model"
 OP_HEADER = "X-Openmme-Op"
 
 # An optional file at an archive's root with openmme's settings for that one model: {"hosting": "isolated"},
-# {"modelCache": "disabled"}.
+# {"modelCache": "disabled"}, {"environment": {"SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT": "text/csv"}}.
 SETTINGS_FILE_NAME = "openmme.json"
+# The answer's type when a request asks none: set by the endpoint's environment, or by one archive's openmme.json.
+DEFAULT_ACCEPT_VARIABLE = "SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT"
 # SageMaker's ModelCacheSetting values (MultiModelConfig), as openmme spells them; an archive may write either case.
 MODEL_CACHE_SETTINGS = ("enabled", "disabled")
 
@@ -148,9 +150,18 @@ def choose_model_cache(model_dir: pathlib.Path, default: str) -> str:
     return str(_archive_settings(model_dir).get("modelCache", default))
 
 
+def choose_default_accept(model_dir: pathlib.Path) -> str | None:
+    """The Accept the model at ``model_dir`` answers in when a request asks none (or ``*/*``): the archive's
+    ``openmme.json`` ``{"environment": {"SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT": "text/csv"}}``, as a SageMaker
+    container's environment sets it; None: the handler's own default (the endpoint's environment). Raises
+    UnsupportedArchive for a malformed file."""
+    return _archive_settings(model_dir).get(DEFAULT_ACCEPT_VARIABLE)
+
+
 def _archive_settings(model_dir: pathlib.Path) -> dict[str, str]:
     """The archive's ``openmme.json``, checked (``{}`` without one): ``hosting`` and ``modelCache`` as openmme
-    spells their values. Raises UnsupportedArchive for a malformed file."""
+    spells their values, and the default accept its ``environment`` sets. Raises UnsupportedArchive for a
+    malformed file."""
     settings_file = pathlib.Path(model_dir, SETTINGS_FILE_NAME)
     if not settings_file.is_file():
         return {}
@@ -160,10 +171,11 @@ def _archive_settings(model_dir: pathlib.Path) -> dict[str, str]:
         raise UnsupportedArchive(f"{SETTINGS_FILE_NAME} is not valid JSON: {exc}") from exc
     if not isinstance(settings, dict):
         raise UnsupportedArchive(f'{SETTINGS_FILE_NAME} must be a JSON object, e.g. {{"hosting": "{ISOLATED}"}}')
-    unknown = sorted(set(settings) - {"hosting", "modelCache"})
+    unknown = sorted(set(settings) - {"hosting", "modelCache", "environment"})
     if unknown:
         raise UnsupportedArchive(
-            f"{SETTINGS_FILE_NAME} has unknown settings {', '.join(unknown)}; it takes hosting and modelCache"
+            f"{SETTINGS_FILE_NAME} has unknown settings {', '.join(unknown)}; it takes hosting, modelCache and"
+            " environment"
         )
     checked: dict[str, str] = {}
     if "hosting" in settings:
@@ -177,4 +189,28 @@ def _archive_settings(model_dir: pathlib.Path) -> dict[str, str]:
         if not isinstance(value, str) or value.lower() not in MODEL_CACHE_SETTINGS:
             raise UnsupportedArchive(f'{SETTINGS_FILE_NAME}: "modelCache" must be "Enabled" or "Disabled"')
         checked["modelCache"] = value.lower()
+    if "environment" in settings:
+        checked.update(_environment(settings["environment"]))
     return checked
+
+
+def _environment(environment: object) -> dict[str, str]:
+    """The ``environment`` of ``openmme.json``: the one variable a model of a shared endpoint may set."""
+    if not isinstance(environment, dict) or not all(
+        isinstance(key, str) and isinstance(value, str) for key, value in environment.items()
+    ):
+        raise UnsupportedArchive(f'{SETTINGS_FILE_NAME}: "environment" must be an object of strings')
+    unknown = sorted(set(environment) - {DEFAULT_ACCEPT_VARIABLE})
+    if unknown:
+        raise UnsupportedArchive(
+            f'{SETTINGS_FILE_NAME}: "environment" sets {", ".join(unknown)}; a model of a shared endpoint may set'
+            f" only {DEFAULT_ACCEPT_VARIABLE} (the rest of the environment is the endpoint's)"
+        )
+    accept = environment.get(DEFAULT_ACCEPT_VARIABLE)
+    if accept is None:
+        return {}
+    if "/" not in accept or not accept.isprintable() or "," in accept:
+        raise UnsupportedArchive(
+            f"{SETTINGS_FILE_NAME}: {DEFAULT_ACCEPT_VARIABLE} must be one MIME type, not {accept!r}"
+        )
+    return {DEFAULT_ACCEPT_VARIABLE: accept}

@@ -45,7 +45,7 @@ import numpy as np
 import numpy.typing as npt
 import xgboost
 
-from openmme.handlers import find_booster
+from openmme.handlers import DEFAULT_ACCEPT_VARIABLE, find_booster
 from openmme.handlers._decoding import CSV, REQUEST_KINDS, Rows, parse_rows, request_kind
 from openmme.handlers._mms import (
     HandlerError,
@@ -87,7 +87,7 @@ logger = logging.getLogger(__name__)
 
 ALLOW_PICKLE_ENV = "OPENMME_ALLOW_PICKLE"
 # The sagemaker-inference toolkit's: the Accept of a request that names none (or */*).
-DEFAULT_ACCEPT_ENV = "SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT"
+DEFAULT_ACCEPT_ENV = DEFAULT_ACCEPT_VARIABLE
 # Set (to anything) by SageMaker batch transform: CSV answers become a line per row.
 BATCH_ENV = "SAGEMAKER_BATCH"
 # The Accept parameter that names one of openmme's own answer shapes.

@@ -52,7 +52,7 @@ from openmme.endpoint.errors import Conflict, InsufficientMemory, ModelError, Mo
 from openmme.endpoint.logs import log_task_failure
 from openmme.endpoint.policy import FrequencySketch, Slot, admits, disk_victims, memory_victims
 from openmme.endpoint.settings import Settings
-from openmme.handlers import UnsupportedArchive, choose_model_cache
+from openmme.handlers import UnsupportedArchive, choose_default_accept, choose_model_cache
 
 __all__ = ["ModelCache", "budgets_for"]
 
@@ -232,7 +232,7 @@ class ModelCache:
         try:
             await self.backend.prepare(entry)
             if entry.managed:
-                entry.model_cache = await asyncio.to_thread(self._model_cache_of, entry)
+                entry.model_cache, entry.default_accept = await asyncio.to_thread(self._settings_of, entry)
             self._refuse_beside_pinned(entry)
             await self._make_memory_room(keep=entry, loading=True)
             started = time.perf_counter()
@@ -256,10 +256,11 @@ class ModelCache:
             raise InsufficientMemory(no_room)
         await self._make_memory_room(keep=entry, loading=True)
 
-    def _model_cache_of(self, entry: Entry) -> str:
-        """Blocking: ``enabled`` or ``disabled``, as the archive's openmme.json or else --model-cache says."""
+    def _settings_of(self, entry: Entry) -> tuple[str, str | None]:
+        """Blocking: the model cache setting (``enabled`` or ``disabled``, as the archive's openmme.json or else
+        --model-cache says) and the default accept the archive sets (None: none)."""
         try:
-            return choose_model_cache(entry.path, self.settings.model_cache)
+            return choose_model_cache(entry.path, self.settings.model_cache), choose_default_accept(entry.path)
         except UnsupportedArchive as exc:
             raise ModelError(f"model {entry.target!r} cannot be served: {exc}", original_status=400) from exc
 

@@ -65,6 +65,7 @@ class Entry:
     hosting: str = ""  # dense or isolated: set by the backend when it prepares the load
     pinned: bool = False  # matches a --pin: eviction (budgets, idle TTL, a disabled model cache) never removes it
     model_cache: str = ""  # enabled or disabled (unloaded after each call): set by the cache when it loads
+    default_accept: str | None = None  # asked of it when a request asks no Accept: its openmme.json's, if any
     replicas: dict[int, int] = field(default_factory=dict)  # dense: shard index → bytes held there (the backend's)
     disk_bytes: int = 0
     memory_bytes: int = 0
