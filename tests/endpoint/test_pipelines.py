@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from openmme.endpoint.aliases import AliasReader, AliasTable
 from openmme.endpoint.cache import Budgets
 from openmme.endpoint.cache.backend import Route
 from openmme.endpoint.cache.core import ModelCache
@@ -23,7 +25,7 @@ from openmme.endpoint.cache.store import ModelStore
 from openmme.endpoint.dataplane import Answer, DataPlane, Invocation
 from openmme.endpoint.errors import ModelError, ValidationError
 from openmme.endpoint.metrics import Metrics
-from openmme.endpoint.names import CUSTOM_ATTRIBUTES, INFERENCE_ID, INVOKED_VARIANT
+from openmme.endpoint.names import CUSTOM_ATTRIBUTES, INFERENCE_ID, INVOKED_VARIANT, S3Location
 from openmme.endpoint.pipeline_manifest import (
     MAX_STEPS,
     PipelineInvalid,
@@ -34,7 +36,9 @@ from openmme.endpoint.pipeline_manifest import (
 )
 from openmme.endpoint.pipelines import Pipelines
 from openmme.endpoint.settings import MAX_BODY_BYTES, Settings
-from tests.endpoint.test_cache import DirectorySource, FakeBackend, FakeReply, run
+from openmme.publish.aliases import set_alias
+from tests.conftest import BUCKET
+from tests.endpoint.test_cache import DirectorySource, FakeBackend, FakeReply, run, settle
 
 FEATURIZER, BOOSTER, LABELS = "featurizer.tar.gz", "churn/xgboost.tar.gz", "labels.tar.gz"
 PIPELINE = "churn.pipeline.json"
@@ -284,3 +288,36 @@ def test_pipeline_names_and_the_manifest_round_trip() -> None:
     manifest = PipelineManifest.parse({"steps": [FEATURIZER, {"model": "{TargetModel}", "accept": "text/csv"}]}, SHARED)
     assert PipelineManifest.from_bytes(manifest.to_json().encode(), SHARED) == manifest
     assert manifest.bound("houston/model.tar.gz") == (Step(FEATURIZER), Step("houston/model.tar.gz", "text/csv"))
+
+
+@pytest.mark.integration  # the alias documents are in the real SeaweedFS
+def test_an_alias_may_point_at_a_pipeline_and_a_step_may_be_an_alias(tmp_path: Path, s3: Any, s3_client: Any) -> None:
+    prefix = f"s3://{BUCKET}/{uuid.uuid4().hex[:10]}/"
+    location = S3Location.parse_prefix(prefix)
+    rig = Rig(tmp_path)
+    rig.manifest("churn-v1.pipeline.json", FEATURIZER, "houston")  # its second step: the alias houston
+    rig.manifest("churn-v2.pipeline.json", FEATURIZER, LABELS)
+    for target in (BOOSTER, "churn-v1.pipeline.json", "churn-v2.pipeline.json"):
+        s3_client.put_object(Bucket=BUCKET, Key=location.key + target, Body=rig.source.manifests.get(target, b"x"))
+    table = AliasTable(rig.cache.settings, rig.cache, Metrics(), AliasReader(location, s3_client))
+    plane = DataPlane(rig.cache, Metrics(), aliases=table, pipelines=rig.plane.pipelines)
+    rig.plane = plane
+
+    async def scenario() -> None:
+        set_alias(prefix, "houston", [BOOSTER], check=False, client=s3_client)
+        set_alias(prefix, "churn", ["churn-v1.pipeline.json"], check=False, client=s3_client)
+        await table.start()
+        answer = await rig.invoke("churn")
+        assert [sent["model"] for sent in steps_seen(answer)] == [FEATURIZER, BOOSTER]
+        assert answer.headers[INVOKED_VARIANT] == "churn-v1"
+
+        # A move to another pipeline: its steps are loaded before the alias takes it (the warm switch).
+        set_alias(prefix, "churn", ["churn-v2.pipeline.json"], check=False, client=s3_client)
+        await table.refresh()
+        await settle()
+        assert rig.backend.loads[LABELS] == 1 and rig.backend.calls[LABELS] == 0
+        answer = await rig.invoke("churn")
+        assert [sent["model"] for sent in steps_seen(answer)] == [FEATURIZER, LABELS]
+        assert answer.headers[INVOKED_VARIANT] == "churn-v2"
+
+    run(scenario)

@@ -94,7 +94,7 @@ def test_set_writes_the_document_and_its_history_record(versions: str, s3_client
         ([f"{V1}=60", f"{V2}=30"], "must add up to 100, not 60 + 30 = 90"),
         (["houston/v9/model.tar.gz"], "houston/v9/model.tar.gz is not in"),
         (["broken/model.tar.gz"], "broken/model.tar.gz cannot be served"),
-        (["other"], "other is an alias; an alias points at archives only"),
+        (["other"], "other is an alias; an alias points at archives and pipelines only"),
         (["houston"], "cannot point at itself (a cycle)"),
         ([f"{V1}=150", f"{V2}=-50"], "must be a percent from 0 to 100"),
         ([VersionSpec(V1, 50, "Bad_Name"), VersionSpec(V2, 50)], "'Bad_Name' is not a variant name"),

@@ -61,6 +61,7 @@ from openmme.endpoint.alias_state import (
     variant_name_for,
 )
 from openmme.endpoint.names import RESERVED_FOLDER, S3_MISSING_CODES, S3Location, s3_error_code
+from openmme.endpoint.pipeline_manifest import PipelineInvalid, PipelineManifest, is_pipeline
 from openmme.publish._errors import PublishError, StoreError
 from openmme.publish._s3 import check_target_model, object_size, parse_prefix, require_bucket, s3_client, translate
 from openmme.publish.check import check_archive
@@ -325,7 +326,9 @@ class AliasContext:
         sample: bytes | None = None,
         content_type: str = "text/csv",
     ) -> None:
-        """Every version must be an archive of the prefix (not an alias); those new to the alias must load."""
+        """Every version must be an archive or a pipeline of the prefix (not an alias); archives new to the alias
+        must load, pipelines new to it must be manifests an endpoint can run (their steps were checked when the
+        pipeline was published: openmme pipeline publish)."""
         known = set(current.targets()) if current is not None else set()
         versions: list[Variant | Shadow] = [*routing.variants, *([routing.shadow] if routing.shadow else [])]
         for version in versions:
@@ -339,7 +342,8 @@ class AliasContext:
             if aliased is not None and not aliased.removed:
                 back = " (and it points back here: a cycle)" if self.alias in aliased.targets() else ""
                 raise AliasRefused(
-                    f"{target} is an alias{back}; an alias points at archives only: give a version of it, e.g."
+                    f"{target} is an alias{back}; an alias points at archives and pipelines only: give a version of"
+                    " it, e.g."
                     f" {aliased.variants[0].target}"
                 )
             size = object_size(self.client, self.location.child(target))
@@ -348,8 +352,21 @@ class AliasContext:
                     f"{target} is not in {self.location}: publish it first (openmme publish path … --name"
                     f" {target.removesuffix('/model.tar.gz')})"
                 )
-            if check and target not in known:
+            if is_pipeline(target):
+                self._read_pipeline(target)
+            elif check and target not in known:
                 self._load(target, sample if isinstance(version, Variant) else None, content_type)
+
+    def _read_pipeline(self, target: str) -> None:
+        location = self.location.child(target)
+        try:
+            body = self.client.get_object(Bucket=location.bucket, Key=location.key)["Body"].read()
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+            raise translate(exc, f"reading {location}") from exc
+        try:
+            PipelineManifest.from_bytes(body, target)
+        except PipelineInvalid as exc:
+            raise AliasRefused(f"{target} cannot be served: {exc}") from exc
 
     def _load(self, target: str, sample: bytes | None, content_type: str) -> None:
         location = self.location.child(target)
