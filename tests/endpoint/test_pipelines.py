@@ -175,13 +175,13 @@ def test_a_step_that_fails_is_named_with_its_own_status_and_message(rig: Rig) ->
 def test_a_missing_step_is_a_validation_error_and_a_step_that_cannot_load_a_model_error_both_named(rig: Rig) -> None:
     rig.manifest(PIPELINE, FEATURIZER, BOOSTER, LABELS)
     rig.source.missing.add(BOOSTER)
+    rig.backend.failing.add(LABELS)  # its load is tried (and fails quietly) while the first steps run
     with pytest.raises(ValidationError) as missing:
         run(lambda: rig.invoke(PIPELINE))
     assert missing.value.message.startswith(f"step 2 of 3 of pipeline {PIPELINE!r} ({BOOSTER!r}): model {BOOSTER!r}")
     assert "is not in the model prefix" in missing.value.message
 
     rig.source.missing.clear()
-    rig.backend.failing.add(LABELS)
     with pytest.raises(ModelError) as broken:
         run(lambda: rig.invoke(PIPELINE))
     assert broken.value.message.startswith(f"step 3 of 3 of pipeline {PIPELINE!r} ({LABELS!r}): model {LABELS!r}")
@@ -190,6 +190,27 @@ def test_a_missing_step_is_a_validation_error_and_a_step_that_cannot_load_a_mode
     # Nothing else is disturbed: the steps that loaded serve on their own, and a pipeline without the broken step.
     rig.manifest(SHARED, FEATURIZER, BOOSTER)
     assert [sent["model"] for sent in steps_seen(run(lambda: rig.invoke(SHARED)))] == [FEATURIZER, BOOSTER]
+
+
+def test_a_cold_pipeline_loads_its_later_steps_while_the_first_one_loads(rig: Rig) -> None:
+    rig.manifest(PIPELINE, FEATURIZER, BOOSTER, LABELS)
+    gate = rig.backend.gates[FEATURIZER] = asyncio.Event()
+
+    async def scenario() -> None:
+        call = asyncio.create_task(rig.invoke(PIPELINE))
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if rig.cache.is_ready(BOOSTER) and rig.cache.is_ready(LABELS):
+                break
+        assert rig.cache.is_ready(BOOSTER) and rig.cache.is_ready(LABELS) and not rig.cache.is_ready(FEATURIZER)
+        assert not call.done()
+        gate.set()
+        assert [sent["model"] for sent in steps_seen(await call)] == [FEATURIZER, BOOSTER, LABELS]
+        await settle()
+
+    run(scenario)
+    assert rig.backend.loads == Counter({FEATURIZER: 1, BOOSTER: 1, LABELS: 1})
+    assert not rig.plane._prefetching
 
 
 def test_an_intermediate_answer_over_the_invocation_limit_is_refused_naming_both_steps_and_its_size(rig: Rig) -> None:

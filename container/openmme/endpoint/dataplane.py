@@ -24,7 +24,10 @@ the one caller of the cache.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import copy
+import functools
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -104,6 +107,7 @@ class DataPlane:
     ) -> None:
         self.cache = cache
         self.pipelines = pipelines  # pipeline manifests (pipelines.py); None: TargetModels run alone
+        self._prefetching: dict[str, asyncio.Task[None]] = {}  # later steps of cold pipelines, loading
         self.capture = capture  # data capture (capture.py), offered every answered invocation; None: off
         self.aliases = aliases  # the aliases of the prefix (aliases.py); None: no aliases
         self.mirror = Mirror(self._shadow_call, aliases, cache.settings.shadow_concurrency) if aliases else None
@@ -176,6 +180,25 @@ class DataPlane:
             )
         return Resolution(name)
 
+    def _prefetch(self, steps: list[PlannedStep]) -> None:
+        """Start loading every later step that is not loaded, while the first ones load or run: a cold pipeline
+        then waits for its slowest step's load, not for the sum of them. A load that fails here is answered when
+        its step is reached."""
+        for step in steps[1:]:
+            if self.cache.is_ready(step.target) or step.target in self._prefetching:
+                continue
+            task = asyncio.create_task(self._load_quietly(step.target), name=f"prefetch {step.target}")
+            self._prefetching[step.target] = task
+            task.add_done_callback(functools.partial(self._prefetched, step.target))
+
+    def _prefetched(self, target: str, _: asyncio.Task[None]) -> None:
+        self._prefetching.pop(target, None)
+
+    async def _load_quietly(self, target: str) -> None:
+        with contextlib.suppress(EndpointError, OSError):
+            async with self.cache.use(target, counted=False):
+                pass
+
     async def pipeline_archives(self, target: str) -> list[str]:
         """The archives ``target`` runs: its steps' (their aliases' versions as served now) when it is a pipeline,
         else itself (through ``--pipeline``'s steps when one is set)."""
@@ -238,6 +261,7 @@ class DataPlane:
         variant: str,
     ) -> Answer:
         """The steps in order, each answer the next one's request; the last one's answer is the pipeline's."""
+        self._prefetch(steps)
         records: list[dict[str, object]] = []
         record["pipeline"], record["steps"] = manifest.name, records
         request = dict(headers)
@@ -331,7 +355,9 @@ class DataPlane:
         return self.aliases.describe() if self.aliases is not None else {"aliases": {}, "versions": [], "shadows": []}
 
     async def close(self) -> None:
-        """After the last request: let mirrored invocations finish, stop alias switches under way."""
+        """After the last request: let mirrored invocations finish, stop alias switches and step loads under way."""
+        for task in list(self._prefetching.values()):
+            task.cancel()
         if self.mirror is not None:
             await self.mirror.close()
         if self.aliases is not None:
