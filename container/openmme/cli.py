@@ -13,6 +13,9 @@
     openmme alias remove|rollback ALIAS --prefix s3://… [--to VERSION]
     openmme rollout start ALIAS VERSION --prefix s3://… --endpoint URL …   a guarded canary, to the end
     openmme rollout status|promote|rollback ALIAS --prefix s3://…
+    openmme pipeline publish NAME.pipeline.json STEP STEP … --model-prefix s3://… --sample rows.csv
+                                               check a pipeline end to end (an endpoint of its own), then upload it
+    openmme pipeline show NAME.pipeline.json --model-prefix s3://…   its steps, and what each names in the prefix
     openmme transform --target-model NAME --input s3://… --output s3://… (--endpoint-url URL | --model-prefix s3://…)
                                                batch transform: CreateTransformJob against one TargetModel
 
@@ -380,6 +383,71 @@ def _transform(args: argparse.Namespace) -> int:
     return transform_main(args)
 
 
+def _pipeline(args: argparse.Namespace) -> int:
+    from openmme.publish import PublishError
+    from openmme.publish import pipelines as library
+
+    try:
+        if args.action == "show":
+            manifest = library.get_pipeline(args.prefix, args.name)
+            print(f"pipeline {manifest.name} ({len(manifest.steps)} steps)")
+            for step in library.resolve_steps(args.prefix, manifest, check_target=args.check_target):
+                print(f"  {step.describe()}")
+            return 0
+        return _pipeline_publish(args)
+    except PublishError as exc:
+        print(f"openmme pipeline: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("openmme pipeline: interrupted; nothing was written", file=sys.stderr)
+        return 130
+
+
+def _pipeline_publish(args: argparse.Namespace) -> int:
+    from openmme.publish import ModelCheckFailed
+    from openmme.publish.check import content_type_for
+    from openmme.publish.pipelines import PipelineRefused, publish_pipeline, steps_with_accepts
+
+    accepts: dict[int, str] = {}
+    for text in args.accept_of:
+        index, equals, mime = text.partition("=")
+        if not equals or not index.strip().isdigit() or not mime:
+            raise PipelineRefused(f"--accept-of takes INDEX=MIME (e.g. 1=text/csv), not {text!r}")
+        accepts[int(index)] = mime
+    sample = None
+    if args.sample is not None:
+        try:
+            sample = args.sample.read_bytes()
+        except OSError as exc:
+            raise ModelCheckFailed(f"cannot read the sample {args.sample}: {exc}") from exc
+    report = publish_pipeline(
+        args.prefix,
+        args.name,
+        steps_with_accepts(args.steps, accepts),
+        sample=sample,
+        content_type=args.content_type or (content_type_for(args.sample) if args.sample else None),
+        accept=args.accept,
+        check_target=args.check_target,
+        serve_args=args.serve_arg,
+        check=not args.no_check,
+        force=args.force,
+    )
+    if report.outcome == "unchanged" and not report.steps:
+        print(f"{report.uri} already holds this manifest; nothing was written\nTargetModel: {report.target_model}")
+        return 0
+    for step in report.steps:
+        print(step.describe())
+    if report.answer is not None:
+        answer = report.answer
+        print(
+            f"checked: TargetModel {answer.target_model} answered 200 ({answer.content_type}, {len(answer.body)}"
+            f" bytes): {answer.preview()}"
+        )
+    done = {"published": "published", "replaced": "replaced", "unchanged": "unchanged (already there):"}
+    print(f"{done[report.outcome]} {report.uri}\nTargetModel: {report.target_model}")
+    return 0
+
+
 def version() -> str:
     """The installed openmme's version, from its package metadata."""
     from importlib.metadata import PackageNotFoundError
@@ -449,6 +517,7 @@ def parser() -> argparse.ArgumentParser:
 
     _alias_parser(commands)
     _rollout_parser(commands)
+    _pipeline_parser(commands)
 
     router = commands.add_parser(
         "router-config",
@@ -580,6 +649,71 @@ def _rollout_parser(commands: Any) -> None:
         sub.add_argument("--prefix", required=True, help="the endpoint's model prefix, s3://bucket/prefix/")
 
 
+def _pipeline_parser(commands: Any) -> None:
+    pipeline = commands.add_parser(
+        "pipeline",
+        help="inference pipelines: a TargetModel NAME.pipeline.json that runs models of the prefix in sequence",
+        description="A pipeline is a manifest in the prefix, NAME.pipeline.json, naming its steps in order (2 to "
+        "15): archives of the prefix, aliases, or {TargetModel}, the model the request names after the pipeline "
+        "(NAME.pipeline.json/houston/model.tar.gz). Clients invoke NAME.pipeline.json as any TargetModel.",
+    )
+    action = pipeline.add_subparsers(dest="action", required=True)
+    publish = action.add_parser(
+        "publish",
+        help="check a pipeline end to end, then upload its manifest (create-only)",
+        description="Before anything is uploaded: every step must resolve in the prefix (an archive, or an alias "
+        "with a document), and an endpoint started here on the prefix, serving the manifest about to be "
+        "uploaded, must answer the sample 200 through the pipeline. Then the manifest is written once: manifests "
+        "are immutable, so a different manifest under a taken name is refused (publish a new name and move an "
+        "alias to it); the same manifest again is no change.",
+    )
+    publish.add_argument("name", metavar="NAME", help="the pipeline's TargetModel, ending in .pipeline.json")
+    publish.add_argument(
+        "steps",
+        nargs="+",
+        metavar="STEP",
+        help="in order: an archive of the prefix (featurizer/model.tar.gz), an alias, or {TargetModel}",
+    )
+    publish.add_argument(
+        "--accept-of",
+        action="append",
+        default=[],
+        metavar="INDEX=MIME",
+        help="the Accept step INDEX (from 1) is asked in, for the next step (default: the step's own default "
+        "accept); repeatable",
+    )
+    publish.add_argument(
+        "--sample", type=Path, metavar="FILE", help="the request the pipeline must answer (required unless --no-check)"
+    )
+    publish.add_argument(
+        "--content-type", metavar="MIME", help="the sample's Content-Type (default: from its suffix, else text/csv)"
+    )
+    publish.add_argument("--accept", metavar="MIME", help="the Accept the sample is sent with (the last step's answer)")
+    publish.add_argument(
+        "--serve-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="a flag for the check's `openmme serve` (repeat it; e.g. --serve-arg=--wheelhouse=/wheels)",
+    )
+    publish.add_argument("--no-check", action="store_true", help="only check that every step resolves")
+    publish.add_argument("--force", action="store_true", help="replace a different manifest under NAME")
+    show = action.add_parser("show", help="a pipeline's steps, and what each names in the prefix")
+    show.add_argument("name", metavar="NAME", help="the pipeline's TargetModel, ending in .pipeline.json")
+    for sub in (publish, show):
+        sub.add_argument(
+            "--check-target", metavar="MODEL", help="a model of the prefix to check a {TargetModel} step with"
+        )
+        sub.add_argument(
+            "--model-prefix",
+            "--prefix",
+            dest="prefix",
+            required=True,
+            metavar="S3URI",
+            help="the endpoint's model prefix, s3://bucket/prefix/",
+        )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "serve":
@@ -600,6 +734,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _rollout(args)
     if args.command == "transform":
         return _transform(args)
+    if args.command == "pipeline":
+        if args.action == "publish" and args.sample is None and not args.no_check:
+            root.error("pipeline publish: --sample is required (the request the pipeline must answer), or --no-check")
+        return _pipeline(args)
     return _demo(args)
 
 

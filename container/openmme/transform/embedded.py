@@ -16,7 +16,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from openmme.demo import wait_for_ping
@@ -32,9 +32,14 @@ NAME = "transform"
 
 @contextlib.contextmanager
 def embedded_endpoint(
-    model_prefix: str, serve_args: Sequence[str] = (), *, start_timeout: float = 180.0
+    model_prefix: str,
+    serve_args: Sequence[str] = (),
+    *,
+    start_timeout: float = 180.0,
+    environment: Mapping[str, str] = BATCH_ENVIRONMENT,
 ) -> Iterator[EndpointTarget]:
-    """``openmme serve --model-prefix model_prefix *serve_args`` while the block runs; yields where to reach it."""
+    """``openmme serve --model-prefix model_prefix *serve_args`` while the block runs; yields where to reach it.
+    ``environment``: added to this process's (``{}``: answers as a real-time endpoint does, not batch's)."""
     workdir = Path(tempfile.mkdtemp(prefix="openmme-transform-"))
     port = free_port()
     command = [
@@ -46,7 +51,7 @@ def embedded_endpoint(
         # SIGKILL for it when this process dies, however (its own MMS and workers then follow it).
         process = subprocess.Popen(
             command,
-            env={**os.environ, **BATCH_ENVIRONMENT},
+            env={**os.environ, **environment},
             stdout=log,
             stderr=log,
             preexec_fn=parent_death_setter(),  # set before any thread of the job starts
