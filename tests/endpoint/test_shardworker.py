@@ -199,7 +199,8 @@ def test_predictions_beyond_the_queue_bound_are_refused_at_once_and_the_queued_o
 
     async def scenario() -> tuple[list[int], ServiceUnavailable]:
         async with started(store) as worker:
-            worker.max_queue = 3
+            assert worker.channel is not None
+            worker.channel.max_queue = 3  # the front's channel to it holds the bound (--job-queue-size)
             await _load(worker)
             assert worker.pid is not None
             os.kill(worker.pid, signal.SIGSTOP)  # busy: one request in the worker, then three waiting

@@ -31,8 +31,8 @@ import struct
 import subprocess
 import sys
 from collections import deque
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,15 @@ import psutil
 from openmme.endpoint.errors import ModelError, ServiceUnavailable
 from openmme.endpoint.mms import MmsResponse
 
-__all__ = ["MAX_BATCH", "ShardWorker", "WorkerGone", "encode_inference", "encode_load", "read_reply"]
+__all__ = [
+    "MAX_BATCH",
+    "ShardChannel",
+    "ShardWorker",
+    "WorkerGone",
+    "encode_inference",
+    "encode_load",
+    "read_reply",
+]
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +167,13 @@ async def _read_bytes(reader: asyncio.StreamReader) -> bytes:
 # ---- the worker --------------------------------------------------------------------------------------------
 
 
+async def _read_load_reply(reader: asyncio.StreamReader) -> int:
+    code = await _read_int(reader)
+    await _read_bytes(reader)  # its message
+    await _read_int(reader)  # -1: no predictions
+    return code
+
+
 class _Expired(Exception):
     """A request's time-out passed before its answer came."""
 
@@ -175,96 +190,64 @@ class _Pending:
     prediction: bool
 
 
-@dataclass(eq=False)
-class ShardWorker:
-    """One shard's worker process and the requests the front sends it."""
+class ShardChannel:
+    """One connection to a shard's worker: requests queued, sent a message (a batch of up to ``MAX_BATCH``) at a
+    time, each answer handed to its caller. The front's own connection belongs to its ``ShardWorker``; an edge
+    front (edges.py) opens one of its own to the worker's listening socket."""
 
-    name: str
-    model_dir: Path
-    handler: str
-    environment: Mapping[str, str]
-    log_path: Path
-    max_queue: int = 100  # predictions waiting for the worker beyond which more are refused (503, as MMS does)
-    on_exit: Callable[[ShardWorker], object] = lambda worker: None
-    process: subprocess.Popen[bytes] | None = None
-    _writer: asyncio.StreamWriter | None = None
-    _reader: asyncio.StreamReader | None = None
-    _queue: deque[_Pending] = field(default_factory=deque)
-    _wakeup: asyncio.Event = field(default_factory=asyncio.Event)
-    _in_worker: list[_Pending] = field(default_factory=list)  # the message the worker is answering
-    _pump: asyncio.Task[None] | None = None
-    _closed: bool = False  # ended (killed or stopped): the pump leaves even when idle
-    stopping: bool = False  # stopped on purpose: its end is not a failure
+    def __init__(
+        self,
+        name: str,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        max_queue: int,
+        on_timeout: Callable[[], object],
+        on_closed: Callable[[], Awaitable[object]],
+    ) -> None:
+        self.name = name
+        self.max_queue = max_queue  # predictions waiting beyond which more are refused (503, as MMS does)
+        self._reader, self._writer = reader, writer
+        self._on_timeout, self._on_closed = on_timeout, on_closed
+        self._queue: deque[_Pending] = deque()
+        self._wakeup = asyncio.Event()
+        self._in_worker: list[_Pending] = []  # the message the worker is answering
+        self._closed = False  # closed (or the worker ended): the pump leaves even when idle, no request is taken
+        self.stopping = False  # closed on purpose: its end is not a failure
+        self._pump = asyncio.create_task(self._run(), name=f"{name} channel")
 
-    @property
-    def pid(self) -> int | None:
-        return self.process.pid if self.process is not None else None
+    @classmethod
+    async def connect(cls, name: str, path: str, max_queue: int) -> ShardChannel:
+        """A channel of an edge front to the worker listening at ``path``; a time-out closes it (the worker is the
+        owner's to end). Raises OSError when nothing listens there."""
+        reader, writer = await asyncio.open_unix_connection(path)
+        channel: ShardChannel | None = None
+
+        async def closed() -> None:
+            writer.close()
+
+        def timed_out() -> None:
+            if channel is not None:
+                channel.close()
+
+        channel = cls(name, reader, writer, max_queue, timed_out, closed)
+        return channel
 
     def alive(self) -> bool:
-        return self._pump is not None and not self._pump.done()
+        """Whether it takes requests: not closed, and its worker not found gone."""
+        return not self._closed and not self._pump.done()
 
-    async def start(self, timeout: float) -> None:
-        """Start the worker process and load the shard's handler in it; raises ServiceUnavailable if it cannot.
-        Call it from the event loop's thread: the worker dies with the thread that started it."""
-        ours = self._spawn()
-        try:
-            self._reader, self._writer = await asyncio.open_unix_connection(sock=ours)
-        except BaseException:
-            ours.close()
-            self.kill()
-            raise
-        self.stopping = self._closed = False
-        try:
-            self._writer.write(encode_load(self.name, str(self.model_dir), self.handler))
-            code = await asyncio.wait_for(self._read_load_reply(), timeout)
-        except (TimeoutError, OSError, asyncio.IncompleteReadError) as exc:
-            self.kill()
-            raise ServiceUnavailable(f"dense shard {self.name}'s worker did not start ({exc or 'timed out'})") from exc
-        if code != 200:
-            self.kill()
-            message = f"dense shard {self.name}'s worker could not load its handler (see {self.log_path})"
-            raise ServiceUnavailable(message)
-        self._pump = asyncio.create_task(self._run(), name=f"{self.name} worker")
-        log.info("dense shard %s: worker %d started", self.name, self.pid)
-
-    def _spawn(self) -> socket.socket:
-        """Start the worker process (a fork and exec: quick) on one end of a new socket pair; returns the other."""
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        command = [
-            *(sys.executable, "-P", "-m", "openmme.handlers._shard_worker"),
-            *("--fd", str(theirs.fileno()), "--model-name", self.name, "--front-pid", str(os.getpid())),
-        ]
-        try:
-            with theirs, self.log_path.open("ab") as out:
-                self.process = subprocess.Popen(
-                    command,
-                    cwd=self.model_dir,
-                    env=dict(self.environment),
-                    stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    pass_fds=(theirs.fileno(),),
-                    start_new_session=True,  # Ctrl-C at a terminal reaches the front only
-                )
-        except BaseException:
-            ours.close()
-            raise
-        return ours
-
-    async def _read_load_reply(self) -> int:
-        assert self._reader is not None
-        code = await _read_int(self._reader)
-        await _read_bytes(self._reader)  # its message
-        await _read_int(self._reader)  # -1: no predictions
-        return code
+    @property
+    def waiting(self) -> int:
+        """Requests sent and not answered yet, in the worker or queued for it."""
+        return len(self._queue) + len(self._in_worker)
 
     async def call(
         self, headers: Mapping[str, str], body: bytes, content_type: str, timeout: float, *, prediction: bool = True
     ) -> MmsResponse:
         """One request to the shard: the handler's answer whatever its status. Raises WorkerGone when the worker
-        died first; ServiceUnavailable when ``max_queue`` predictions already wait (as MMS's full job queue); on a
-        time-out, ModelError 408 for a prediction (the model's failure, as MMS answers it) or ServiceUnavailable
-        for an operation, and the worker is ended."""
+        died (or the channel closed) first; ServiceUnavailable when ``max_queue`` predictions already wait (as
+        MMS's full job queue); on a time-out, ModelError 408 for a prediction (the model's failure, as MMS answers
+        it) or ServiceUnavailable for an operation, after ``on_timeout``."""
         if not self.alive():
             raise WorkerGone(self.name)
         if prediction and len(self._queue) >= self.max_queue:
@@ -280,8 +263,8 @@ class ShardWorker:
         try:
             return await pending.future
         except _Expired as exc:
-            log.error("dense shard %s did not answer within %g s: ending its worker", self.name, timeout)
-            self.kill()
+            log.error("dense shard %s did not answer within %g s", self.name, timeout)
+            self._on_timeout()
             if prediction:
                 message = f"the model did not answer within {timeout:g} s"
                 raise ModelError(message, original_status=408, original_message="timed out") from exc
@@ -292,7 +275,6 @@ class ShardWorker:
 
     async def _run(self) -> None:
         """Send what is queued, one message at a time, and hand each answer to its caller."""
-        assert self._reader is not None and self._writer is not None
         reader, writer = self._reader, self._writer
         try:
             while not self._closed:
@@ -313,36 +295,132 @@ class ShardWorker:
                     if not pending.future.done():
                         pending.future.set_result(reply)
                 batch.clear()
-            if not self.stopping:
-                log.warning("dense shard %s: its worker %s was ended", self.name, self.pid)
         except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
             if not self.stopping:
-                reason = exc or type(exc).__name__
-                log.warning("dense shard %s: its worker %s is gone (%s)", self.name, self.pid, reason)
+                log.warning("dense shard %s: its worker is gone (%s)", self.name, exc or type(exc).__name__)
         finally:
+            self._closed = True  # from now on a call is WorkerGone at once, never queued behind a dead pump
             for pending in [*self._in_worker, *self._queue]:
                 if not pending.future.done():
                     pending.future.set_exception(WorkerGone(self.name))
             self._in_worker.clear()
             self._queue.clear()
             writer.close()
+            await self._on_closed()
+
+    def close(self) -> None:
+        """Close the channel: its requests fail with WorkerGone, ``on_closed`` follows."""
+        self._closed = True
+        self._wakeup.set()  # an idle pump leaves too
+        self._writer.close()
+
+    async def closed(self) -> None:
+        """Wait for the pump to leave (after ``close``, or the worker's end)."""
+        with contextlib.suppress(Exception, asyncio.CancelledError):
+            await self._pump
+
+
+@dataclass(eq=False)
+class ShardWorker:
+    """One shard's worker process, and the front's channel to it."""
+
+    name: str
+    model_dir: Path
+    handler: str
+    environment: Mapping[str, str]
+    log_path: Path
+    max_queue: int = 100  # predictions waiting for the worker beyond which more are refused (503, as MMS does)
+    on_exit: Callable[[ShardWorker], object] = lambda worker: None
+    listen_path: str | None = None  # where the worker also accepts edge fronts' channels (None: it does not)
+    process: subprocess.Popen[bytes] | None = None
+    channel: ShardChannel | None = None
+    stopping: bool = False  # stopped on purpose: its end is not a failure
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+    def alive(self) -> bool:
+        return self.channel is not None and self.channel.alive()
+
+    async def start(self, timeout: float) -> None:
+        """Start the worker process and load the shard's handler in it; raises ServiceUnavailable if it cannot.
+        Call it from the event loop's thread: the worker dies with the thread that started it."""
+        ours = self._spawn()
+        try:
+            reader, writer = await asyncio.open_unix_connection(sock=ours)
+        except BaseException:
+            ours.close()
             self.kill()
-            if self.process is not None:
-                await asyncio.to_thread(self.process.wait)  # reaped
-            self.on_exit(self)
+            raise
+        self.stopping = False
+        try:
+            writer.write(encode_load(self.name, str(self.model_dir), self.handler))
+            code = await asyncio.wait_for(_read_load_reply(reader), timeout)
+        except (TimeoutError, OSError, asyncio.IncompleteReadError) as exc:
+            writer.close()
+            self.kill()
+            raise ServiceUnavailable(f"dense shard {self.name}'s worker did not start ({exc or 'timed out'})") from exc
+        if code != 200:
+            writer.close()
+            self.kill()
+            message = f"dense shard {self.name}'s worker could not load its handler (see {self.log_path})"
+            raise ServiceUnavailable(message)
+        self.channel = ShardChannel(self.name, reader, writer, self.max_queue, self.kill, self._ended)
+        log.info("dense shard %s: worker %d started", self.name, self.pid)
+
+    def _spawn(self) -> socket.socket:
+        """Start the worker process (a fork and exec: quick) on one end of a new socket pair; returns the other."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        command = [
+            *(sys.executable, "-P", "-m", "openmme.handlers._shard_worker"),
+            *("--fd", str(theirs.fileno()), "--model-name", self.name, "--front-pid", str(os.getpid())),
+            *(("--listen", self.listen_path) if self.listen_path else ()),
+        ]
+        try:
+            with theirs, self.log_path.open("ab") as out:
+                self.process = subprocess.Popen(
+                    command,
+                    cwd=self.model_dir,
+                    env=dict(self.environment),
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    pass_fds=(theirs.fileno(),),
+                    start_new_session=True,  # Ctrl-C at a terminal reaches the front only
+                )
+        except BaseException:
+            ours.close()
+            raise
+        return ours
+
+    async def call(
+        self, headers: Mapping[str, str], body: bytes, content_type: str, timeout: float, *, prediction: bool = True
+    ) -> MmsResponse:
+        """One request to the shard (see ShardChannel.call); a time-out ends the worker, as MMS ends a worker that
+        does not answer: the requests queued behind it are not left waiting for it."""
+        if self.channel is None:
+            raise WorkerGone(self.name)
+        return await self.channel.call(headers, body, content_type, timeout, prediction=prediction)
+
+    async def _ended(self) -> None:
+        """The channel closed: the worker is ended (if it is not already), ``on_exit`` called at once (its models
+        are lost now: a request sent again meanwhile must not find them loaded), then the process reaped."""
+        if not self.stopping:
+            log.warning("dense shard %s: its worker %s is gone", self.name, self.pid)
+        process = self.process
+        self.kill()
+        self.on_exit(self)
+        if process is not None:
+            await asyncio.to_thread(process.wait)  # reaped
 
     def kill(self) -> None:
         """End the worker now (its requests fail with WorkerGone, ``on_exit`` follows); it is not restarted here."""
         if self.process is not None and self.process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 self.process.kill()
-        self._close()
-
-    def _close(self) -> None:
-        self._closed = True
-        self._wakeup.set()  # an idle pump leaves too
-        if self._writer is not None:
-            self._writer.close()
+        if self.channel is not None:
+            self.channel.close()
 
     def check(self) -> None:
         """Housekeeping: a worker that died while idle (no request to find out) is ended now, and ``on_exit``
@@ -353,17 +431,18 @@ class ShardWorker:
     async def stop(self, grace: float = 5.0) -> None:
         """Close the channel (the worker then exits by itself) and wait for it; killed after ``grace`` s."""
         self.stopping = True
-        process = self.process
-        self._close()
+        process, channel = self.process, self.channel
+        if channel is not None:
+            channel.stopping = True
+            channel.close()
         if process is not None:
             try:
                 await asyncio.wait_for(asyncio.to_thread(process.wait), grace)
             except TimeoutError:
                 self.kill()
                 await asyncio.to_thread(process.wait)
-        if self._pump is not None:
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await self._pump
+        if channel is not None:
+            await channel.closed()
 
     def memory_bytes(self) -> int:
         """Blocking: the worker's proportional set size (0 when it is gone)."""
