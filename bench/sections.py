@@ -1,7 +1,8 @@
 """Sections of BENCHMARKS.md that a benchmark other than bench/run.py owns, between its own two markers.
 
-bench/scale_out.py, hosting.py, revisions.py, capture.py, transform.py and aliases.py each replace their section in
-place (or append it); bench/run.py rewrites the file from scratch and keeps every such section, at the end, as it was.
+bench/scale_out.py, hosting.py, revisions.py, capture.py, transform.py, aliases.py and pipelines.py each replace
+their section in place (or append it); bench/run.py rewrites the file from scratch and keeps every such section, at
+the end, as it was.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ MARKERS = (
     ("<!-- capture:start -->", "<!-- capture:end -->"),
     ("<!-- transform:start -->", "<!-- transform:end -->"),
     ("<!-- aliases:start -->", "<!-- aliases:end -->"),
+    ("<!-- pipelines:start -->", "<!-- pipelines:end -->"),
 )
 
 
