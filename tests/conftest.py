@@ -257,7 +257,8 @@ class Launcher:
         trust the certificate."""
         workdir = self.tmp_path_factory.mktemp("endpoint")
         port = port or free_port()
-        env = {**os.environ, **self.s3.environment(), **(env or {})}
+        # One front process unless a test asks for more (--fronts): the default depends on the machine's cores.
+        env = {"OPENMME_FRONTS": "1", **os.environ, **self.s3.environment(), **(env or {})}
         if s3_url:
             env["AWS_ENDPOINT_URL_S3"] = s3_url
         log_path = workdir / "endpoint.log"

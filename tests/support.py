@@ -30,10 +30,12 @@ import psutil
 import pytest
 import xgboost
 from aiohttp import web
+from prometheus_client.parser import text_string_to_metric_families
 
 if TYPE_CHECKING:
     from openmme.endpoint.auth import KeyStore
     from openmme.endpoint.settings import Settings
+    from tests.conftest import Endpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -139,6 +141,22 @@ def make_tar(members: list[tuple[tarfile.TarInfo, bytes | None]]) -> bytes:
             else:
                 tar.addfile(info)
     return buffer.getvalue()
+
+
+def scrape(endpoint: Endpoint) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of /metrics: (name, sorted labels) → value."""
+    with urllib.request.urlopen(endpoint.url + "/metrics", timeout=10) as response:
+        assert response.headers["Content-Type"].startswith("text/plain")
+        text = response.read().decode()
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def value(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 30.0, interval: float = 0.1) -> bool:

@@ -32,7 +32,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from multidict import CIMultiDict
 
-from openmme.endpoint.app import _read_body
+from openmme.endpoint.app import read_body
 from openmme.endpoint.auth import (
     AccessKey,
     AuthConfigError,
@@ -567,7 +567,7 @@ def signed_app(
 
     def route(name: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         async def handle(request: web.Request) -> web.StreamResponse:
-            body = await _read_body(request)  # the handler still gets the body the middleware read
+            body = await read_body(request)  # the handler still gets the body the middleware read
             reply = replies.get(name)
             return reply() if reply else web.json_response({"route": name, "body": body.decode()})
 

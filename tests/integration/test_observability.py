@@ -17,28 +17,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from openmme.publish.samples import make_rows
 from tests.conftest import Endpoint, EndpointFactory
-from tests.support import csv_body
+from tests.support import csv_body, scrape, value
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 BODY = csv_body(make_rows(2, seed=21))
-
-
-def scrape(endpoint: Endpoint) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Every sample of /metrics: (name, sorted labels) → value."""
-    with urllib.request.urlopen(endpoint.url + "/metrics", timeout=10) as response:
-        assert response.headers["Content-Type"].startswith("text/plain")
-        text = response.read().decode()
-    samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return samples
-
-
-def value(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str) -> float:
-    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
 def log_lines(endpoint: Endpoint) -> list[dict[str, Any]]:

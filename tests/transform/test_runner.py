@@ -22,7 +22,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from openmme.cli import main
-from openmme.endpoint.app import _read_body
+from openmme.endpoint.app import read_body
 from openmme.endpoint.auth import AccessKey, KeyStore
 from openmme.endpoint.errors import ModelError, ServiceUnavailable
 from openmme.endpoint.settings import Settings
@@ -67,7 +67,7 @@ class StandIn:
                 if name == "shards":
                     return web.json_response({"shards": {"openmme-shard-0": {}, "openmme-shard-1": {}}})
                 self.signed["Authorization" in request.headers] += 1
-                return await self.predict(await _read_body(request), request.headers.get("Accept"))
+                return await self.predict(await read_body(request), request.headers.get("Accept"))
 
             return handle
 

@@ -44,7 +44,7 @@ from openmme.endpoint.mms import MmsClient
 from openmme.endpoint.names import CUSTOM_ATTRIBUTES, INFERENCE_ID, TARGET_MODEL, TARGET_VARIANT
 from openmme.endpoint.settings import MAX_BODY_BYTES, Settings
 
-__all__ = ["build_app"]
+__all__ = ["FORWARDED", "build_app", "read_body"]
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ async def endpoint_async_invocations(request: web.Request) -> web.Response:
         raise ValidationError(
             "asynchronous invocations are off on this endpoint: start it with --async-output-path s3://bucket/prefix"
         )
-    accepted = await invocations.submit(request.headers, await _read_body(request), request.match_info["endpoint"])
+    accepted = await invocations.submit(request.headers, await read_body(request), request.match_info["endpoint"])
     headers = {OUTPUT_LOCATION: str(accepted.output), FAILURE_LOCATION: str(accepted.failure)}
     return web.json_response({"InferenceId": accepted.inference_id}, status=202, headers=headers)
 
@@ -107,7 +107,7 @@ async def container_invoke(request: web.Request) -> web.Response:
     return await _invoke(request, name)
 
 
-async def _read_body(request: web.Request) -> bytes:
+async def read_body(request: web.Request) -> bytes:
     """The request body, refused before it is buffered whole when it exceeds SageMaker's 6 MiB. Read once and kept
     on the request: with --auth the middleware reads it first, to check the signature over it."""
     if BODY in request:
@@ -131,7 +131,7 @@ async def _invoke(request: web.Request, target: str | None, endpoint: str | None
     errors are rendered by the errors middleware)."""
     headers = {key: request.headers[key] for key in FORWARDED if key in request.headers}
     variant = request.headers.get(TARGET_VARIANT)
-    call = Invocation(target, headers, request.content_type, lambda: _read_body(request), endpoint, variant)
+    call = Invocation(target, headers, request.content_type, lambda: read_body(request), endpoint, variant)
     answer = await request.app[PLANE].invoke(call)
     return _response(answer)
 
@@ -172,7 +172,7 @@ async def delete_model(request: web.Request) -> web.Response:
 async def add_model(request: web.Request) -> web.Response:
     """SageMaker's ``POST /models``: load a model directory it has already downloaded."""
     try:
-        spec = json.loads(await _read_body(request))
+        spec = json.loads(await read_body(request))
         name, url = str(spec["model_name"]), str(spec["url"])  # url kept as sent: GET /models answers it back
     except (ValueError, KeyError, TypeError) as exc:
         raise ValidationError('POST /models takes JSON {"model_name": ..., "url": ...}') from exc
@@ -205,8 +205,8 @@ def build_app(
     the start-time pre-load ``/ready`` waits for."""
     middlewares: list[Middleware] = [errors_middleware]
     if settings.auth:
-        middlewares.append(sigv4_middleware(settings, keys, _read_body))
-    # The body limit is enforced by _read_body with SageMaker's error; aiohttp's own limit sits above it.
+        middlewares.append(sigv4_middleware(settings, keys, read_body))
+    # The body limit is enforced by read_body with SageMaker's error; aiohttp's own limit sits above it.
     app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY_BYTES + 1024 * 1024)
     app[PLANE], app[MMS], app[SETTINGS], app[METRICS] = plane, mms, settings, metrics_
     if preload is not None:

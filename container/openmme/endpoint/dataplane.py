@@ -56,7 +56,7 @@ from openmme.handlers import ERROR_HEADER
 if TYPE_CHECKING:
     from openmme.endpoint.capture import Capturer
 
-__all__ = ["Answer", "DataPlane", "Invocation", "PlannedStep"]
+__all__ = ["FORM_TYPES", "Answer", "DataPlane", "Invocation", "PlannedStep", "reply_answer"]
 
 # Bodies MMS parses into form parameters instead of passing them on: the model would see no body at all.
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
@@ -277,7 +277,7 @@ class DataPlane:
             try:
                 reply = await self._call(step.target, body, step_headers, step_record)
                 if index == last or reply.status != 200:  # the pipeline's answer, or the step's error raised
-                    return _answer(step.target, reply, headers, variant, step.where)
+                    return reply_answer(step.target, reply, headers, variant, step.where)
             except EndpointError as error:
                 raise _in_step(error, step) from error
             if len(reply.body) > MAX_BODY_BYTES:
@@ -300,7 +300,7 @@ class DataPlane:
         variant: str = ALL_TRAFFIC,
     ) -> Answer:
         """Through the cache to the model; sent again once when the backend lost the model meanwhile."""
-        return _answer(target, await self._call(target, body, headers, record), headers, variant)
+        return reply_answer(target, await self._call(target, body, headers, record), headers, variant)
 
     async def _call(self, target: str, body: bytes, headers: Mapping[str, str], record: dict[str, object]) -> Reply:
         """The model's reply, whatever its status; the request is sent again once when the backend lost the model
@@ -412,7 +412,7 @@ def _in_step(error: EndpointError, step: PlannedStep) -> EndpointError:
     return named
 
 
-def _answer(
+def reply_answer(
     target: str, reply: Reply, request_headers: Mapping[str, str], variant: str, step: str | None = None
 ) -> Answer:
     """The runtime API's answer to the model's reply: the prediction (naming the ``variant`` that answered), or the

@@ -58,7 +58,9 @@ class Shard:
 class ShardPool:
     """The shards' workers, and the requests the front sends them."""
 
-    def __init__(self, settings: Settings, environment: Mapping[str, str], log_path: Path) -> None:
+    def __init__(
+        self, settings: Settings, environment: Mapping[str, str], log_path: Path, listen_dir: Path | None = None
+    ) -> None:
         self.settings = settings
         count = settings.shards or os.cpu_count() or 1
         # As MMS's Java front tells its workers: request bodies reach the handler as bytes, never decoded.
@@ -68,11 +70,17 @@ class ShardPool:
             name = f"{SHARD_PREFIX}{index}"
             directory = settings.models_dir / f"_{name}"  # next to the models: "_" never starts a model's name
             worker = ShardWorker(name, directory, DENSE_HANDLER, environment, log_path, settings.job_queue_size)
+            if listen_dir is not None:  # edge fronts connect there (edges.py)
+                worker.listen_path = str(listen_dir / f"shard-{index}.sock")
             self.shards.append(Shard(index, name, worker))
 
     @property
     def names(self) -> set[str]:
         return {shard.name for shard in self.shards}
+
+    def listen_paths(self) -> dict[int, str]:
+        """Where each shard's worker listens for edge fronts, by shard index (empty: nowhere)."""
+        return {shard.index: shard.worker.listen_path for shard in self.shards if shard.worker.listen_path}
 
     async def start(self) -> None:
         """Start every shard's worker."""
@@ -152,9 +160,11 @@ class ShardPool:
 class DenseBackend:
     """Dense models in the shards: loaded into their home shard, spread when hot, reloaded when a shard dies."""
 
-    def __init__(self, settings: Settings, environment: Mapping[str, str], log_path: Path) -> None:
+    def __init__(
+        self, settings: Settings, environment: Mapping[str, str], log_path: Path, listen_dir: Path | None = None
+    ) -> None:
         self.settings = settings
-        self.pool = ShardPool(settings, environment, log_path)
+        self.pool = ShardPool(settings, environment, log_path, listen_dir)
         for shard in self.pool.shards:
             shard.worker.on_exit = functools.partial(self._worker_exited, shard)
         self._models: Models | None = None

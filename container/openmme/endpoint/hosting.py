@@ -33,11 +33,12 @@ log = logging.getLogger(__name__)
 class MmsHosting:
     """The ``Backend`` of the cache: isolated or dense per archive, in one MMS instance."""
 
-    def __init__(self, settings: Settings, mms: MmsClient, process: MmsProcess) -> None:
+    def __init__(self, settings: Settings, mms: MmsClient, process: MmsProcess, listen_dir: Path | None = None) -> None:
+        """``listen_dir``: where the dense shards' workers also listen for edge fronts (None: they do not)."""
         self.settings = settings
         self.process = process
         self.isolated = IsolatedBackend(settings, mms, process)
-        self.dense = DenseBackend(settings, process.environment(), process.home / "shards.out")
+        self.dense = DenseBackend(settings, process.environment(), process.home / "shards.out", listen_dir)
         self._models: Models | None = None
 
     def attach(self, models: Models) -> None:

@@ -29,6 +29,7 @@ from openmme.endpoint.cache.keeping import (
 from openmme.endpoint.cache.store import ModelStore
 from openmme.endpoint.capture import Capturer
 from openmme.endpoint.dataplane import DataPlane
+from openmme.endpoint.edges import Edges
 from openmme.endpoint.hosting import MmsHosting
 from openmme.endpoint.lock import CacheDirError, CacheDirLock
 from openmme.endpoint.logs import EventLog, configure_logging
@@ -153,13 +154,14 @@ async def _run_owned(
         directory.mkdir(parents=True, exist_ok=True)
     budgets = budgets_for(settings)
     source = ModelSource(S3Location.parse_prefix(settings.model_prefix)) if settings.model_prefix else None
+    fronts_dir = Edges.socket_directory() if settings.front_count > 1 else None  # --fronts: the edges' sockets
 
     process.start()
     try:
         async with MmsClient(process.config.inference_port, process.config.management_port) as mms:
             await _wait_for_mms(process, mms, settings.mms_start_timeout)
             metrics = Metrics(model_labels=settings.metrics_model_labels)
-            hosting = MmsHosting(settings, mms, process)
+            hosting = MmsHosting(settings, mms, process, fronts_dir)
             recorded = await asyncio.to_thread(read_usage, settings.cache_dir)  # what --preload-top reads
             cache = ModelCache(
                 settings,
@@ -187,7 +189,14 @@ async def _run_owned(
                 app[ASYNC] = asynchronous = AsyncInvocations.from_settings(settings, plane, metrics)
             runner = web.AppRunner(app, access_log=None, shutdown_timeout=30.0)
             await runner.setup()
-            site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True, ssl_context=tls)
+            site = web.TCPSite(
+                runner,
+                settings.host,
+                settings.port,
+                reuse_address=True,
+                reuse_port=fronts_dir is not None,  # shared with the edge fronts
+                ssl_context=tls,
+            )
             try:
                 await site.start()
             except OSError as exc:  # taken since the check above
@@ -203,6 +212,11 @@ async def _run_owned(
                 budgets,
             )
             log.log(*describe(settings, keys))
+            edges = None
+            if fronts_dir is not None:  # --fronts: the edges forward what they do not answer to this process
+                edges = Edges(settings, cache, metrics, fronts_dir, hosting.dense.pool.listen_paths())
+                await web.UnixSite(runner, edges.forward_path).start()
+                await edges.start()
             if capture is not None:
                 capture.start()
             if asynchronous is not None:  # what an earlier run accepted and did not finish runs now
@@ -214,12 +228,16 @@ async def _run_owned(
             ]
             if aliases is not None:
                 background.append(asyncio.create_task(aliases.run(), name="refresh aliases"))
+            if edges is not None:
+                background.append(asyncio.create_task(edges.run(), name="routes to the edge fronts"))
             try:
                 await stop.wait()
                 log.info("stopping: finishing requests in flight")
             finally:
                 for task in background:
                     task.cancel()
+                if edges is not None:  # first: they finish their requests, forwarding to this process meanwhile
+                    await edges.stop()
                 await runner.cleanup()
                 if asynchronous is not None:  # before the data plane's parts stop: running requests may finish
                     await asynchronous.close()
@@ -230,6 +248,8 @@ async def _run_owned(
                 await hosting.stop_shards()
     finally:
         await asyncio.to_thread(process.stop)
+        if fronts_dir is not None:
+            shutil.rmtree(fronts_dir, ignore_errors=True)
         log.info("stopped")
 
 
@@ -243,6 +263,11 @@ def serve(settings: Settings) -> None:
         for warning in check_keeping(settings):
             log.warning("%s", warning)
         Pipelines.from_settings(settings, None)  # a --pipeline-file that cannot be served stops the start
+        if settings.front_count > 1 and settings.auth_refuse_replays:
+            raise ValueError(
+                "--auth-refuse-replays needs one front process (--fronts 1): each front would remember only the"
+                " signatures it saw, so a replay sent to another would be accepted"
+            )
     except (AuthConfigError, TlsConfigError, KeepingConfigError, ValueError) as exc:
         raise SystemExit(f"openmme serve: {exc}") from None
     # The main thread runs the event loop, which starts MMS: a thread that lives as long as the process (see

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ENV_PREFIX", "MAX_BODY_BYTES", "Settings", "parse_bytes"]
+__all__ = ["ENV_PREFIX", "MAX_BODY_BYTES", "Settings", "parse_bytes", "usable_cores"]
 
 ENV_PREFIX = "OPENMME_"
 MAX_BODY_BYTES = 6 * 1024 * 1024  # SageMaker's invoke_endpoint payload limit: 6 MiB.
@@ -165,6 +165,19 @@ def _opt(
     return field(default=default, metadata={"help": help, "parse": parse, "metavar": metavar, "repeated": repeated})
 
 
+def usable_cores() -> int:
+    """The cores this process may use: the CPUs it may run on, fewer under a cgroup v2 CPU quota (a container's
+    CPU limit, which the CPU count alone does not show)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+    except (OSError, ValueError):
+        return cores
+    if quota == "max":
+        return cores
+    return max(1, min(cores, -(-int(quota) // int(period))))
+
+
 def _parse_pipeline_name(value: str) -> str:
     if value and not value.endswith(".pipeline.json"):
         raise ValueError(f"a pipeline manifest's name ends in .pipeline.json: {value!r}")
@@ -297,6 +310,15 @@ class Settings:
         _parse_hosting,
     )
     shards: int = _opt(0, "dense shards, each one worker process holding many models (0: one per CPU core)", int)
+    fronts: int = _opt(
+        0,
+        "front processes sharing the port (SO_REUSEPORT): this one, the owner of model state, and fronts-1 edges"
+        " that answer warm invocations of dense models themselves and forward the rest to it; one Python front"
+        " answers a few thousand requests a second at most, so a big machine needs several (0: one per two CPU"
+        " cores, at least one)",
+        int,
+        "N",
+    )
     workers_per_model: int = _opt(1, "MMS worker processes per isolated model", int)
     job_queue_size: int = _opt(100, "requests queued per model (dense: per shard) before answering 503 (overload)", int)
     allow_pickle: bool = _opt(
@@ -505,6 +527,14 @@ class Settings:
         "the least severe of the text lines on stderr to show (JSON request and event lines go to stdout)",
         _parse_log_level,
     )
+
+    @property
+    def front_count(self) -> int:
+        """Front processes: ``--fronts``, or one per two CPU cores (one with ``--auth-refuse-replays``: a replay
+        must reach the process that saw the first request)."""
+        if self.fronts or self.auth_refuse_replays:
+            return self.fronts or 1
+        return max(1, usable_cores() // 2)
 
     @property
     def models_dir(self) -> Path:

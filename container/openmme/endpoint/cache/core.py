@@ -141,6 +141,22 @@ class ModelCache:
                     self._drop(entry, "cache_disabled", delete=True)
                 self._enforce_budgets_soon()
 
+    def touched(self, target: str, count: int) -> None:
+        """``count`` requests another front process answered from the loaded ``target`` (edges.py): counted as
+        hits, and the model used now, as if they had gone through ``use``."""
+        entry = self.entries.get(target)
+        if entry is None or count <= 0:
+            return
+        self.entries.move_to_end(target)
+        for _ in range(count):
+            self.usage.record(target)
+            if self.sketch is not None:
+                self.sketch.record(target)
+            for events in self.events:
+                events.lookup(entry, True)
+        self.counters["hits"] += count
+        entry.last_used = self.clock()
+
     async def _wait_ready(self, entry: Entry, wait: float) -> None:
         deadline = asyncio.get_running_loop().time() + wait
         while entry.state is not State.READY:

@@ -1,0 +1,63 @@
+"""The owner's side of several front processes, in process: which models an edge may answer itself (the routes),
+the changes an edge is sent, and what an edge's report does to the cache (hits counted, the model used now, its
+LRU place). With real processes: tests/integration/test_fronts.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from openmme.endpoint.cache import Budgets
+from openmme.endpoint.cache.entry import Entry, State
+from openmme.endpoint.edges import RouteInfo, route_changes, routes_of
+from tests.endpoint.test_cache import make_rig, run
+
+
+def entry(target: str, hosting: str = "dense", state: State = State.READY, **fields: object) -> Entry:
+    made = Entry(target, target.replace("/", "_"), Path("/store") / target, hosting=hosting, state=state)
+    made.replicas = {1: 100, 0: 100}
+    for name, value in fields.items():
+        setattr(made, name, value)
+    return made
+
+
+def test_an_edge_answers_only_loaded_dense_models_whose_cache_is_on() -> None:
+    entries = [
+        entry("a.tar.gz", default_accept="text/csv"),
+        entry("isolated.tar.gz", hosting="isolated"),
+        entry("loading.tar.gz", state=State.LOADING),
+        entry("disabled.tar.gz", model_cache="disabled"),
+        entry("lost.tar.gz", replicas={}),
+    ]
+    assert routes_of(entries) == {"a.tar.gz": RouteInfo("a.tar.gz", (0, 1), "text/csv")}
+    route = RouteInfo("a.tar.gz", (0, 1), "text/csv")
+    assert RouteInfo.decode(route.encode()) == route
+
+
+def test_an_edge_is_sent_what_changed_and_nothing_when_nothing_did() -> None:
+    one, two = RouteInfo("one", (0,), None), RouteInfo("two", (1,), None)
+    assert route_changes({}, {"one": one}) == {"routes": {"set": {"one": ["one", [0], None]}, "drop": []}}
+    assert route_changes({"one": one}, {"one": one}) is None
+    spread = RouteInfo("one", (0, 1), None)
+    assert route_changes({"one": one, "two": two}, {"one": spread}) == {
+        "routes": {"set": {"one": ["one", [0, 1], None]}, "drop": ["two"]}
+    }
+
+
+def test_what_an_edge_answered_counts_as_hits_and_use_of_the_model(tmp_path: Path) -> None:
+    now = [100.0]
+    rig = make_rig(tmp_path, Budgets(0, 0, 0), clock=lambda: now[0])
+
+    async def scenario() -> None:
+        for target in ("a", "b"):
+            async with rig.cache.use(target):
+                pass
+
+    run(scenario)
+    hits = rig.cache.counters["hits"]
+    now[0] = 250.0
+    rig.cache.touched("a", 3)
+    rig.cache.touched("unknown", 5)  # evicted meanwhile: nothing to count
+    assert rig.cache.counters["hits"] == hits + 3
+    assert [model.target for model in rig.cache.models()] == ["b", "a"]  # "a" is the most recently used now
+    assert rig.cache.get("a") is not None and rig.cache.get("a").last_used == 250.0  # type: ignore[union-attr]
+    assert rig.cache.usage.counts["a"] == 4 and rig.events.seen.count(("hit", "a")) == 3
