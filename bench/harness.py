@@ -259,7 +259,7 @@ def process_kind(cmdline: Sequence[str], root: bool = False) -> str:
         return "shard_worker"
     if "--sock-name" in cmdline:
         return "mms_worker"
-    if root or ("openmme.cli" in cmdline and "serve" in cmdline):
+    if root or ("openmme.cli" in cmdline and "serve" in cmdline) or "openmme.endpoint.edge" in cmdline:
         return "front"
     return "other"
 

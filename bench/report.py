@@ -287,10 +287,10 @@ def _warm_section(results: dict[str, Any]) -> list[str]:
         spent_direct = ", ".join(f"{KIND_LABELS[kind]} {direct[kind]:.3f}" for kind in KIND_LABELS if direct[kind] > 0)
         return (
             f"per request at c=8, openmme dense spent {dense['total']:.3f} ms of CPU ({spent}) against MMS direct's "
-            f"{direct['total']:.3f} ms ({spent_direct}); its front alone, one process, caps it at "
-            f"{ceiling['dense'].get('front_ceiling_rps', 0):.0f} req/s whatever the cores, where MMS direct's CPU "
-            f"per request projects {ceiling['mms_direct']['projected_rps']:.0f} req/s on {cores} cores; with "
-            f"{results['machine']['cpus']} CPUs, the front, the workers and wrk take turns on the same cores."
+            f"{direct['total']:.3f} ms ({spent_direct}); its {ceiling['dense'].get('front_processes', 1)} front"
+            f" processes on {cores} cores cap it at {ceiling['dense'].get('front_ceiling_rps', 0):.0f} req/s, where"
+            f" MMS direct's CPU per request projects {ceiling['mms_direct']['projected_rps']:.0f} req/s; with "
+            f"{results['machine']['cpus']} CPUs, the fronts, the workers and wrk take turns on the same cores."
         )
 
     lines += _goal_lines(_warm_goals(results), limit)

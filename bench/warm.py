@@ -6,8 +6,9 @@ The targets:
 
 - ``mms_direct``: MMS answering its own ``/predictions`` for the model with one worker: the server openmme is
   built on, the yardstick of every ratio;
-- ``dense``: openmme with ``--hosting dense``: the front feeds its dense shards' workers (MMS's Python worker, one
-  per core) over MMS's socket protocol itself, without MMS's Java front;
+- ``dense``: openmme with ``--hosting dense --fronts 2``: two front processes share the port (the owner of model
+  state and one edge, see container/openmme/endpoint/edges.py), each feeding the dense shards' workers (MMS's
+  Python worker, one per core) over MMS's socket protocol itself, without MMS's Java front;
 - ``isolated``: openmme with ``--hosting isolated``: the front, MMS's JVM and the model's own MMS worker.
 
 Two endpoints are started for this section alone, holding only this model: one dense, one isolated. MMS direct is
@@ -27,9 +28,12 @@ p50 and p99 is reported, and the CPU of the round whose total server CPU is the 
 to its total).
 
 The front's ceiling: one front process can answer at most ``1000 / front CPU ms per request`` requests a second,
-whatever the machine; on ``CORES`` cores, a server can answer at most ``CORES * 1000 / total server CPU ms per
-request`` (every process of it, the front included, shares the cores). openmme's projection is the lower of
-the two (the front's ceiling times its front processes); MMS direct's is the second alone.
+whatever the machine (the front CPU of all its front processes, per request: what one process spends on one);
+on ``CORES`` cores, a server can answer at most ``CORES * 1000 / total server CPU ms per request`` (every process
+of it, the fronts included, shares the cores). openmme's projection is the lower of the two, the front's ceiling
+times the front processes it runs on ``CORES`` cores: for dense, ``--fronts``'s default there (one per two
+cores), every front answering warm dense invocations itself; for isolated, one (an edge forwards an isolated
+model's invocations to the owner). MMS direct's is the second alone.
 """
 
 from __future__ import annotations
@@ -72,6 +76,8 @@ CONCURRENCIES = (1, 8)
 TARGETS = ("mms_direct", "dense", "isolated")
 # The machine the ceilings are projected onto.
 CORES = 16
+# Front processes of the dense endpoint measured here (--fronts): the owner and one edge.
+FRONTS = 2
 MEASURES = ("requests_per_second", "p50_ms", "p99_ms")
 # The process kinds whose CPU is a target's server CPU (the rest of both endpoints' processes are bystanders).
 SERVED_KINDS = {
@@ -188,7 +194,7 @@ def run_warm(
     workdir: Path, target_model: str, booster: xgboost.Booster, row: np.ndarray, body: bytes, sizes: WarmSizes
 ) -> dict[str, Any]:
     """The section: both endpoints started, the model loaded in each, the targets warmed up, then measured."""
-    flags = {"dense": ["--hosting", "dense"], "isolated": ["--hosting", "isolated"]}
+    flags = {"dense": ["--hosting", "dense", "--fronts", str(FRONTS)], "isolated": ["--hosting", "isolated"]}
     endpoints = {mode: Endpoint(workdir / f"warm-{mode}", mode_flags) for mode, mode_flags in flags.items()}
     openmme_script = wrk_script(workdir / "warm-openmme.lua", body, invoke_headers(target_model))
     direct_headers = {"Content-Type": "text/csv"}
@@ -234,7 +240,9 @@ def run_warm(
             "dense": count_kind(endpoints["dense"].pid, "shard_worker"),
             "isolated": mms_workers(isolated.pid),
         }
-        front_processes = {mode: count_kind(endpoint.pid, "front") for mode, endpoint in endpoints.items()}
+        warm["front_processes"] = {mode: count_kind(endpoint.pid, "front") for mode, endpoint in endpoints.items()}
+    # On CORES cores: --fronts's default for dense (every front answers warm dense invocations); one for isolated.
+    front_processes = {"dense": max(1, CORES // 2), "isolated": 1}
     warm["targets"] = {
         target.name: {f"c{c}": summary(rounds[(target.name, c)]) for c in CONCURRENCIES} for target in targets
     }

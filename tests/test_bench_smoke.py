@@ -68,10 +68,12 @@ def test_bench_smoke_runs_and_reports_every_section(tmp_path: Path) -> None:
     ceiling = warm["ceiling"]
     for name in warm["targets"]:
         assert ceiling[name]["cores_ceiling_rps"] == pytest.approx(16_000 / ceiling[name]["cpu_ms_per_request"])
-    for name in ("dense", "isolated"):
+    # Measured with the owner and one edge for dense; projected with --fronts's default on 16 cores for dense.
+    assert warm["front_processes"] == {"dense": 2, "isolated": 1}
+    for name, fronts in (("dense", 8), ("isolated", 1)):
         row = ceiling[name]
-        assert row["front_processes"] == 1
-        assert row["front_ceiling_rps"] == pytest.approx(1000 / row["front_cpu_ms_per_request"])
+        assert row["front_processes"] == fronts
+        assert row["front_ceiling_rps"] == pytest.approx(fronts * 1000 / row["front_cpu_ms_per_request"])
         assert row["projected_rps"] == min(row["front_ceiling_rps"], row["cores_ceiling_rps"])
     assert ceiling["mms_direct"]["projected_rps"] == ceiling["mms_direct"]["cores_ceiling_rps"]
 
