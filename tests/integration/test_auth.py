@@ -6,6 +6,7 @@ authentication, before it binds or starts anything."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import time
 import urllib.error
@@ -26,7 +27,7 @@ from openmme.publish import publish_archive
 from openmme.publish.samples import make_rows, sample_archive
 from openmme.seaweed import EmbeddedS3
 from tests.conftest import Endpoint, Launcher, run_serve
-from tests.support import answer, expected
+from tests.support import answer, expected, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -39,7 +40,8 @@ ODD_TARGET = "houston/v 2+b%ï/model.tar.gz"  # a space, '+', '%' and a non-ASCI
 def secured(
     s3: EmbeddedS3, tmp_path_factory: pytest.TempPathFactory, boosters: dict[str, xgboost.Booster]
 ) -> Iterator[Endpoint]:
-    """One endpoint with --auth sigv4, a key for houston/* and an unrestricted key; four models."""
+    """One endpoint with --auth sigv4 and two front processes, a key for houston/* and an unrestricted key; four
+    models."""
     prefix = f"s3://models/{uuid.uuid4().hex[:10]}/"
     for target, objective in (
         ("houston/model.tar.gz", "binary:logistic"),
@@ -61,7 +63,8 @@ def secured(
     )
     keys.chmod(0o600)
     launcher = Launcher(s3, tmp_path_factory)
-    yield launcher.start(prefix, "--auth", "sigv4", "--auth-keys-file", str(keys))
+    # Two front processes: every request below reaches the owner or the edge, and both must check it alike.
+    yield launcher.start(prefix, "--auth", "sigv4", "--auth-keys-file", str(keys), "--fronts", "2")
     launcher.close()
 
 
@@ -206,3 +209,28 @@ def test_serve_with_auth_but_no_keys_exits_with_one_line(tmp_path: Path) -> None
         "openmme serve: OPENMME_AUTH_ACCESS_KEY_ID and OPENMME_AUTH_SECRET_ACCESS_KEY must be set together"
     ]
     assert not (tmp_path / "cache").exists()
+
+
+def test_both_fronts_check_signatures_and_the_edge_answers_signed_warm_requests(secured: Endpoint) -> None:
+    target, body = "houston/model.tar.gz", "1,2,3,4,5,6"
+
+    def unsigned() -> int:
+        connection = http.client.HTTPConnection(secured.url.removeprefix("http://"), timeout=30)
+        headers = {"Content-Type": "text/csv", "X-Amzn-SageMaker-Target-Model": target}
+        connection.request("POST", f"/endpoints/{secured.name}/invocations", body=body, headers=headers)
+        status = connection.getresponse().status
+        connection.close()
+        return status
+
+    def signed() -> int:  # a new client: a new connection, which either front may take
+        response = secured.invoke(target, body, client=secured.runtime(retries=1, credentials=HOUSTON))
+        return int(response["ResponseMetadata"]["HTTPStatusCode"])
+
+    def answered_by_edge() -> bool:
+        lines = [json.loads(line) for line in secured.log().splitlines() if line.startswith('{"time"')]
+        return any(line.get("front") == "edge-1" and line.get("target_model") == target for line in lines)
+
+    assert signed() == 200
+    assert wait_until(lambda: signed() == 200 and answered_by_edge())
+    assert [unsigned() for _ in range(16)] == [403] * 16
+    assert [signed() for _ in range(8)] == [200] * 8
