@@ -396,8 +396,10 @@ def run(sizes: Sizes, workdir: Path) -> dict[str, Any]:
 
 def goals(results: dict[str, Any]) -> list[tuple[str, str, bool]]:
     """Running the steps inside the endpoint costs no more than the client calling them one by one: the
-    pipeline's p50 at c=1 (latency, unloaded) and its server CPU per request at the highest concurrency (where
-    the runs are longest), each at most 1.1x its steps', the margin for a shared machine's noise."""
+    pipeline's p50 at c=1 (latency, unloaded) against the sum of its steps' p50, and its server CPU per request
+    at the highest concurrency (where the runs are longest) against the measured one-by-one run's, which has the
+    pipeline's load shape (each connection cycling through the steps; each step alone at c=8 queues 8 requests
+    deep, which lowers its CPU per request), each at most 1.1x, the margin for a shared machine's noise."""
     low, high = min(results["sizes"]["concurrencies"]), max(results["sizes"]["concurrencies"])
     at_low, at_high = results["compare"][f"c{low}"], results["compare"][f"c{high}"]
     p50 = results["wrk"]["pipeline"][f"c{low}"]["p50_ms"]
@@ -409,9 +411,10 @@ def goals(results: dict[str, Any]) -> list[tuple[str, str, bool]]:
             at_low["ratio_p50_ms"] <= P50_GOAL,
         ),
         (
-            f"server CPU per pipeline request at c={high} ≤ {CPU_GOAL}x the sum of its steps'",
-            f"{cpu:.2f} vs {at_high['steps_cpu_ms']:.2f} ms ({at_high['ratio_cpu']:.2f}x)",
-            at_high["ratio_cpu"] <= CPU_GOAL,
+            f"server CPU per pipeline request at c={high} ≤ {CPU_GOAL}x a client's calling its steps one by one"
+            " (measured: the steps' requests in turn on every connection)",
+            f"{cpu:.2f} vs {at_high['one_by_one_cpu_ms']:.2f} ms ({cpu / at_high['one_by_one_cpu_ms']:.2f}x)",
+            cpu <= CPU_GOAL * at_high["one_by_one_cpu_ms"],
         ),
     ]
 
