@@ -38,6 +38,7 @@ from boto3.s3.transfer import TransferConfig
 
 from openmme.endpoint.errors import ValidationError
 from openmme.endpoint.names import S3_MISSING_CODES, S3Location, s3_error_code, validate_target_model
+from openmme.endpoint.pipeline_manifest import PIPELINE_SUFFIX
 from openmme.publish._errors import (
     ArtifactExists,
     BucketNotFound,
@@ -189,8 +190,9 @@ def object_size(client: Any, location: S3Location) -> int | None:
 
 
 def suggest_name(client: Any, prefix: S3Location, target: str) -> str:
-    """A free TargetModel next to ``target``: ``houston/model.tar.gz`` → ``houston/model-v2.tar.gz`` (or v3 …)."""
-    suffix = next((s for s in (*_ARCHIVE_SUFFIXES, ".tar") if target.endswith(s)), "")
+    """A free TargetModel next to ``target``: ``houston/model.tar.gz`` → ``houston/model-v2.tar.gz`` (or v3 …),
+    ``churn.pipeline.json`` → ``churn-v2.pipeline.json``."""
+    suffix = next((s for s in (*_ARCHIVE_SUFFIXES, ".tar", PIPELINE_SUFFIX) if target.endswith(s)), "")
     stem = target[: len(target) - len(suffix)]
     versioned = _VERSION.match(stem)
     number = int(versioned["number"]) + 1 if versioned else 2

@@ -30,7 +30,6 @@ Every refusal leaves the prefix as it was. Errors are ``PublishError``s (the pac
 from __future__ import annotations
 
 import json
-import re
 import tempfile
 import time
 import urllib.error
@@ -53,7 +52,15 @@ from openmme.endpoint.pipeline_manifest import (
     is_pipeline,
 )
 from openmme.publish._errors import ArtifactExists, InvalidTargetModel, ModelCheckFailed, ModelNotFound, PublishError
-from openmme.publish._s3 import check_target_model, object_size, parse_prefix, require_bucket, s3_client, translate
+from openmme.publish._s3 import (
+    check_target_model,
+    object_size,
+    parse_prefix,
+    require_bucket,
+    s3_client,
+    suggest_name,
+    translate,
+)
 from openmme.publish.aliases import AliasNotFound, get_alias
 
 __all__ = [
@@ -77,7 +84,6 @@ _REQUEST_TIMEOUT_S = 300.0
 _RETRY_PAUSE_S = 1.0
 _SHOWN_ANSWER_CHARS = 120
 _PRECONDITION_FAILED = {"PreconditionFailed", "412"}
-_VERSION = re.compile(r"^(?P<stem>.*)-v(?P<number>\d+)$")
 
 
 class PipelineRefused(PublishError, ValueError):
@@ -403,26 +409,13 @@ def _create(client: Any, location: S3Location, body: bytes, **condition: str) ->
 
 
 def _taken(client: Any, location: S3Location, name: str, *, meanwhile: bool = False) -> ArtifactExists:
-    suggestion = _free_name(client, location, name)
+    suggestion = suggest_name(client, location, name)
     how = "was changed by someone else while this one was checked" if meanwhile else "holds a different manifest"
     return ArtifactExists(
         f"{location.child(name)} {how}; a pipeline manifest is immutable (endpoints keep the one they read):"
         f" publish it under a new name, e.g. {suggestion}, and move an alias to it (or replace it with --force)",
         suggestion,
     )
-
-
-def _free_name(client: Any, location: S3Location, name: str) -> str:
-    """A free manifest name next to ``name``: ``churn.pipeline.json`` → ``churn-v2.pipeline.json`` (or v3 …)."""
-    stem = name.removesuffix(PIPELINE_SUFFIX)
-    versioned = _VERSION.match(stem)
-    number = int(versioned["number"]) + 1 if versioned else 2
-    stem = versioned["stem"] if versioned else stem
-    for candidate_number in range(number, number + 20):
-        candidate = f"{stem}-v{candidate_number}{PIPELINE_SUFFIX}"
-        if object_size(client, location.child(candidate)) is None:
-            return candidate
-    return f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}{PIPELINE_SUFFIX}"
 
 
 # ---- names --------------------------------------------------------------------------------------------------
