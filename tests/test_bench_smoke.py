@@ -4,11 +4,11 @@ every section. Each test reads only what its own run wrote (the report and the r
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 
+from openmme.endpoint.settings import usable_cores
 from tests.support import bench_module, needs_tool, run_bench_smoke
 
 pytestmark = pytest.mark.integration
@@ -50,7 +50,7 @@ def test_bench_smoke_runs_and_reports_every_section(tmp_path: Path) -> None:
     # The warm path: every target answered, the same bytes, and its CPU was found where its requests went.
     warm, kinds = results["warm"], bench_module("harness").KINDS
     assert warm["same_answer"], warm["answers"]
-    assert warm["workers"] == {"mms_direct": 1, "dense": os.cpu_count(), "isolated": 1}
+    assert warm["workers"] == {"mms_direct": 1, "dense": usable_cores(), "isolated": 1}
     assert len([goal for goal in goals if goal["section"] == "warm"]) == 5
     for name, target in warm["targets"].items():
         for concurrency, row in target.items():

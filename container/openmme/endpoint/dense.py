@@ -19,7 +19,6 @@ import functools
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +29,7 @@ from openmme.endpoint.cache.entry import Entry, State
 from openmme.endpoint.errors import InsufficientMemory, ModelError, ServiceUnavailable
 from openmme.endpoint.logs import log_task_failure
 from openmme.endpoint.mms import MmsResponse
-from openmme.endpoint.settings import Settings
+from openmme.endpoint.settings import Settings, usable_cores
 from openmme.endpoint.shardworker import ShardWorker, WorkerGone
 from openmme.handlers import DENSE, DENSE_HANDLER, ERROR_HEADER, MODEL_HEADER, OP_HEADER
 
@@ -62,7 +61,7 @@ class ShardPool:
         self, settings: Settings, environment: Mapping[str, str], log_path: Path, listen_dir: Path | None = None
     ) -> None:
         self.settings = settings
-        count = settings.shards or os.cpu_count() or 1
+        count = settings.shards or usable_cores()
         # As MMS's Java front tells its workers: request bodies reach the handler as bytes, never decoded.
         environment = {**environment, "MMS_DECODE_INPUT_REQUEST": "false"}
         self.shards = []

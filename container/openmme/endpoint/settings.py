@@ -309,7 +309,12 @@ class Settings:
         ' openmme.json {"hosting": ...} overrides this',
         _parse_hosting,
     )
-    shards: int = _opt(0, "dense shards, each one worker process holding many models (0: one per CPU core)", int)
+    shards: int = _opt(
+        0,
+        "dense shards, each one worker process holding many models (0: one per usable core: the CPUs this process"
+        " may run on, fewer under a container's CPU quota)",
+        int,
+    )
     fronts: int = _opt(
         0,
         "front processes sharing the port (SO_REUSEPORT): this one, the owner of model state, and fronts-1 edges"
