@@ -4,11 +4,15 @@ LRU place). With real processes: tests/integration/test_fronts.py."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+
+import pytest
 
 from openmme.endpoint.cache import Budgets
 from openmme.endpoint.cache.entry import Entry, State
-from openmme.endpoint.edges import RouteInfo, route_changes, routes_of
+from openmme.endpoint.edges import Edges, RouteInfo, route_changes, routes_of
+from openmme.endpoint.metrics import Metrics
 from tests.endpoint.test_cache import make_rig, run
 
 
@@ -61,3 +65,41 @@ def test_what_an_edge_answered_counts_as_hits_and_use_of_the_model(tmp_path: Pat
     assert [model.target for model in rig.cache.models()] == ["b", "a"]  # "a" is the most recently used now
     assert rig.cache.get("a") is not None and rig.cache.get("a").last_used == 250.0  # type: ignore[union-attr]
     assert rig.cache.usage.counts["a"] == 4 and rig.events.seen.count(("hit", "a")) == 3
+
+
+class Writer:
+    """What the owner writes to one edge's control channel."""
+
+    def __init__(self) -> None:
+        self.lines: list[dict[str, object]] = []
+
+    def is_closing(self) -> bool:
+        return False
+
+    def write(self, data: bytes) -> None:
+        self.lines.append(json.loads(data))
+
+
+@pytest.mark.parametrize(
+    ("options", "sent"),
+    [({}, True), ({"capture_destination": "s3://bucket/capture/"}, False), ({"pipeline": "f.pipeline.json"}, False)],
+)
+def test_with_data_capture_or_an_endpoint_pipeline_the_edges_get_no_route(
+    tmp_path: Path, options: dict[str, str], sent: bool
+) -> None:
+    rig = make_rig(tmp_path, Budgets(0, 0, 0), fronts=2, **options)
+
+    async def scenario() -> None:
+        async with rig.cache.use("a"):
+            pass
+
+    run(scenario)
+    loaded = rig.cache.get("a")
+    assert loaded is not None
+    loaded.hosting, loaded.replicas = "dense", {0: 100}  # as the dense backend leaves a loaded model
+    edges = Edges(rig.cache.settings, rig.cache, Metrics(), tmp_path, {0: str(tmp_path / "shard-0.sock")})
+    writer = Writer()
+    edges.edges[0].writer = writer  # type: ignore[assignment]
+    edges.sync()
+    expected = [{"routes": {"set": {"a": [loaded.name, [0], None]}, "drop": []}}] if sent else []
+    assert writer.lines == expected

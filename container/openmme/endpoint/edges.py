@@ -9,7 +9,8 @@ An edge answers one kind of request itself: an invocation of a dense model this 
 *routes*: TargetModel → its name in the shards, the shards holding it, its default Accept). It sends it straight
 to a shard's worker, on a channel of its own to the socket each worker listens on (shardworker.py), exactly as
 this process would. Everything else — a model not loaded, isolated or script models, aliases, pipelines,
-TargetVariant, the container API, ``/ping``, ``/metrics`` — the edge forwards whole to this process, over a unix
+TargetVariant, the container API, ``/ping``, ``/metrics``, and every invocation when data capture or ``--pipeline``
+is on (both live in this process's data plane) — the edge forwards whole to this process, over a unix
 socket of its own, and relays the answer. So does an invocation whose worker answers that it does not hold the
 model (an eviction raced it) or whose worker is gone: this process then loads it again, as it would for its own.
 
@@ -137,6 +138,9 @@ class Edges:
         self.shard_sockets = dict(shard_sockets)
         self.forward_path = str(directory / "owner.sock")
         self.edges = [_Edge(index) for index in range(1, settings.front_count)]
+        # With data capture, or an endpoint-wide pipeline, every invocation must go through the owner's data plane:
+        # the edges are then sent no route, and forward everything.
+        self.answering = not settings.capture_destination and not settings.pipeline
         self._stopping = False
         self.answered = Counter(
             "openmme_front_invocations",
@@ -193,7 +197,7 @@ class Edges:
 
     def sync(self) -> None:
         """Send each edge what changed in the routes since it was last sent them."""
-        routes = routes_of(self.cache.models())
+        routes = routes_of(self.cache.models()) if self.answering else {}
         for edge in self.edges:
             if edge.writer is None or edge.writer.is_closing():
                 continue
