@@ -230,6 +230,15 @@ def _nested_directory(workdir: Path, prefix: str, booster: xgboost.Booster) -> P
     return {"local": [str(write_archive(workdir / "source", workdir / "model.tar.gz"))]}
 
 
+def _unmet_requirements(workdir: Path, prefix: str, booster: xgboost.Booster) -> Parts:
+    (workdir / "featurizer" / "code").mkdir(parents=True)
+    (workdir / "featurizer" / "code" / "inference.py").write_text(
+        "import sklearn\n\n\ndef model_fn(d):\n    return 1\n"
+    )
+    (workdir / "featurizer" / "code" / "requirements.txt").write_text("scikit-learn\n")
+    return {"local": [str(workdir / "featurizer")]}
+
+
 def _missing_file(workdir: Path, prefix: str, booster: xgboost.Booster) -> Parts:
     return {"local": [str(workdir / "nothing-here.tar.gz")]}
 
@@ -260,6 +269,9 @@ REFUSALS = {
                         "outside the archive"),
     "nested directory": (_nested_directory, "everything is inside model/: pack that directory's contents"),
     "missing file": (_missing_file, "nothing-here.tar.gz does not exist"),
+    "requirements not here": (_unmet_requirements, "No module named 'sklearn' (code/requirements.txt is installed by "
+                              "the endpoint, into an environment of the model's own, not into this process: publish "
+                              "with --skip-check"),
 }  # fmt: skip
 
 

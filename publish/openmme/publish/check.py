@@ -163,7 +163,13 @@ def _load(handler: str, model_dir: Path) -> Any:
         handler_service.handle(None, service.context)
     except Exception as exc:
         # The same sentence the endpoint reports for a model that fails to load.
-        raise ModelCheckFailed(f"the model does not load: {load_error_message(exc)}") from exc
+        message = load_error_message(exc)
+        if "ModuleNotFoundError" in message and (model_dir / "code" / "requirements.txt").is_file():
+            message += (
+                " (code/requirements.txt is installed by the endpoint, into an environment of the model's own, not"
+                " into this process: publish with --skip-check, or install the requirements here first)"
+            )
+        raise ModelCheckFailed(f"the model does not load: {message}") from exc
     return service
 
 
