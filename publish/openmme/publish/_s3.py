@@ -60,6 +60,8 @@ __all__ = [
     "object_size",
     "parse_object_uri",
     "parse_prefix",
+    "put_json_if",
+    "read_object",
     "refuse_existing",
     "require_bucket",
     "s3_client",
@@ -79,6 +81,8 @@ COPY_MULTIPART_CHUNKSIZE = 64 * MiB
 _MIN_PART = 5 * MiB
 
 _NO_BUCKET = {"NoSuchBucket"}
+_PRECONDITION_FAILED = {"PreconditionFailed", "412"}
+_NOT_IMPLEMENTED = {"NotImplemented", "501"}
 _DENIED = {"403", "AccessDenied", "AllAccessDisabled", "InvalidAccessKeyId", "SignatureDoesNotMatch"}
 # Bucket names as S3 (including legacy us-east-1 names and S3-compatible stores) accepts them: letters, digits,
 # dots, hyphens, underscores. Anything else (a space, a second scheme, a port) is a typo worth stopping at.
@@ -187,6 +191,47 @@ def object_size(client: Any, location: S3Location) -> int | None:
     except botocore.exceptions.BotoCoreError as exc:
         raise translate(exc, f"checking {location}") from exc
     return int(head["ContentLength"])
+
+
+def read_object(client: Any, location: S3Location) -> tuple[bytes, str] | None:
+    """The object at ``location``, whole, and its ETag; None when there is none."""
+    try:
+        response = client.get_object(Bucket=location.bucket, Key=location.key)
+        return bytes(response["Body"].read()), str(response.get("ETag", ""))
+    except botocore.exceptions.ClientError as exc:
+        if s3_error_code(exc) in S3_MISSING_CODES:
+            return None
+        raise translate(exc, f"reading {location}") from exc
+    except botocore.exceptions.BotoCoreError as exc:
+        raise translate(exc, f"reading {location}") from exc
+
+
+def put_json_if(
+    client: Any,
+    location: S3Location,
+    body: bytes,
+    *,
+    unsupported: Callable[[S3Location], PublishError] | None = None,
+    **condition: str,
+) -> bool:
+    """A conditional PutObject of a JSON ``body`` (``IfNoneMatch="*"`` or ``IfMatch=<ETag>``); False when its
+    precondition failed. A store that answers it does not implement the condition raises ``unsupported(location)``
+    when given (else the error is translated as any other)."""
+    try:
+        client.put_object(
+            Bucket=location.bucket, Key=location.key, Body=body, ContentType="application/json", **condition
+        )
+    except botocore.exceptions.ClientError as exc:
+        code = s3_error_code(exc)
+        status = str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+        if code in _PRECONDITION_FAILED or status == "412":
+            return False
+        if unsupported is not None and (code in _NOT_IMPLEMENTED or status == "501"):
+            raise unsupported(location) from exc
+        raise translate(exc, f"writing {location}") from exc
+    except botocore.exceptions.BotoCoreError as exc:
+        raise translate(exc, f"writing {location}") from exc
+    return True
 
 
 def suggest_name(client: Any, prefix: S3Location, target: str) -> str:

@@ -60,10 +60,19 @@ from openmme.endpoint.alias_state import (
     state_prefix,
     variant_name_for,
 )
-from openmme.endpoint.names import RESERVED_FOLDER, S3_MISSING_CODES, S3Location, s3_error_code
+from openmme.endpoint.names import RESERVED_FOLDER, S3Location
 from openmme.endpoint.pipeline_manifest import PipelineInvalid, PipelineManifest, is_pipeline
 from openmme.publish._errors import PublishError, StoreError
-from openmme.publish._s3 import check_target_model, object_size, parse_prefix, require_bucket, s3_client, translate
+from openmme.publish._s3 import (
+    check_target_model,
+    object_size,
+    parse_prefix,
+    put_json_if,
+    read_object,
+    require_bucket,
+    s3_client,
+    translate,
+)
 from openmme.publish.check import check_archive
 
 __all__ = [
@@ -84,8 +93,6 @@ __all__ = [
     "set_alias",
 ]
 
-_PRECONDITION_FAILED = {"PreconditionFailed", "412"}
-_NOT_IMPLEMENTED = {"NotImplemented", "501"}
 # Rolling a half-written change forward, then trying again, happens at most this often per change.
 _MAX_ROLL_FORWARD = 3
 _PROBE_NAME = "conditional-write-probe"
@@ -358,13 +365,11 @@ class AliasContext:
                 self._load(target, sample if isinstance(version, Variant) else None, content_type)
 
     def _read_pipeline(self, target: str) -> None:
-        location = self.location.child(target)
+        found = read_object(self.client, self.location.child(target))
+        if found is None:  # deleted since its size was read
+            raise AliasRefused(f"{target} is not in {self.location}: publish it first (openmme pipeline publish)")
         try:
-            body = self.client.get_object(Bucket=location.bucket, Key=location.key)["Body"].read()
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-            raise translate(exc, f"reading {location}") from exc
-        try:
-            PipelineManifest.from_bytes(body, target)
+            PipelineManifest.from_bytes(found[0], target)
         except PipelineInvalid as exc:
             raise AliasRefused(f"{target} cannot be served: {exc}") from exc
 
@@ -432,7 +437,7 @@ def commit_alias(
     _require_conditional_writes(client, location)
     body = json.dumps(document.describe(), indent=1).encode()
     record = S3Location(location.bucket, history_key(location.key, alias, document.generation))
-    if not _put(client, record, body, IfNoneMatch="*"):
+    if not put_json_if(client, record, body, unsupported=_unsupported, IfNoneMatch="*"):
         found = _read_json(client, record, alias)
         winner = found[0] if found is not None else current
         raise AliasConflict(
@@ -456,7 +461,7 @@ def _current_rolled_forward(client: Any, location: S3Location, alias: str) -> tu
         ahead = _read_json(client, S3Location(location.bucket, history_key(location.key, alias, generation + 1)), alias)
         if ahead is None:
             return current, etag
-        _put(client, location_of_state(location, alias), ahead[1], **_condition(etag))
+        put_json_if(client, location_of_state(location, alias), ahead[1], unsupported=_unsupported, **_condition(etag))
     raise StoreError(f"alias {alias}: its document keeps falling behind its history; try again")
 
 
@@ -464,7 +469,7 @@ def _write_current(
     client: Any, location: S3Location, alias: str, body: bytes, etag: str | None, document: AliasDocument
 ) -> None:
     """Replace the current document with the committed one, unless someone rolled it forward already."""
-    if _put(client, location_of_state(location, alias), body, **_condition(etag)):
+    if put_json_if(client, location_of_state(location, alias), body, unsupported=_unsupported, **_condition(etag)):
         return
     now, _ = _read_current(client, location, alias)
     if now is not None and now.generation >= document.generation:
@@ -483,25 +488,6 @@ def _condition(etag: str | None) -> dict[str, str]:
     return {"IfMatch": etag} if etag else {"IfNoneMatch": "*"}
 
 
-def _put(client: Any, location: S3Location, body: bytes, **condition: str) -> bool:
-    """A conditional PutObject; False when its precondition failed."""
-    try:
-        client.put_object(
-            Bucket=location.bucket, Key=location.key, Body=body, ContentType="application/json", **condition
-        )
-    except botocore.exceptions.ClientError as exc:
-        code = s3_error_code(exc)
-        status = str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
-        if code in _PRECONDITION_FAILED or status == "412":
-            return False
-        if code in _NOT_IMPLEMENTED or status == "501":
-            raise _unsupported(location) from exc
-        raise translate(exc, f"writing {location}") from exc
-    except botocore.exceptions.BotoCoreError as exc:
-        raise translate(exc, f"writing {location}") from exc
-    return True
-
-
 def _require_conditional_writes(client: Any, location: S3Location) -> None:
     """ConditionalWritesUnsupported unless the store refuses a second create-only write of the same key."""
     key = (str(client.meta.endpoint_url), location.bucket, location.key)
@@ -509,8 +495,8 @@ def _require_conditional_writes(client: Any, location: S3Location) -> None:
         if key in _probed:
             return
     probe = S3Location(location.bucket, f"{location.key}{RESERVED_FOLDER}{_PROBE_NAME}")
-    _put(client, probe, b"probe", IfNoneMatch="*")  # created now, or there already
-    if _put(client, probe, b"probe", IfNoneMatch="*"):
+    put_json_if(client, probe, b"probe", unsupported=_unsupported, IfNoneMatch="*")  # created now, or there already
+    if put_json_if(client, probe, b"probe", unsupported=_unsupported, IfNoneMatch="*"):
         raise _unsupported(location)
     with _probe_lock:
         _probed.add(key)
@@ -531,20 +517,15 @@ def _read_current(client: Any, location: S3Location, alias: str) -> tuple[AliasD
 
 def _read_json(client: Any, location: S3Location, alias: str) -> tuple[AliasDocument, bytes, str] | None:
     """The alias document at ``location``, its body and ETag; None when there is none."""
-    try:
-        response = client.get_object(Bucket=location.bucket, Key=location.key)
-        body = response["Body"].read()
-    except botocore.exceptions.ClientError as exc:
-        if s3_error_code(exc) in S3_MISSING_CODES:
-            return None
-        raise translate(exc, f"reading {location}") from exc
-    except botocore.exceptions.BotoCoreError as exc:
-        raise translate(exc, f"reading {location}") from exc
+    found = read_object(client, location)
+    if found is None:
+        return None
+    body, etag = found
     try:
         document = AliasDocument.parse(json.loads(body), alias)
     except (ValueError, AliasInvalid) as exc:
         raise StoreError(f"{location} is not an alias document openmme can read: {exc}") from exc
-    return document, body, str(response.get("ETag", ""))
+    return document, body, etag
 
 
 def _alias_names(client: Any, location: S3Location) -> list[str]:

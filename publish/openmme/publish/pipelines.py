@@ -39,10 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import botocore.exceptions
-
 from openmme.endpoint.alias_state import AliasInvalid, check_alias_name
-from openmme.endpoint.names import S3_MISSING_CODES, TARGET_MODEL, S3Location, s3_error_code
+from openmme.endpoint.names import TARGET_MODEL, S3Location
 from openmme.endpoint.pipeline_manifest import (
     PIPELINE_SUFFIX,
     TARGET_STEP,
@@ -56,10 +54,11 @@ from openmme.publish._s3 import (
     check_target_model,
     object_size,
     parse_prefix,
+    put_json_if,
+    read_object,
     require_bucket,
     s3_client,
     suggest_name,
-    translate,
 )
 from openmme.publish.aliases import AliasNotFound, get_alias
 
@@ -83,7 +82,6 @@ DEFAULT_CHECK_TIMEOUT_S = 900.0
 _REQUEST_TIMEOUT_S = 300.0
 _RETRY_PAUSE_S = 1.0
 _SHOWN_ANSWER_CHARS = 120
-_PRECONDITION_FAILED = {"PreconditionFailed", "412"}
 
 
 class PipelineRefused(PublishError, ValueError):
@@ -166,7 +164,7 @@ def get_pipeline(prefix: str, name: str, *, client: Any | None = None) -> Pipeli
     client = client or s3_client()
     location = parse_prefix(prefix)
     name = _checked_name(name)
-    found = _read(client, location.child(name))
+    found = read_object(client, location.child(name))
     if found is None:
         raise ModelNotFound(f"{location} has no pipeline {name}")
     try:
@@ -251,7 +249,7 @@ def publish_pipeline(
     location = parse_prefix(prefix)
     require_bucket(client, location)
     destination = location.child(manifest.name)
-    existing = _read(client, destination)
+    existing = read_object(client, destination)
     if existing is not None and existing[0] == body:
         return PipelineReport(str(destination), manifest, "unchanged")
     if existing is not None and not force:
@@ -274,13 +272,13 @@ def publish_pipeline(
         answer = _check(prefix, manifest, body, request, check_target, serve_args, check_timeout)
 
     if existing is None:
-        if _create(client, destination, body, IfNoneMatch="*"):
+        if put_json_if(client, destination, body, IfNoneMatch="*"):
             return PipelineReport(str(destination), manifest, "published", resolved, answer)
-        now = _read(client, destination)  # someone published this name while the check ran
+        now = read_object(client, destination)  # someone published this name while the check ran
         if now is not None and now[0] == body:
             return PipelineReport(str(destination), manifest, "unchanged", resolved, answer)
         raise _taken(client, location, manifest.name)
-    if _create(client, destination, body, IfMatch=existing[1]):
+    if put_json_if(client, destination, body, IfMatch=existing[1]):
         return PipelineReport(str(destination), manifest, "replaced", resolved, answer)
     raise _taken(client, location, manifest.name, meanwhile=True)
 
@@ -377,35 +375,6 @@ def _find(client: Any, location: S3Location, model: str) -> tuple[str, str]:
     if size is not None:
         return "archive", f"{size} bytes"
     return "missing", f"not in {location} as an archive or an alias: publish it first"
-
-
-def _read(client: Any, location: S3Location) -> tuple[bytes, str] | None:
-    """The object at ``location`` and its ETag; None when there is none."""
-    try:
-        response = client.get_object(Bucket=location.bucket, Key=location.key)
-        return bytes(response["Body"].read()), str(response.get("ETag", ""))
-    except botocore.exceptions.ClientError as exc:
-        if s3_error_code(exc) in S3_MISSING_CODES:
-            return None
-        raise translate(exc, f"reading {location}") from exc
-    except botocore.exceptions.BotoCoreError as exc:
-        raise translate(exc, f"reading {location}") from exc
-
-
-def _create(client: Any, location: S3Location, body: bytes, **condition: str) -> bool:
-    """A conditional PutObject of the manifest; False when its precondition failed."""
-    try:
-        client.put_object(
-            Bucket=location.bucket, Key=location.key, Body=body, ContentType="application/json", **condition
-        )
-    except botocore.exceptions.ClientError as exc:
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        if s3_error_code(exc) in _PRECONDITION_FAILED or status == 412:
-            return False
-        raise translate(exc, f"writing {location}") from exc
-    except botocore.exceptions.BotoCoreError as exc:
-        raise translate(exc, f"writing {location}") from exc
-    return True
 
 
 def _taken(client: Any, location: S3Location, name: str, *, meanwhile: bool = False) -> ArtifactExists:
