@@ -56,7 +56,16 @@ from openmme.handlers import ERROR_HEADER
 if TYPE_CHECKING:
     from openmme.endpoint.capture import Capturer
 
-__all__ = ["FORM_TYPES", "Answer", "DataPlane", "Invocation", "PlannedStep", "reply_answer"]
+__all__ = [
+    "FORM_TYPES",
+    "Answer",
+    "DataPlane",
+    "Invocation",
+    "PlannedStep",
+    "ms_since",
+    "reply_answer",
+    "with_default_accept",
+]
 
 # Bodies MMS parses into form parameters instead of passing them on: the model would see no body at all.
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
@@ -155,7 +164,7 @@ class DataPlane:
             raise
         finally:
             record["status"] = status
-            record["total_ms"] = _ms_since(started)
+            record["total_ms"] = ms_since(started)
             seconds = time.perf_counter() - started
             self.metrics.invocation(target, status, seconds)
             if resolution is not None and resolution.alias is not None and self.aliases is not None:
@@ -199,10 +208,15 @@ class DataPlane:
             async with self.cache.use(target, counted=False):
                 pass
 
+    def _runs_pipeline(self, target: str) -> bool:
+        """Whether ``target`` runs as a pipeline: it names one, or ``--pipeline`` puts every TargetModel behind
+        one."""
+        return self.pipelines is not None and (is_pipeline(target) or bool(self.pipelines.default))
+
     async def pipeline_archives(self, target: str) -> list[str]:
         """The archives ``target`` runs: its steps' (their aliases' versions as served now) when it is a pipeline,
         else itself (through ``--pipeline``'s steps when one is set)."""
-        if self.pipelines is None or not (is_pipeline(target) or self.pipelines.default):
+        if not self._runs_pipeline(target):
             return [target]
         manifest, inner = await self._manifest_of(target)
         if inner is None and manifest.takes_target:
@@ -217,7 +231,7 @@ class DataPlane:
         self, target: str, body: bytes, headers: Mapping[str, str], record: dict[str, object], variant: str
     ) -> Answer:
         """``target`` run alone, or, when it is a pipeline (or ``--pipeline`` names one), its steps in order."""
-        if self.pipelines is None or not (is_pipeline(target) or self.pipelines.default):
+        if not self._runs_pipeline(target):
             return await self._run(target, body, headers, record, variant)
         manifest, inner = await self._manifest_of(target)
         steps = self._bind(manifest, inner, headers)
@@ -310,12 +324,11 @@ class DataPlane:
         for attempt in range(2):
             waiting = time.perf_counter()
             async with self.cache.use(target, counted=attempt == 0) as entry:
-                record["wait_ms"] = _ms_since(waiting)
+                record["wait_ms"] = ms_since(waiting)
                 if not hit:
                     _record_load(entry, record)
                 predicting = time.perf_counter()
-                if entry.default_accept is not None and headers.get("Accept", "*/*") == "*/*":
-                    headers = {**headers, "Accept": entry.default_accept}
+                headers = with_default_accept(headers, entry.default_accept)
                 try:
                     route = self.backend.route(entry)
                 except ModelLost:
@@ -323,9 +336,9 @@ class DataPlane:
                 try:
                     reply = await self.backend.call(entry, route, body, headers)
                 except ModelLost:
-                    record["predict_ms"] = _ms_since(predicting)
+                    record["predict_ms"] = ms_since(predicting)
                     continue  # its workers died, or the host forgot it: loaded again on the next attempt
-                record["predict_ms"] = _ms_since(predicting)
+                record["predict_ms"] = ms_since(predicting)
                 return reply
         raise ServiceUnavailable(f"model {target!r} could not be kept loaded; retry")
 
@@ -394,7 +407,15 @@ def _record_load(entry: Entry, record: dict[str, object]) -> None:
             record[key] = round(entry.timings[phase] * 1000, 2)
 
 
-def _ms_since(started: float) -> float:
+def with_default_accept(headers: Mapping[str, str], default_accept: str | None) -> Mapping[str, str]:
+    """``headers`` asking the archive's ``default_accept`` (its openmme.json's) when they ask no Accept or ``*/*``;
+    unchanged when the archive sets none."""
+    if default_accept is None or headers.get("Accept", "*/*") != "*/*":
+        return headers
+    return {**headers, "Accept": default_accept}
+
+
+def ms_since(started: float) -> float:
     return round((time.perf_counter() - started) * 1000, 2)
 
 

@@ -33,12 +33,12 @@ from aiohttp.typedefs import Middleware
 from openmme.endpoint.aliases import ALL_TRAFFIC
 from openmme.endpoint.app import FORWARDED, read_body
 from openmme.endpoint.auth import load_keys, sigv4_middleware
-from openmme.endpoint.dataplane import FORM_TYPES, reply_answer
+from openmme.endpoint.dataplane import FORM_TYPES, ms_since, reply_answer, with_default_accept
 from openmme.endpoint.edges import SYNC_INTERVAL_S, RouteInfo, encode_line
 from openmme.endpoint.errors import EndpointError
 from openmme.endpoint.http_errors import errors_middleware
 from openmme.endpoint.logs import access_log, configure_logging, log_json
-from openmme.endpoint.names import TARGET_MODEL, TARGET_VARIANT
+from openmme.endpoint.names import INFERENCE_ID, TARGET_MODEL, TARGET_VARIANT
 from openmme.endpoint.settings import MAX_BODY_BYTES, Settings
 from openmme.endpoint.shardworker import ShardChannel, WorkerGone
 from openmme.endpoint.tls import tls_context
@@ -138,14 +138,13 @@ class Edge:
         channel = await self.channel(route)
         if channel is None:
             return await self.forward(request, body)
-        headers = {key: request.headers[key] for key in FORWARDED if key in request.headers}
-        if route.default_accept is not None and headers.get("Accept", "*/*") == "*/*":
-            headers["Accept"] = route.default_accept
+        asked = {key: request.headers[key] for key in FORWARDED if key in request.headers}
+        headers = with_default_accept(asked, route.default_accept)
         sent = {**headers, MODEL_HEADER: route.name}
         status = 500
         record: dict[str, object] = {
             "event": "invocation",
-            "inference_id": request.headers.get("X-Amzn-SageMaker-Inference-Id"),
+            "inference_id": request.headers.get(INFERENCE_ID),
             "target_model": target,
             "front": self.label,
             "cache": "hit",
@@ -159,7 +158,7 @@ class Edge:
             if reply.forgot_model:  # evicted meanwhile: the owner loads it again
                 record = {}
                 return await self.forward(request, body)
-            record["predict_ms"] = round((time.perf_counter() - started) * 1000, 2)
+            record["predict_ms"] = ms_since(started)
             answer = reply_answer(target, reply, headers, ALL_TRAFFIC)
             status = 200
             return web.Response(body=answer.body, headers=answer.headers, content_type=answer.content_type)
@@ -170,7 +169,7 @@ class Edge:
         finally:
             if record:
                 seconds = time.perf_counter() - started
-                record["status"], record["total_ms"] = status, round(seconds * 1000, 2)
+                record["status"], record["total_ms"] = status, ms_since(started)
                 self.invocations.append((target, status, seconds))
                 log_json(access_log, record)
 

@@ -36,7 +36,6 @@ import json
 import logging
 import os
 import pickle
-import shutil
 import signal
 import socket
 import subprocess
@@ -134,8 +133,8 @@ class Edges:
         self.settings = settings
         self.cache = cache
         self.metrics = metrics
-        self.directory = directory  # private (see socket_directory): the owner's socket, the shards' too
         self.shard_sockets = dict(shard_sockets)
+        # In the private directory of socket_directory, beside the shards' sockets.
         self.forward_path = str(directory / "owner.sock")
         self.edges = [_Edge(index) for index in range(1, settings.front_count)]
         # With data capture, or an endpoint-wide pipeline, every invocation must go through the owner's data plane:
@@ -152,7 +151,8 @@ class Edges:
     @staticmethod
     def socket_directory() -> Path:
         """A new private directory (mode 0700) for the sockets the edges connect to: the owner's, and each dense
-        shard worker's. In the temporary directory, not the cache directory: a unix socket's path is short."""
+        shard worker's. In the temporary directory, not the cache directory: a unix socket's path is short. Its
+        creator removes it once the endpoint has stopped."""
         return Path(tempfile.mkdtemp(prefix="openmme-fronts-"))
 
     async def start(self) -> None:
@@ -237,9 +237,6 @@ class Edges:
         if hits:
             self.answered.labels(edge.label).inc(sum(hits.values()))
 
-    def pids(self) -> list[int]:
-        return [edge.pid for edge in self.edges if edge.pid is not None]
-
     async def stop(self) -> None:
         """SIGTERM every edge (each stops listening and finishes its requests), wait; killed after 30 s."""
         self._stopping = True
@@ -257,4 +254,3 @@ class Edges:
             if edge.reader_task is not None:
                 with contextlib.suppress(Exception, asyncio.CancelledError):
                     await edge.reader_task
-        shutil.rmtree(self.directory, ignore_errors=True)

@@ -14,7 +14,7 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
 
-from openmme.endpoint.errors import EndpointError, ValidationError
+from openmme.endpoint.errors import ValidationError
 from openmme.endpoint.pipeline_manifest import MANIFEST_MAX_BYTES, PipelineInvalid, PipelineManifest
 from openmme.endpoint.s3 import ModelSource
 from openmme.endpoint.settings import Settings
@@ -76,10 +76,8 @@ class Pipelines:
             raise ValidationError(f"pipeline {name!r} is not served here: this endpoint has no model prefix")
         try:
             body = await asyncio.to_thread(self.source.read, name, MANIFEST_MAX_BYTES)
-        except ValidationError as error:
+        except ValidationError as error:  # not in the prefix, too large, not readable (S3 down: as it is)
             raise ValidationError(f"pipeline {name!r} cannot be read: {error.message}") from error
-        except EndpointError:
-            raise
         try:
             return PipelineManifest.from_bytes(body, name)
         except PipelineInvalid as exc:

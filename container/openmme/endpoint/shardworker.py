@@ -201,13 +201,15 @@ class ShardChannel:
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         max_queue: int,
-        on_timeout: Callable[[], object],
-        on_closed: Callable[[], Awaitable[object]],
+        on_timeout: Callable[[], object] | None = None,
+        on_closed: Callable[[], Awaitable[object]] | None = None,
     ) -> None:
+        """``on_timeout``: what a prediction past its time-out does (None: close this channel); ``on_closed``:
+        awaited once the channel is closed and its requests failed (None: nothing more)."""
         self.name = name
         self.max_queue = max_queue  # predictions waiting beyond which more are refused (503, as MMS does)
         self._reader, self._writer = reader, writer
-        self._on_timeout, self._on_closed = on_timeout, on_closed
+        self._on_timeout, self._on_closed = on_timeout or self.close, on_closed
         self._queue: deque[_Pending] = deque()
         self._wakeup = asyncio.Event()
         self._in_worker: list[_Pending] = []  # the message the worker is answering
@@ -220,17 +222,7 @@ class ShardChannel:
         """A channel of an edge front to the worker listening at ``path``; a time-out closes it (the worker is the
         owner's to end). Raises OSError when nothing listens there."""
         reader, writer = await asyncio.open_unix_connection(path)
-        channel: ShardChannel | None = None
-
-        async def closed() -> None:
-            writer.close()
-
-        def timed_out() -> None:
-            if channel is not None:
-                channel.close()
-
-        channel = cls(name, reader, writer, max_queue, timed_out, closed)
-        return channel
+        return cls(name, reader, writer, max_queue)
 
     def alive(self) -> bool:
         """Whether it takes requests: not closed, and its worker not found gone."""
@@ -306,7 +298,8 @@ class ShardChannel:
             self._in_worker.clear()
             self._queue.clear()
             writer.close()
-            await self._on_closed()
+            if self._on_closed is not None:
+                await self._on_closed()
 
     def close(self) -> None:
         """Close the channel: its requests fail with WorkerGone, ``on_closed`` follows."""
