@@ -38,6 +38,7 @@ __all__ = [
     "PipelineInvalid",
     "PipelineManifest",
     "Step",
+    "check_step_model",
     "is_pipeline",
     "split_pipeline_target",
 ]
@@ -144,14 +145,19 @@ def _parse_step(item: Any, index: int, name: str) -> Step:
             raise PipelineInvalid(f'{where}: "accept" must be a MIME type such as "text/csv", not {accept!r}')
     else:
         raise PipelineInvalid(f'{where} must be a model name or an object {{"model": ..., "accept": ...}}')
-    if model != TARGET_STEP:
-        try:
-            validate_target_model(model)
-        except ValidationError as exc:
-            raise PipelineInvalid(f"{where}: {exc.message}") from exc
-        if is_pipeline(model):
-            raise PipelineInvalid(f"{where} names pipeline {model!r}: a step is a model, pipelines do not nest")
-    return Step(model, accept)
+    return Step(model if model == TARGET_STEP else check_step_model(model, where), accept)
+
+
+def check_step_model(model: str, where: str) -> str:
+    """``model`` unchanged when a step may run it: a TargetModel, and not a pipeline (pipelines do not nest);
+    PipelineInvalid, its message starting with ``where``, otherwise."""
+    try:
+        validate_target_model(model)
+    except ValidationError as exc:
+        raise PipelineInvalid(f"{where}: {exc.message}") from exc
+    if is_pipeline(model):
+        raise PipelineInvalid(f"{where} names pipeline {model!r}: a step is a model, pipelines do not nest")
+    return model
 
 
 def is_pipeline(target: str) -> bool:

@@ -47,7 +47,7 @@ from openmme.endpoint.pipeline_manifest import (
     PipelineInvalid,
     PipelineManifest,
     Step,
-    is_pipeline,
+    check_step_model,
 )
 from openmme.publish._errors import ArtifactExists, InvalidTargetModel, ModelCheckFailed, ModelNotFound, PublishError
 from openmme.publish._s3 import (
@@ -414,14 +414,11 @@ def _checked_name(name: str) -> str:
 
 
 def _checked_target(model: str) -> str:
-    """The model a ``{TargetModel}`` step is checked with: a TargetModel, and not a pipeline (they do not nest)."""
+    """The model a ``{TargetModel}`` step is checked with: one a step may run."""
     try:
-        check_target_model(model)
-    except InvalidTargetModel as exc:
-        raise PipelineRefused(f"the check target: {exc}") from exc
-    if is_pipeline(model):
-        raise PipelineRefused(f"the check target {model!r} is a pipeline; a step is a model, pipelines do not nest")
-    return model
+        return check_step_model(model, "the check target")
+    except PipelineInvalid as exc:
+        raise PipelineRefused(str(exc)) from exc
 
 
 def _is_alias_name(name: str) -> bool:
