@@ -17,7 +17,6 @@ import re
 import socket
 import threading
 import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,13 +25,12 @@ from typing import Any
 import boto3
 import pytest
 import xgboost
-from prometheus_client.parser import text_string_to_metric_families
 
 from openmme.publish import publish_archive
 from openmme.publish.samples import make_rows, sample_archive
 from openmme.seaweed import EmbeddedS3
 from tests.conftest import BUCKET, Endpoint, Launcher
-from tests.support import CountingProxy, csv_body, wait_until
+from tests.support import CountingProxy, csv_body, scrape, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -102,15 +100,12 @@ def capturing(
 
 
 def capture_metrics(endpoint: Endpoint) -> dict[str, float]:
-    with urllib.request.urlopen(endpoint.url + "/metrics", timeout=10) as response:
-        text = response.read().decode()
     found = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == "openmme_capture_records_total":
-                found[sample.labels["outcome"]] = sample.value
-            elif sample.name == "openmme_capture_buffer_records":
-                found["buffered"] = sample.value
+    for (name, labels), sample in scrape(endpoint).items():
+        if name == "openmme_capture_records_total":
+            found[dict(labels)["outcome"]] = sample
+        elif name == "openmme_capture_buffer_records":
+            found["buffered"] = sample
     return found
 
 
