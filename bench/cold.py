@@ -11,9 +11,7 @@ or another process's burst, falls on both sides of the comparison.
 
 from __future__ import annotations
 
-import io
 import statistics
-import tarfile
 import time
 import urllib.parse
 import urllib.request
@@ -22,6 +20,7 @@ from types import TracebackType
 from typing import Any
 
 from harness import BUCKET, delete, get_json, invoke_headers, post
+from openmme.endpoint.extract import ExtractLimits, extract_archive
 from openmme.endpoint.mms import MmsProcess
 from openmme.endpoint.settings import Settings
 from openmme.handlers import choose_handler
@@ -121,8 +120,10 @@ class MmsAlone:
         name = f"alone-{self.count}"
         self.count += 1
         model_dir = self.settings.models_dir / name
-        with tarfile.open(fileobj=io.BytesIO(self.archive)) as tar:
-            tar.extractall(model_dir, filter="data")
+        packed = self.settings.models_dir / f"{name}.tar.gz"
+        packed.write_bytes(self.archive)
+        extract_archive(packed, model_dir, ExtractLimits(max_bytes=0, max_members=100_000))
+        packed.unlink()
         query = urllib.parse.urlencode(
             {
                 "url": name,

@@ -115,3 +115,45 @@ def test_plain_uncompressed_tar_is_accepted(tmp_path: Path) -> None:
         tar.addfile(info, io.BytesIO(b"{}"))
     extract_archive(write(tmp_path, buffer.getvalue()), tmp_path / "model", LIMITS)
     assert (tmp_path / "model" / "xgboost-model").read_bytes() == b"{}"
+
+
+def test_a_chain_of_links_that_resolves_outside_is_refused(tmp_path: Path) -> None:
+    # Each link alone stays inside on paper ("." and "x"); followed on disk, "b" is the destination's parent's "x".
+    data = make_tar([(member("a", tarfile.SYMTYPE, "."), None), (member("b", tarfile.SYMTYPE, "a/../x"), None)])
+    destination = tmp_path / "out" / "model"
+    with pytest.raises(ArchiveRefused, match="outside"):
+        extract_archive(write(tmp_path, data), destination, LIMITS)
+
+
+def test_a_member_written_through_a_symlink_is_refused(tmp_path: Path) -> None:
+    data = make_tar(
+        [
+            (member("sub", tarfile.DIRTYPE), None),
+            (member("link", tarfile.SYMTYPE, "sub"), None),
+            (member("link/payload"), b"x"),
+        ]
+    )
+    destination = tmp_path / "out" / "model"
+    with pytest.raises(ArchiveRefused, match="goes through the symlink 'link'"):
+        extract_archive(write(tmp_path, data), destination, LIMITS)
+    assert not (destination / "sub" / "payload").exists()
+
+
+def test_modes_are_those_of_the_data_filter(tmp_path: Path) -> None:
+    setuid = member("setuid")
+    setuid.mode = 0o6777
+    plain = member("plain")
+    plain.mode = 0o666
+    locked = member("locked")
+    locked.mode = 0o000
+    data = make_tar([(setuid, b"#!/bin/sh\n"), (plain, b"{}"), (locked, b"x")])
+    extract_archive(write(tmp_path, data), tmp_path / "model", LIMITS)
+    modes = {name: (tmp_path / "model" / name).stat().st_mode & 0o7777 for name in ("setuid", "plain", "locked")}
+    assert modes == {"setuid": 0o755, "plain": 0o644, "locked": 0o600}
+
+
+def test_a_hard_link_inside_gets_its_target_data(tmp_path: Path) -> None:
+    data = make_tar([(member("xgboost-model"), b"{}"), (member("copy", tarfile.LNKTYPE, "xgboost-model"), None)])
+    extract_archive(write(tmp_path, data), tmp_path / "model", LIMITS)
+    assert (tmp_path / "model" / "copy").read_bytes() == b"{}"
+    assert not (tmp_path / "model" / "copy").is_symlink()
