@@ -9,7 +9,7 @@ import pytest
 from openmme.endpoint.cache import Entry, mms_model_name
 from openmme.endpoint.errors import ValidationError
 from openmme.endpoint.mms import MmsConfig, java_command
-from openmme.endpoint.names import S3Location, validate_target_model
+from openmme.endpoint.names import S3Location, closest_target_model, is_target_model, validate_target_model
 from openmme.endpoint.settings import Settings, parse_bytes
 from openmme.ports import PORT_CEILING, free_port, free_ports
 
@@ -115,6 +115,33 @@ def test_a_full_s3_uri_is_refused_with_the_relative_form_to_give(target: str, sa
     assert says in raised.value.message
     with pytest.raises(ValidationError, match="relative to the endpoint's model prefix, not an S3 URI"):
         validate_target_model(target)  # SageMaker-hosted mode: no prefix to name
+
+
+HELD = ["austin/model.tar.gz", "dallas.tar.gz", "houston/model.tar.gz", "houston/v2/model.tar.gz", "a.tar.gz"]
+
+
+@pytest.mark.parametrize(
+    ("asked", "meant"),
+    [
+        ("houston", "houston/model.tar.gz"),  # a training job's folder, without its archive
+        ("houstn/model.tar.gz", "houston/model.tar.gz"),  # a letter missing
+        ("Houston/model.tar.gz", "houston/model.tar.gz"),  # the case
+        ("houston.tar.gz", "houston/model.tar.gz"),  # the other archive layout
+        ("dalas.tar.gz", "dallas.tar.gz"),
+        ("housotn/v2/model.tar.gz", "houston/v2/model.tar.gz"),  # two letters swapped, deeper down
+        ("b.tar.gz", None),  # short names a letter apart are different models
+        ("chicago/model.tar.gz", None),
+        ("", None),
+    ],
+)
+def test_the_closest_target_model_is_a_likely_typo_or_none(asked: str, meant: str | None) -> None:
+    assert closest_target_model(asked, HELD) == meant
+    assert closest_target_model(asked, []) is None
+
+
+def test_what_the_endpoint_refuses_is_no_target_model() -> None:
+    assert is_target_model("houston/model.tar.gz")
+    assert not any(map(is_target_model, ["folder/", "a//b", "./x", ".openmme/aliases/a.json"]))
 
 
 def test_model_url_is_where_the_model_came_from_not_the_cache_path(tmp_path: Path) -> None:
