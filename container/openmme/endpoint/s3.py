@@ -19,12 +19,14 @@ import botocore.exceptions
 from openmme.endpoint.errors import EndpointError, ServiceUnavailable, ValidationError
 from openmme.endpoint.names import S3_MISSING_CODES, S3Location, s3_error_code
 
-__all__ = ["ModelSource", "S3Location", "make_client"]
+__all__ = ["ModelSource", "PrefixUnreachable", "PrefixUnusable", "S3Location", "check_prefix", "make_client"]
 
 log = logging.getLogger(__name__)
 
 _CHUNK = 1024 * 1024
 _NO_BUCKET = {"NoSuchBucket"}
+_DENIED = {"AccessDenied", "403"}
+_BAD_CREDENTIALS = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken"}
 
 
 def make_client(connect_timeout: float, read_timeout: float, max_attempts: int, pool: int) -> Any:
@@ -37,6 +39,58 @@ def make_client(connect_timeout: float, read_timeout: float, max_attempts: int, 
         max_pool_connections=pool,
     )
     return boto3.session.Session().client("s3", config=config)
+
+
+class PrefixUnusable(Exception):
+    """The model prefix cannot serve (its bucket is missing, there are no credentials, listing it is denied …); the
+    message is one line: the cause, and what to do."""
+
+
+class PrefixUnreachable(PrefixUnusable):
+    """S3 could not be reached (yet): worth trying again, as when S3 starts beside the endpoint."""
+
+    def __init__(self, endpoint_url: str, reason: str) -> None:
+        super().__init__(f"cannot reach S3 at {endpoint_url} ({reason})")
+        self.endpoint_url = endpoint_url
+        self.reason = reason
+
+
+def check_prefix(prefix: S3Location, client: Any) -> None:
+    """One ListObjectsV2 of at most one key under ``prefix``, as ``openmme serve`` does before it starts: returns
+    when the bucket exists and the credentials may list the prefix (what aliases and a "did you mean" read);
+    raises PrefixUnusable saying what to do, or PrefixUnreachable when S3 does not answer (or answers 5xx)."""
+    url = client.meta.endpoint_url
+    try:
+        client.list_objects_v2(Bucket=prefix.bucket, Prefix=prefix.key, MaxKeys=1)
+    except (botocore.exceptions.NoCredentialsError, botocore.exceptions.PartialCredentialsError) as exc:
+        raise PrefixUnusable(
+            f"no AWS credentials to read {prefix} with ({exc}): set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY,"
+            " or AWS_PROFILE"
+        ) from exc
+    except (botocore.exceptions.ConnectionError, botocore.exceptions.HTTPClientError) as exc:
+        raise PrefixUnreachable(url, str(exc)) from exc
+    except botocore.exceptions.BotoCoreError as exc:
+        raise PrefixUnusable(f"cannot list {prefix} at {url}: {exc}") from exc
+    except botocore.exceptions.ClientError as exc:
+        code = s3_error_code(exc)
+        if code in _NO_BUCKET:
+            raise PrefixUnusable(
+                f"bucket {prefix.bucket!r} does not exist ({code}) at {url}: create it or fix --model-prefix"
+            ) from exc
+        if code in _BAD_CREDENTIALS:
+            raise PrefixUnusable(
+                f"S3 at {url} refuses the credentials ({code}): fix AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY,"
+                " or AWS_PROFILE"
+            ) from exc
+        if code in _DENIED:
+            raise PrefixUnusable(
+                f"the credentials may not list {prefix} ({code}) at {url}: allow them s3:ListBucket on bucket"
+                f" {prefix.bucket!r} and s3:GetObject on the prefix"
+            ) from exc
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+        if status >= 500:
+            raise PrefixUnreachable(url, f"{code or status}: {exc}") from exc
+        raise PrefixUnusable(f"S3 at {url} refuses to list {prefix} ({code or status}): fix --model-prefix") from exc
 
 
 class ModelSource:

@@ -230,6 +230,13 @@ class Settings:
         "",
         "S3 URI every TargetModel is relative to, e.g. s3://models/prod/ (empty: SageMaker-hosted mode only)",
     )
+    model_prefix_wait: float = _opt(
+        30.0,
+        "seconds serve waits at start for the model prefix's S3 to answer (as when S3 starts beside it); a missing"
+        " bucket, missing credentials or a denied listing refuse the start at once, as does S3 still away after this",
+        _parse_seconds,
+        "SECONDS",
+    )
     endpoint_name: str = _opt("openmme", "the EndpointName clients call; other names get a ValidationError")
     host: str = _opt("127.0.0.1", "address the front binds")
     port: int = _opt(8080, "port the front binds (SAGEMAKER_BIND_TO_PORT also sets it)", int, "PORT")
