@@ -43,7 +43,7 @@ from openmme.endpoint.settings import Settings
 from openmme.endpoint.tls import TlsConfigError, tls_context
 from openmme.ports import listen_error
 
-__all__ = ["CannotListen", "run", "serve"]
+__all__ = ["CannotListen", "MmsDidNotStart", "run", "serve"]
 
 log = logging.getLogger(__name__)
 
@@ -63,16 +63,20 @@ class CannotListen(Exception):
         return cls(f"cannot listen on {settings.host}:{settings.port} ({reason})")
 
 
+class MmsDidNotStart(RuntimeError):
+    """MMS exited, or did not answer in time, while starting; the message names its log."""
+
+
 async def _wait_for_mms(process: MmsProcess, mms: MmsClient, timeout: float) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while loop.time() < deadline:
         if not process.running():
-            raise RuntimeError(f"MMS exited during start; see {process.log_path}")
+            raise MmsDidNotStart(f"MMS exited during start; see {process.log_path}")
         if await mms.ping():
             return
         await asyncio.sleep(0.2)
-    raise RuntimeError(f"MMS did not answer within {timeout:g} s; see {process.log_path}")
+    raise MmsDidNotStart(f"MMS did not answer within {timeout:g} s; see {process.log_path}")
 
 
 async def _check_model_prefix(settings: Settings) -> None:
@@ -298,7 +302,8 @@ def serve(settings: Settings) -> None:
                 " signatures it saw, so a replay sent to another would be accepted"
             )
     except (AuthConfigError, TlsConfigError, KeepingConfigError, ValueError) as exc:
-        raise SystemExit(f"openmme serve: {exc}") from None
+        print(f"openmme serve: {exc}", file=sys.stderr)  # settings that cannot work together: exit 2, as argparse's
+        raise SystemExit(2) from None
     # The main thread runs the event loop, which starts MMS: a thread that lives as long as the process (see
     # MmsProcess.start).
     try:
@@ -308,7 +313,7 @@ def serve(settings: Settings) -> None:
             asyncio.run(run(settings, keys=keys, tls=tls))
         else:
             uvloop.run(run(settings, keys=keys, tls=tls))
-    except (CacheDirError, CannotListen, PrefixUnusable) as exc:
+    except (CacheDirError, CannotListen, PrefixUnusable, MmsDidNotStart) as exc:
         raise SystemExit(f"openmme serve: {exc}") from None
     except KeyboardInterrupt:  # Ctrl-C before the front took over SIGINT (while waiting for S3, say)
         print("openmme serve: interrupted before it started", file=sys.stderr)
