@@ -9,6 +9,8 @@ The S3 endpoint and credentials come from the standard AWS settings (``AWS_ENDPO
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +19,23 @@ import botocore.config
 import botocore.exceptions
 
 from openmme.endpoint.errors import EndpointError, ServiceUnavailable, ValidationError
-from openmme.endpoint.names import S3_MISSING_CODES, S3Location, s3_error_code
+from openmme.endpoint.names import (
+    S3_MISSING_CODES,
+    SUGGESTION_CANDIDATES,
+    S3Location,
+    closest_target_model,
+    is_target_model,
+    s3_error_code,
+)
 
 __all__ = ["ModelSource", "PrefixUnreachable", "PrefixUnusable", "S3Location", "check_prefix", "make_client"]
 
 log = logging.getLogger(__name__)
 
 _CHUNK = 1024 * 1024
+# How long the names a "did you mean" chooses from are reused: a burst of misses lists the prefix once, and a
+# model published since is suggested at most this late.
+SUGGESTION_NAMES_TTL_S = 30.0
 _NO_BUCKET = {"NoSuchBucket"}
 _DENIED = {"AccessDenied", "403"}
 _BAD_CREDENTIALS = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken"}
@@ -99,6 +111,8 @@ class ModelSource:
     def __init__(self, prefix: S3Location, client: Any | None = None) -> None:
         self.prefix = prefix
         self._client = client or make_client(connect_timeout=5, read_timeout=60, max_attempts=3, pool=32)
+        self._names: tuple[float, list[str]] | None = None  # (listed at, the prefix's TargetModels), for suggestions
+        self._names_lock = threading.Lock()  # one listing at a time; the misses waiting for it reuse it
 
     def size(self, target: str) -> int:
         """The archive's size in bytes; ValidationError when the prefix holds no such model."""
@@ -145,10 +159,36 @@ class ModelSource:
         except botocore.exceptions.BotoCoreError as exc:
             raise ServiceUnavailable(f"the model store {self.prefix} cannot be reached: {exc}") from exc
 
+    def _held_names(self) -> list[str]:
+        """The TargetModels of the prefix a "did you mean" chooses from: its first ``SUGGESTION_CANDIDATES`` in key
+        order (one ListObjectsV2 page), listed again at most every ``SUGGESTION_NAMES_TTL_S``. Only a
+        miss asks for them, never an invocation of a model the prefix holds; none when the listing fails."""
+        with self._names_lock:
+            if self._names is not None and time.monotonic() - self._names[0] < SUGGESTION_NAMES_TTL_S:
+                return self._names[1]
+            names: list[str] = []
+            try:
+                pages = self._client.get_paginator("list_objects_v2").paginate(
+                    Bucket=self.prefix.bucket,
+                    Prefix=self.prefix.key,
+                    PaginationConfig={"MaxItems": SUGGESTION_CANDIDATES},
+                )
+                for page in pages:
+                    for item in page.get("Contents", []):
+                        relative = str(item["Key"])[len(self.prefix.key) :]
+                        if is_target_model(relative):
+                            names.append(relative)
+            except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+                log.info("no 'did you mean' for models missing from %s: listing it failed (%s)", self.prefix, exc)
+            self._names = (time.monotonic(), names)
+            return names
+
     def _translate(self, exc: botocore.exceptions.ClientError, target: str) -> EndpointError:
         code = s3_error_code(exc)
         if code in S3_MISSING_CODES:
-            return ValidationError(f"model {target!r} is not in the model prefix {self.prefix}")
+            likely = closest_target_model(target, self._held_names())
+            hint = f". Did you mean {likely!r}?" if likely else ""
+            return ValidationError(f"model {target!r} is not in the model prefix {self.prefix}{hint}")
         if code in _NO_BUCKET:
             return ValidationError(f"the model prefix's bucket does not exist: {self.prefix}")
         if code in {"AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"}:
