@@ -84,11 +84,11 @@ class CountingProxy(http.server.ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, upstream_port: int) -> None:
+    def __init__(self, upstream_port: int, port: int = 0) -> None:
         self.upstream_port = upstream_port
         self.requests: Counter[tuple[str, str]] = Counter()
         self.lock = threading.Lock()
-        super().__init__(("127.0.0.1", 0), _ProxyHandler)
+        super().__init__(("127.0.0.1", port), _ProxyHandler)
 
     @property
     def url(self) -> str:

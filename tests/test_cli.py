@@ -1,10 +1,13 @@
-"""The ``openmme`` command line itself: its version, and a ``serve --help`` that names every option's choices
-and units."""
+"""The ``openmme`` command line itself: its version, a ``serve --help`` that names every option's choices and
+units, and one line on stderr (exit 2) for a bad argument or setting, never a traceback."""
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
+import subprocess
+import sys
 from importlib.metadata import version
 
 import pytest
@@ -69,3 +72,40 @@ def test_a_log_level_is_checked(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         Settings.from_sources(["--log-level", "loud"], {})
     assert "not a log level: 'loud' (DEBUG, INFO, WARNING, ERROR)" in capsys.readouterr().err
+
+
+def run_cli(*args: str, environ: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``openmme ARGS`` as a user runs it, without any ``OPENMME_`` setting of this process's but ``environ``."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("OPENMME_")}
+    command = [sys.executable, "-m", "openmme.cli", *args]
+    return subprocess.run(command, env={**env, **(environ or {})}, capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize(
+    ("args", "environ", "says"),
+    [
+        (["serve", "--model-prefix", "models/prod"], {},
+         "openmme serve: --model-prefix: not an S3 URI: 'models/prod' (expected s3://bucket/prefix)"),
+        (["serve", "--port", "abc"], {}, "openmme serve: --port: not a port: 'abc' (1 to 65535)"),
+        (["serve", "--port", "99999"], {}, "openmme serve: --port: not a port: '99999' (1 to 65535)"),
+        (["serve"], {"OPENMME_MAX_MODELS": "lots"}, "openmme serve: OPENMME_MAX_MODELS: not a whole number: 'lots'"),
+        (["serve", "--wait-budget", "soon"], {}, "openmme serve: --wait-budget: not a number: 'soon'"),
+        (["serve", "--mms-heap", "lots"], {},
+         "openmme serve: --mms-heap: not a Java heap size: 'lots' (examples: 512m, 2g)"),
+        (["serve", "--bogus"], {}, "openmme serve: unrecognized arguments: --bogus"),
+        (["serve", "--preload", "a.tar.gz"], {}, "openmme serve: --preload and --preload-top need --model-prefix"),
+        (["bogus"], {}, "openmme: argument command: invalid choice: 'bogus'"),
+        (["demo", "--port", "x"], {}, "openmme demo: argument --port: invalid int value: 'x'"),
+        (["models", "list"], {}, "openmme models list: the following arguments are required: --prefix"),
+    ],
+)  # fmt: skip
+def test_a_bad_argument_or_setting_is_one_line_saying_what_is_wrong_and_exit_2(
+    args: list[str], environ: dict[str, str], says: str
+) -> None:
+    # --mms-start-timeout 0: should a refusal ever let serve through, it still ends before it could bind.
+    refused = run_cli(*args, *(["--mms-start-timeout", "0"] if args[0] == "serve" else []), environ=environ)
+    assert refused.returncode == 2, refused.stderr
+    assert len(refused.stderr.splitlines()) == 1, refused.stderr
+    assert refused.stderr.startswith(says)
+    assert "Traceback" not in refused.stderr
+    assert refused.stdout == ""

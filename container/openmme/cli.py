@@ -460,7 +460,9 @@ def version() -> str:
 
 
 def parser() -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser(prog="openmme", description="A self-hosted SageMaker multi-model endpoint.")
+    from openmme.endpoint.settings import OneLineErrors
+
+    root = OneLineErrors(prog="openmme", description="A self-hosted SageMaker multi-model endpoint.")
     root.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     commands = root.add_subparsers(dest="command", required=True)
     commands.add_parser("serve", help="run the endpoint (all flags: openmme serve --help)", add_help=False)

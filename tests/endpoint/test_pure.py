@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import boto3
 import pytest
+from botocore.stub import Stubber
 
 from openmme.endpoint.cache import Entry, mms_model_name
 from openmme.endpoint.errors import ValidationError
 from openmme.endpoint.mms import MmsConfig, java_command
-from openmme.endpoint.names import S3Location, validate_target_model
+from openmme.endpoint.names import S3Location, closest_target_model, is_target_model, validate_target_model
+from openmme.endpoint.s3 import PrefixUnreachable, PrefixUnusable, check_prefix
 from openmme.endpoint.settings import Settings, parse_bytes
 from openmme.ports import PORT_CEILING, free_port, free_ports
 
@@ -115,6 +118,61 @@ def test_a_full_s3_uri_is_refused_with_the_relative_form_to_give(target: str, sa
     assert says in raised.value.message
     with pytest.raises(ValidationError, match="relative to the endpoint's model prefix, not an S3 URI"):
         validate_target_model(target)  # SageMaker-hosted mode: no prefix to name
+
+
+HELD = ["austin/model.tar.gz", "dallas.tar.gz", "houston/model.tar.gz", "houston/v2/model.tar.gz", "a.tar.gz"]
+
+
+@pytest.mark.parametrize(
+    ("asked", "meant"),
+    [
+        ("houston", "houston/model.tar.gz"),  # a training job's folder, without its archive
+        ("houstn/model.tar.gz", "houston/model.tar.gz"),  # a letter missing
+        ("Houston/model.tar.gz", "houston/model.tar.gz"),  # the case
+        ("houston.tar.gz", "houston/model.tar.gz"),  # the other archive layout
+        ("dalas.tar.gz", "dallas.tar.gz"),
+        ("housotn/v2/model.tar.gz", "houston/v2/model.tar.gz"),  # two letters swapped, deeper down
+        ("b.tar.gz", None),  # short names a letter apart are different models
+        ("chicago/model.tar.gz", None),
+        ("", None),
+    ],
+)
+def test_the_closest_target_model_is_a_likely_typo_or_none(asked: str, meant: str | None) -> None:
+    assert closest_target_model(asked, HELD) == meant
+    assert closest_target_model(asked, []) is None
+
+
+def test_what_the_endpoint_refuses_is_no_target_model() -> None:
+    assert is_target_model("houston/model.tar.gz")
+    assert not any(map(is_target_model, ["folder/", "a//b", "./x", ".openmme/aliases/a.json"]))
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "refusal", "says"),
+    [
+        ("AccessDenied", 403, PrefixUnusable, "the credentials may not list s3://models/prod/ (AccessDenied) at"
+         " https://s3.example: allow them s3:ListBucket on bucket 'models' and s3:GetObject on the prefix"),
+        ("PermanentRedirect", 301, PrefixUnusable, "S3 at https://s3.example refuses to list s3://models/prod/"
+         " (PermanentRedirect): fix --model-prefix"),
+        ("ServiceUnavailable", 503, PrefixUnreachable, "cannot reach S3 at https://s3.example (ServiceUnavailable:"),
+    ],
+)  # fmt: skip
+def test_a_prefix_s3_refuses_to_list_says_what_to_do_and_5xx_is_worth_waiting_for(
+    code: str, status: int, refusal: type[PrefixUnusable], says: str
+) -> None:
+    client = boto3.client(
+        "s3",
+        endpoint_url="https://s3.example",
+        region_name="us-east-1",
+        aws_access_key_id="k",
+        aws_secret_access_key="s",
+    )
+    with Stubber(client) as stubbed:
+        stubbed.add_client_error("list_objects_v2", service_error_code=code, http_status_code=status)
+        with pytest.raises(PrefixUnusable) as raised:
+            check_prefix(S3Location.parse_prefix("s3://models/prod/"), client)
+    assert type(raised.value) is refusal
+    assert str(raised.value).startswith(says)
 
 
 def test_model_url_is_where_the_model_came_from_not_the_cache_path(tmp_path: Path) -> None:

@@ -18,12 +18,13 @@ from openmme.publish import publish_archive
 from openmme.publish.samples import make_rows, sample_archive
 from openmme.seaweed import EmbeddedS3
 from tests.conftest import Endpoint, EndpointFactory, Launcher
-from tests.support import container_csv, container_json, csv_body, expected, served_csv, served_json
+from tests.support import CountingProxy, container_csv, container_json, csv_body, expected, served_csv, served_json
 
 pytestmark = pytest.mark.integration
 
 OBJECTIVES = ("binary:logistic", "multi:softmax", "reg:squarederror")
-ONE_ROW = csv_body(make_rows(1))
+ONE_ROW_ARRAY = make_rows(1)
+ONE_ROW = csv_body(ONE_ROW_ARRAY)
 
 
 @pytest.fixture(scope="module", params=HOSTINGS)
@@ -195,6 +196,40 @@ def test_target_model_not_in_prefix_is_a_validation_error(module_endpoint: Endpo
     client = module_endpoint.runtime()
     with pytest.raises(client.exceptions.ValidationError, match="not in the model prefix"):
         module_endpoint.invoke("atlantis/model.tar.gz", ONE_ROW)
+
+
+def test_a_target_model_with_a_typo_is_answered_with_the_name_it_likely_meant(
+    start_endpoint: EndpointFactory,
+    prefix: str,
+    publish: Any,
+    boosters: dict[str, xgboost.Booster],
+    s3_proxy: CountingProxy,
+) -> None:
+    booster = boosters["binary:logistic"]
+    publish(prefix, "houston/model.tar.gz", booster)
+    publish(prefix, "dallas/model.tar.gz", booster)
+    bucket = "/" + prefix.split("/")[2]  # a ListObjectsV2 of the bucket, as S3 paths it
+    # No aliases: their refresh would list the prefix too.
+    endpoint = start_endpoint(prefix, "--alias-refresh", "0", s3_url=s3_proxy.url)
+    assert endpoint.predictions("houston/model.tar.gz", ONE_ROW_ARRAY) == expected(booster, ONE_ROW_ARRAY)
+    listed_at_start = s3_proxy.count("GET", bucket)  # serve's check of the prefix; warm and cold hits list nothing
+    assert listed_at_start == 1
+
+    client = endpoint.runtime()
+    for asked, meant in [("houstn/model.tar.gz", "houston/model.tar.gz"), ("dallas", "dallas/model.tar.gz")]:
+        with pytest.raises(client.exceptions.ValidationError) as refused:
+            endpoint.invoke(asked, ONE_ROW, client=client)
+        error = refused.value.response
+        assert error["ResponseMetadata"]["HTTPStatusCode"] == 400
+        assert error["Error"]["Message"] == (
+            f"model {asked!r} is not in the model prefix {prefix}. Did you mean {meant!r}?"
+        )
+    with pytest.raises(client.exceptions.ValidationError, match=r"not in the model prefix \S+$"):
+        endpoint.invoke("atlantis/model.tar.gz", ONE_ROW, client=client)  # nothing like it: no suggestion
+
+    assert s3_proxy.count("GET", bucket) == listed_at_start + 1  # the misses shared one listing
+    assert endpoint.predictions("houston/model.tar.gz", ONE_ROW_ARRAY) == expected(booster, ONE_ROW_ARRAY)
+    assert s3_proxy.count("GET", bucket) == listed_at_start + 1
 
 
 def test_body_over_six_mib_is_a_validation_error(module_endpoint: Endpoint) -> None:

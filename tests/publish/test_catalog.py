@@ -117,5 +117,9 @@ def test_removing_a_missing_model_is_refused_with_the_likely_name(prefix: str, s
 
     with pytest.raises(ModelNotFound, match=r"holds no model houston; did you mean houston/model.tar.gz\?"):
         remove_model(prefix, "houston")
+    with pytest.raises(ModelNotFound, match=r"holds no model houstn/model.tar.gz; did you mean houston/model.tar.gz\?"):
+        remove_model(prefix, "houstn/model.tar.gz")
+    with pytest.raises(ModelNotFound, match=r"holds no model chicago/model.tar.gz$"):
+        remove_model(prefix, "chicago/model.tar.gz")
 
     assert len(keys_under(s3_client, prefix)) == 1

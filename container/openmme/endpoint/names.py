@@ -6,6 +6,8 @@ checks, the model source and ``openmme publish`` all take these from here withou
 from __future__ import annotations
 
 import dataclasses
+import difflib
+from collections.abc import Iterable
 from typing import Any
 
 from openmme.endpoint.errors import ValidationError
@@ -19,10 +21,13 @@ __all__ = [
     "RESERVED_FOLDER",
     "S3_MISSING_CODES",
     "SAGEMAKER_HEADER_PREFIX",
+    "SUGGESTION_CANDIDATES",
     "TARGET_MODEL",
     "TARGET_VARIANT",
     "S3Location",
     "async_target_model",
+    "closest_target_model",
+    "is_target_model",
     "s3_error_code",
     "validate_target_model",
 ]
@@ -87,6 +92,54 @@ def validate_target_model(target: str | None, prefix: S3Location | None = None) 
     if target.startswith(RESERVED_FOLDER):
         raise ValidationError(f"TargetModel must not be under {RESERVED_FOLDER}, openmme's own folder: {target!r}")
     return target
+
+
+def is_target_model(relative: str) -> bool:
+    """Whether a key relative to the prefix is one the endpoint accepts as a TargetModel (folder markers, ``a//b``
+    and openmme's own folder never are)."""
+    try:
+        validate_target_model(relative)
+    except ValidationError:
+        return False
+    return True
+
+
+# The most names of a prefix a "did you mean" looks at (its first ones in key order): one ListObjectsV2 page, so a
+# miss costs at most one request more (5,000 names took 1.2 s to list from the embedded S3, 1,000 a fifth of it).
+SUGGESTION_CANDIDATES = 1_000
+# How alike (difflib's ratio, 0 to 1) a name must be to the one asked for to be suggested: one letter wrong,
+# missing or swapped in a name of five or more passes; two different short names (a, b; cat, dog) do not.
+_ALIKE = 0.8
+_ARCHIVE_SUFFIXES = ("/model.tar.gz", ".tar.gz", ".tgz")
+
+
+def _stem(name: str) -> str:
+    """A name without its archive suffix: houston/model.tar.gz, houston.tar.gz and houston all compare as houston."""
+    for suffix in _ARCHIVE_SUFFIXES:
+        if name.endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def closest_target_model(target: str, names: Iterable[str]) -> str | None:
+    """The name among ``names`` (TargetModels a prefix holds, ``target`` not among them) that ``target`` most
+    likely meant, for a "did you mean": ``target/model.tar.gz`` (a training job's folder given without its
+    archive), else the most alike name, compared without archive suffixes; None when none is alike enough.
+    Ties go to the first name."""
+    candidates = [name for name in names if name != target]
+    nested = f"{target}/model.tar.gz"
+    if nested in candidates:
+        return nested
+    matcher = difflib.SequenceMatcher(b=_stem(target), autojunk=False)
+    best, best_ratio = None, _ALIKE
+    for name in candidates:
+        matcher.set_seq1(_stem(name))
+        if matcher.real_quick_ratio() < best_ratio or matcher.quick_ratio() < best_ratio:
+            continue
+        ratio = matcher.ratio()
+        if ratio > best_ratio or (best is None and ratio == best_ratio):
+            best, best_ratio = name, ratio
+    return best
 
 
 def _not_a_uri(uri: str, prefix: S3Location | None) -> str:

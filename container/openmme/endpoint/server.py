@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import itertools
 import logging
 import os
 import shutil
 import signal
 import ssl
+import sys
 
 from aiohttp import web
 
@@ -36,16 +38,17 @@ from openmme.endpoint.logs import EventLog, configure_logging
 from openmme.endpoint.metrics import Metrics
 from openmme.endpoint.mms import MmsClient, MmsProcess
 from openmme.endpoint.pipelines import Pipelines
-from openmme.endpoint.s3 import ModelSource, S3Location
+from openmme.endpoint.s3 import ModelSource, PrefixUnreachable, PrefixUnusable, S3Location, check_prefix, make_client
 from openmme.endpoint.settings import Settings
 from openmme.endpoint.tls import TlsConfigError, tls_context
 from openmme.ports import listen_error
 
-__all__ = ["CannotListen", "run", "serve"]
+__all__ = ["CannotListen", "MmsDidNotStart", "run", "serve"]
 
 log = logging.getLogger(__name__)
 
 HOUSEKEEPING_INTERVAL_S = 2.0
+PREFIX_RETRY_INTERVAL_S = 1.0
 MEMORY_EVERY_ROUNDS = 3
 
 
@@ -60,16 +63,43 @@ class CannotListen(Exception):
         return cls(f"cannot listen on {settings.host}:{settings.port} ({reason})")
 
 
+class MmsDidNotStart(RuntimeError):
+    """MMS exited, or did not answer in time, while starting; the message names its log."""
+
+
 async def _wait_for_mms(process: MmsProcess, mms: MmsClient, timeout: float) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while loop.time() < deadline:
         if not process.running():
-            raise RuntimeError(f"MMS exited during start; see {process.log_path}")
+            raise MmsDidNotStart(f"MMS exited during start; see {process.log_path}")
         if await mms.ping():
             return
         await asyncio.sleep(0.2)
-    raise RuntimeError(f"MMS did not answer within {timeout:g} s; see {process.log_path}")
+    raise MmsDidNotStart(f"MMS did not answer within {timeout:g} s; see {process.log_path}")
+
+
+async def _check_model_prefix(settings: Settings) -> None:
+    """Refuse to start (PrefixUnusable) on a model prefix that cannot serve, as SageMaker fails CreateEndpoint when
+    it cannot reach the model data; S3 that does not answer is tried again for ``--model-prefix-wait`` seconds."""
+    prefix = S3Location.parse_prefix(settings.model_prefix)
+    # botocore's max_attempts counts the retries: 0, one try per round; the rounds here are the retries.
+    client = await asyncio.to_thread(make_client, connect_timeout=2, read_timeout=5, max_attempts=0, pool=1)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + settings.model_prefix_wait
+    for attempt in itertools.count():
+        try:
+            await asyncio.to_thread(check_prefix, prefix, client)
+            return
+        except PrefixUnreachable as exc:
+            if loop.time() >= deadline:
+                raise PrefixUnusable(
+                    f"{exc}, for {settings.model_prefix_wait:g} s: start it or fix AWS_ENDPOINT_URL_S3"
+                    " (--model-prefix-wait: how long serve waits for it)"
+                ) from exc
+            if attempt == 0:
+                log.warning("%s; trying again for up to %g s", exc, settings.model_prefix_wait)
+            await asyncio.sleep(PREFIX_RETRY_INTERVAL_S)
 
 
 async def _housekeeping(hosting: MmsHosting, process: MmsProcess, cache: ModelCache) -> None:
@@ -123,12 +153,15 @@ async def run(
     """Serve until ``stop`` is set (or SIGTERM/SIGINT arrives); ``keys`` are those ``--auth sigv4`` accepts, ``tls``
     the context of ``--tls-cert``/``--tls-key`` (HTTPS; None: plain HTTP).
 
-    Raises CacheDirError when the cache directory cannot be this front's (another front owns it) and CannotListen
-    when the address is taken, both before anything is started or changed."""
+    Raises CacheDirError when the cache directory cannot be this front's (another front owns it), CannotListen
+    when the address is taken and PrefixUnusable when the model prefix cannot serve, all before anything is
+    started or changed."""
     with CacheDirLock(settings.cache_dir):
         failure = listen_error(settings.host, settings.port)
         if failure is not None:
             raise CannotListen.explain(settings, failure)
+        if settings.model_prefix:
+            await _check_model_prefix(settings)
         await _run_owned(settings, stop, keys, tls)
 
 
@@ -269,7 +302,8 @@ def serve(settings: Settings) -> None:
                 " signatures it saw, so a replay sent to another would be accepted"
             )
     except (AuthConfigError, TlsConfigError, KeepingConfigError, ValueError) as exc:
-        raise SystemExit(f"openmme serve: {exc}") from None
+        print(f"openmme serve: {exc}", file=sys.stderr)  # settings that cannot work together: exit 2, as argparse's
+        raise SystemExit(2) from None
     # The main thread runs the event loop, which starts MMS: a thread that lives as long as the process (see
     # MmsProcess.start).
     try:
@@ -279,5 +313,8 @@ def serve(settings: Settings) -> None:
             asyncio.run(run(settings, keys=keys, tls=tls))
         else:
             uvloop.run(run(settings, keys=keys, tls=tls))
-    except (CacheDirError, CannotListen) as exc:
+    except (CacheDirError, CannotListen, PrefixUnusable, MmsDidNotStart) as exc:
         raise SystemExit(f"openmme serve: {exc}") from None
+    except KeyboardInterrupt:  # Ctrl-C before the front took over SIGINT (while waiting for S3, say)
+        print("openmme serve: interrupted before it started", file=sys.stderr)
+        raise SystemExit(130) from None

@@ -14,9 +14,9 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-__all__ = ["ENV_PREFIX", "MAX_BODY_BYTES", "Settings", "parse_bytes", "usable_cores"]
+__all__ = ["ENV_PREFIX", "MAX_BODY_BYTES", "OneLineErrors", "Settings", "parse_bytes", "usable_cores"]
 
 ENV_PREFIX = "OPENMME_"
 MAX_BODY_BYTES = 6 * 1024 * 1024  # SageMaker's invoke_endpoint payload limit: 6 MiB.
@@ -41,6 +41,14 @@ _UNITS = {
     "ti": 1024**4,
     "tib": 1024**4,
 }
+
+
+class OneLineErrors(argparse.ArgumentParser):
+    """An argument parser whose errors are one line on stderr, ``openmme serve: <what is wrong> (see …)``, exit 2:
+    not argparse's usage first, which for ``serve`` would be every flag. Its subcommands' parsers are of its kind."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def parse_bytes(text: str) -> int:
@@ -145,6 +153,18 @@ def _parse_count(text: str) -> int:
     return count
 
 
+def _parse_java_size(text: str) -> str:
+    if not re.fullmatch(r"[1-9]\d*[kKmMgG]?", text.strip()):
+        raise ValueError(f"not a Java heap size: {text!r} (examples: 512m, 2g)")
+    return text.strip()
+
+
+def _parse_port(text: str) -> int:
+    if not text.strip().isdigit() or not 1 <= int(text) <= 65535:
+        raise ValueError(f"not a port: {text!r} (1 to 65535)")
+    return int(text)
+
+
 def _parse_positive(text: str) -> int:
     count = int(text)
     if count < 1:
@@ -229,10 +249,19 @@ class Settings:
     model_prefix: str = _opt(
         "",
         "S3 URI every TargetModel is relative to, e.g. s3://models/prod/ (empty: SageMaker-hosted mode only)",
+        _parse_s3_uri,
+        "S3_URI",
+    )
+    model_prefix_wait: float = _opt(
+        30.0,
+        "seconds serve waits at start for the model prefix's S3 to answer (as when S3 starts beside it); a missing"
+        " bucket, missing credentials or a denied listing refuse the start at once, as does S3 still away after this",
+        _parse_seconds,
+        "SECONDS",
     )
     endpoint_name: str = _opt("openmme", "the EndpointName clients call; other names get a ValidationError")
     host: str = _opt("127.0.0.1", "address the front binds")
-    port: int = _opt(8080, "port the front binds (SAGEMAKER_BIND_TO_PORT also sets it)", int, "PORT")
+    port: int = _opt(8080, "port the front binds (SAGEMAKER_BIND_TO_PORT also sets it)", _parse_port, "PORT")
     cache_dir: Path = _opt(  # noqa: RUF009  (an immutable default)
         Path("/tmp/openmme"),
         "where archives are extracted and MMS keeps its files; emptied at start, and one endpoint's only (a second"
@@ -365,7 +394,9 @@ class Settings:
     tls_key: Path | None = _opt(  # noqa: RUF009  (an immutable default)
         None, "PEM private key of --tls-cert (not encrypted)", Path
     )
-    mms_heap: str = _opt("512m", "maximum heap of MMS's Java front (-Xmx; Java's units: 512m, 2g)", None, "JAVA_SIZE")
+    mms_heap: str = _opt(
+        "512m", "maximum heap of MMS's Java front (-Xmx; Java's units: 512m, 2g)", _parse_java_size, "JAVA_SIZE"
+    )
     mms_inference_port: int = _opt(0, "MMS inference port on 127.0.0.1 (0: pick a free one below 32767)", int, "PORT")
     mms_management_port: int = _opt(0, "MMS management port on 127.0.0.1 (0: pick a free one below 32767)", int, "PORT")
     mms_start_timeout: float = _opt(120.0, "seconds MMS may take to start", float, "SECONDS")
@@ -581,13 +612,15 @@ class Settings:
                 else:
                     values[spec.name] = parse(raw) if parse else raw
             except ValueError as exc:
-                parser.error(f"{source}: {exc}")
+                # int's and float's own words ("invalid literal for int() with base 10: 'x'") say less.
+                said = f"not a {'whole ' if parse is int else ''}number: {raw!r}" if parse in (int, float) else exc
+                parser.error(f"{source}: {said}")
         return cls(**values)
 
     @classmethod
     def argument_parser(cls, parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
         """The ``serve`` flags, one per field; unset flags stay None so the environment can fill them."""
-        parser = parser or argparse.ArgumentParser(prog="openmme serve", epilog=_HELP_EPILOG)
+        parser = parser or OneLineErrors(prog="openmme serve", epilog=_HELP_EPILOG)
         for spec in dataclasses.fields(cls):
             env = ENV_PREFIX + spec.name.upper()
             help_text = f"{spec.metadata['help']} [env {env}; default {_shown_default(spec)}]"

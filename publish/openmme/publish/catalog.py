@@ -6,6 +6,7 @@ keys it would refuse (``a//b``, ``./x``, folder markers ending in ``/``) can nev
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -13,8 +14,7 @@ from typing import Any
 
 import botocore.exceptions
 
-from openmme.endpoint.errors import ValidationError
-from openmme.endpoint.names import validate_target_model
+from openmme.endpoint.names import SUGGESTION_CANDIDATES, closest_target_model, is_target_model
 from openmme.publish._errors import ModelNotFound
 from openmme.publish._s3 import (
     check_target_model,
@@ -37,14 +37,6 @@ class PublishedModel:
     last_modified: datetime
 
 
-def _invocable(relative: str) -> bool:
-    try:
-        validate_target_model(relative)
-    except ValidationError:
-        return False
-    return True
-
-
 def list_models(prefix: str, *, client: Any | None = None) -> Iterator[PublishedModel]:
     """Every model under ``prefix``, named as TargetModel, in key order (all pages of ListObjectsV2).
 
@@ -57,7 +49,7 @@ def list_models(prefix: str, *, client: Any | None = None) -> Iterator[Published
         for page in pages:
             for item in page.get("Contents", []):
                 relative = str(item["Key"])[len(location.key) :]
-                if _invocable(relative):
+                if is_target_model(relative):
                     yield PublishedModel(relative, int(item["Size"]), item["LastModified"])
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
         raise translate(exc, f"listing {location}") from exc
@@ -74,10 +66,9 @@ def remove_model(prefix: str, target_model: str, *, client: Any | None = None) -
     require_bucket(client, location)
     size = object_size(client, location.child(target))
     if size is None:
-        hint = ""
-        nested = location.child(f"{target}/model.tar.gz")
-        if not target.endswith((".tar.gz", ".tgz")) and object_size(client, nested) is not None:
-            hint = f"; did you mean {target}/model.tar.gz?"
+        held = itertools.islice(list_models(prefix, client=client), SUGGESTION_CANDIDATES)
+        likely = closest_target_model(target, (model.target_model for model in held))
+        hint = f"; did you mean {likely}?" if likely else ""
         raise ModelNotFound(f"{location} holds no model {target}{hint}")
     try:
         client.delete_object(Bucket=location.bucket, Key=location.child(target).key)
