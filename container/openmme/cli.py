@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -407,6 +408,7 @@ def _pipeline_publish(args: argparse.Namespace) -> int:
     from openmme.publish import ModelCheckFailed
     from openmme.publish.check import content_type_for
     from openmme.publish.pipelines import PipelineRefused, publish_pipeline, steps_with_accepts
+    from openmme.publish.progress import ElapsedLine
 
     accepts: dict[int, str] = {}
     for text in args.accept_of:
@@ -420,18 +422,21 @@ def _pipeline_publish(args: argparse.Namespace) -> int:
             sample = args.sample.read_bytes()
         except OSError as exc:
             raise ModelCheckFailed(f"cannot read the sample {args.sample}: {exc}") from exc
-    report = publish_pipeline(
-        args.prefix,
-        args.name,
-        steps_with_accepts(args.steps, accepts),
-        sample=sample,
-        content_type=args.content_type or (content_type_for(args.sample) if args.sample else None),
-        accept=args.accept,
-        check_target=args.check_target,
-        serve_args=args.serve_arg,
-        check=not args.no_check,
-        force=args.force,
-    )
+    # The check starts an endpoint of its own and loads every step (tens of seconds): on a terminal, say so.
+    doing = "resolving its steps" if args.no_check else "checking it on an endpoint of its own"
+    with ElapsedLine(f"pipeline {args.name}: {doing}", sys.stderr) if sys.stderr.isatty() else nullcontext():
+        report = publish_pipeline(
+            args.prefix,
+            args.name,
+            steps_with_accepts(args.steps, accepts),
+            sample=sample,
+            content_type=args.content_type or (content_type_for(args.sample) if args.sample else None),
+            accept=args.accept,
+            check_target=args.check_target,
+            serve_args=args.serve_arg,
+            check=not args.no_check,
+            force=args.force,
+        )
     if report.outcome == "unchanged" and not report.steps:
         print(f"{report.uri} already holds this manifest; nothing was written\nTargetModel: {report.target_model}")
         return 0
