@@ -291,6 +291,7 @@ def _rollout_start(args: argparse.Namespace) -> int:
         max_latency_ratio=args.max_latency_ratio,
         latency_slack_ms=args.latency_slack_ms,
         min_requests=args.min_requests,
+        confidence=args.confidence,
     )
     outcome = start_rollout(
         args.prefix,
@@ -636,10 +637,24 @@ def _rollout_parser(commands: Any) -> None:
         help="percentage points the canary's error rate may exceed the live one's (default: 1)",
     )
     start.add_argument(
-        "--max-latency-ratio", type=float, default=1.5, help="canary p99 over live p99 allowed (default: 1.5)"
+        "--max-latency-ratio",
+        type=float,
+        default=1.5,
+        help="a canary latency quantile (p50, p90) over the live one's allowed (default: 1.5)",
     )
-    start.add_argument("--latency-slack-ms", type=float, default=5.0, help="added to that limit (default: 5 ms)")
+    start.add_argument(
+        "--latency-slack-ms",
+        type=float,
+        default=5.0,
+        help="and ms above it allowed: a smaller difference never fails (default: 5 ms)",
+    )
     start.add_argument("--min-requests", type=int, default=20, help="canary requests to judge a step (default: 20)")
+    start.add_argument(
+        "--confidence",
+        type=float,
+        default=0.9999,
+        help="of each bound compared: a difference the figures show with less is chance (default: 0.9999)",
+    )
     start.add_argument("--skip-check", action="store_true", help="do not load the canary here first")
     status = action.add_parser("status", help="the rollout in progress, with the endpoints' figures if given")
     status.add_argument("--endpoint", action="append", default=[], metavar="URL", help="an endpoint; repeatable")
