@@ -1,15 +1,19 @@
 """The rollout controller: its verdict on a canary's figures against the live version's (pure, on synthetic
 figures: a noisy but healthy canary is promoted, a bad one rolled back, over seeded random trials), and, against the
-real SeaweedFS, a rollout without traffic rolled back, a rollout taken over by a promote by hand, what cannot start,
-and ``openmme rollout status``. The end-to-end rollouts under load (a failing canary rolled back within its bake, a
-good one promoted) are in tests/integration/test_aliases.py."""
+real SeaweedFS and a stand-in endpoint (``/ping`` and ``GET /aliases`` with no traffic), a rollout without traffic
+rolled back, one refused before any write because an endpoint does not answer, a rollout taken over by a promote by
+hand, what cannot start, and ``openmme rollout status``. The end-to-end
+rollouts under load (a failing canary rolled back within its bake, a good one promoted) are in
+tests/integration/test_aliases.py."""
 
 from __future__ import annotations
 
 import bisect
+import http.server
+import json
 import random
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -17,6 +21,7 @@ import xgboost
 
 from openmme.cli import main
 from openmme.endpoint.alias_figures import STATS_BUCKETS
+from openmme.ports import free_port
 from openmme.publish.aliases import AliasRefused, alias_history, get_alias, set_alias
 from openmme.publish.rollout import (
     Figures,
@@ -33,7 +38,7 @@ from tests.conftest import Published
 
 V1, V2 = "houston/v1/model.tar.gz", "houston/v2/model.tar.gz"
 BOUNDS = list(STATS_BUCKETS)
-NOBODY = ["http://127.0.0.1:9"]  # nothing answers there: no figures at all
+NOBODY = ["http://127.0.0.1:9"]  # nothing answers there
 
 
 def figures(requests: int, errors: int, seconds: float) -> Figures:
@@ -137,11 +142,56 @@ def houston(prefix: str, publish: Callable[..., Published], boosters: dict[str, 
     return prefix
 
 
+class QuietEndpoint(http.server.ThreadingHTTPServer):
+    """An endpoint's ``/ping`` and ``GET /aliases`` as ``openmme serve`` answers them, serving ``aliases`` (name →
+    generation) and no traffic at all: what the controller reads, without MMS."""
+
+    def __init__(self, aliases: dict[str, int]) -> None:
+        super().__init__(("127.0.0.1", free_port()), _QuietHandler)
+        self.aliases = aliases
+        self.url = f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class _QuietHandler(http.server.BaseHTTPRequestHandler):
+    server: QuietEndpoint
+
+    def do_GET(self) -> None:
+        if self.path == "/ping":
+            body = b""
+        elif self.path == "/aliases":
+            served = {alias: {"generation": generation} for alias, generation in self.server.aliases.items()}
+            body = json.dumps({"aliases": served, "versions": [], "shadows": [], "buckets": BOUNDS}).encode()
+        else:
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def quiet() -> Iterator[QuietEndpoint]:
+    server = QuietEndpoint({"houston": 1})
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+    thread.join(10)
+
+
 @pytest.mark.integration
-def test_a_rollout_without_canary_traffic_is_rolled_back(houston: str, capsys: pytest.CaptureFixture[str]) -> None:
-    command = ["rollout", "start", "houston", V2, "--prefix", houston, "--endpoint", NOBODY[0], "--steps", "20"]
+def test_a_rollout_without_canary_traffic_is_rolled_back(
+    houston: str, quiet: QuietEndpoint, capsys: pytest.CaptureFixture[str]
+) -> None:
+    command = ["rollout", "start", "houston", V2, "--prefix", houston, "--endpoint", quiet.url, "--steps", "20"]
     assert main([*command, "--bake", "0.2", "--poll", "0.05", "--skip-check"]) == 1
-    lines = capsys.readouterr().out.splitlines()
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
     assert lines[0] == "houston: step 1 of 1: v1=houston/v1/model.tar.gz 80%, v2=houston/v2/model.tar.gz 20%"
     assert lines[-1].startswith("houston: rolled-back: automatic rollback at step 1: not enough canary traffic to")
     document = get_alias(houston, "houston")
@@ -151,11 +201,31 @@ def test_a_rollout_without_canary_traffic_is_rolled_back(houston: str, capsys: p
 
 
 @pytest.mark.integration
-def test_a_promote_by_hand_takes_the_rollout_over(houston: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_endpoint_that_does_not_answer_or_serve_the_alias_refuses_the_rollout_before_any_write(
+    houston: str, quiet: QuietEndpoint, capsys: pytest.CaptureFixture[str]
+) -> None:
+    command = ["rollout", "start", "houston", V2, "--prefix", houston, "--skip-check"]
+    assert main([*command, "--endpoint", quiet.url, "--endpoint", NOBODY[0]]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith(f"openmme rollout: endpoint {NOBODY[0]} did not answer /ping (") and "\n" not in error[:-1]
+    assert error.rstrip().endswith("nothing was written")
+    quiet.aliases = {"dallas": 1}  # an endpoint of another prefix, or with aliases off
+    with pytest.raises(AliasRefused, match=f"endpoint {quiet.url} does not serve alias houston: is it serving"):
+        start_rollout(houston, "houston", V2, [quiet.url], check=False)
+    quiet.aliases = {"houston": 7}  # ahead of the prefix's generation 1
+    with pytest.raises(AliasRefused, match=r"at generation 7, ahead of s3://.*'s 1: it serves another prefix"):
+        start_rollout(houston, "houston", V2, [quiet.url], check=False)
+    assert [record.generation for record in alias_history(houston, "houston")] == [1]
+
+
+@pytest.mark.integration
+def test_a_promote_by_hand_takes_the_rollout_over(
+    houston: str, quiet: QuietEndpoint, capsys: pytest.CaptureFixture[str]
+) -> None:
     outcomes: list[Outcome] = []
     guardrails = Guardrails(steps=(10.0, 50.0), bake_seconds=60, poll_seconds=0.1)
     controller = threading.Thread(
-        target=lambda: outcomes.append(start_rollout(houston, "houston", V2, NOBODY, guardrails, check=False))
+        target=lambda: outcomes.append(start_rollout(houston, "houston", V2, [quiet.url], guardrails, check=False))
     )
     controller.start()
     for _ in range(100):

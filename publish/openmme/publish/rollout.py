@@ -18,7 +18,8 @@ per poll) that the canary's error rate exceeds the live version's by more than `
 the live one's by more than ``max_latency_ratio`` times and by more than ``latency_slack_ms`` (each quantile's
 order-statistic bounds, read off the histograms): a busy machine's noise is no failure, and neither is a
 difference under those floors. A step that ends its bake with too few canary requests to judge bakes on, up to
-three bakes, then rolls back: no traffic is no evidence.
+three bakes, then rolls back: no traffic is no evidence. Before the first write, every endpoint must answer
+``/ping`` and serve the alias (``GET /aliases``), or the rollout is refused, naming it.
 With ``--auth sigv4`` on the endpoints, set ``OPENMME_ROLLOUT_ACCESS_KEY_ID`` and
 ``OPENMME_ROLLOUT_SECRET_ACCESS_KEY`` to an unrestricted key: the reads are signed with it.
 """
@@ -29,6 +30,7 @@ import json
 import math
 import os
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -37,6 +39,7 @@ from statistics import NormalDist
 from typing import Any
 
 from openmme.endpoint.alias_state import AliasDocument, Variant, variant_name_for
+from openmme.endpoint.names import S3Location
 from openmme.publish.aliases import (
     AliasConflict,
     AliasContext,
@@ -64,6 +67,8 @@ ACCESS_KEY_ENV = "OPENMME_ROLLOUT_ACCESS_KEY_ID"
 SECRET_KEY_ENV = "OPENMME_ROLLOUT_SECRET_ACCESS_KEY"
 # A step without enough canary traffic to judge bakes on for at most this many bakes, then rolls back.
 MAX_BAKES = 3
+# How long an endpoint has to answer /ping and GET /aliases before a rollout starts.
+CHECK_TIMEOUT_S = 5.0
 # The latency quantiles compared: the median and p90 are bounded well by a few dozen requests, where a p99 of a few
 # hundred is one or two of the slowest, as likely a busy machine's as the canary's.
 JUDGED_QUANTILES = (0.5, 0.9)
@@ -229,7 +234,8 @@ def start_rollout(
 ) -> Outcome:
     """Roll ``target`` out as the canary of ``alias`` (whose live version takes all its traffic now), step by step,
     judged on ``endpoints``' figures; returns when promoted, rolled back, or taken over by hand. ``report`` is
-    told each step in one line. Raises AliasRefused (nothing written) for a rollout that cannot start."""
+    told each step in one line. Raises AliasRefused (nothing written) for a rollout that cannot start, such as
+    one with an endpoint that does not answer or does not serve ``alias``."""
     guardrails = (guardrails or Guardrails()).check()
     if not endpoints:
         raise AliasRefused("a rollout needs the endpoints' URLs (every replica's) to read the versions' figures")
@@ -247,6 +253,7 @@ def start_rollout(
         canary = Variant(name or variant_name_for(alias, target), target, guardrails.steps[0])
         if canary.target == live.target:
             raise AliasRefused(f"{target} is already the live version of {alias}")
+        _require_endpoints(endpoints, alias, current.generation, context.location)
         routing = Routing(
             (Variant(live.name, live.target, 100 - canary.weight), canary), current.shadow, current.sticky, None
         )
@@ -491,6 +498,50 @@ def _since(snapshot: Snapshot, baseline: Snapshot) -> dict[str, Figures]:
             delta = figures.minus(before[target]) if target in before else figures
             totals[target] = totals[target].plus(delta) if target in totals else delta
     return totals
+
+
+def _require_endpoints(endpoints: Sequence[str], alias: str, generation: int, location: S3Location) -> None:
+    """Refuse the rollout, before anything is written, when an endpoint does not answer ``/ping`` or does not
+    serve ``alias`` (of ``location``, at ``generation`` or one it has not caught up with yet): its figures would
+    never come, and the rollout would shift traffic only to roll back for want of them a few bakes later."""
+    done = "nothing was written"
+    for url in endpoints:
+        base = url.rstrip("/")
+        try:
+            with urllib.request.urlopen(base + "/ping", timeout=CHECK_TIMEOUT_S) as response:
+                response.read()
+        except urllib.error.HTTPError as error:
+            raise AliasRefused(f"endpoint {url} answered /ping with {error.code}: it is not healthy; {done}") from error
+        except (OSError, ValueError) as exc:
+            raise AliasRefused(
+                f"endpoint {url} did not answer /ping ({getattr(exc, 'reason', exc)}): start it, or give each"
+                f" replica's URL with --endpoint; {done}"
+            ) from exc
+        try:
+            body = _get_json(base + "/aliases", CHECK_TIMEOUT_S)
+        except urllib.error.HTTPError as error:
+            hint = (
+                f"with --auth sigv4, set {ACCESS_KEY_ENV} and {SECRET_KEY_ENV} to an unrestricted key"
+                if error.code in (401, 403)
+                else "is it an openmme endpoint?"
+            )
+            raise AliasRefused(f"endpoint {url} answered GET /aliases with {error.code}: {hint}; {done}") from error
+        except (OSError, ValueError) as exc:
+            raise AliasRefused(
+                f"endpoint {url} did not answer GET /aliases ({getattr(exc, 'reason', exc)}); {done}"
+            ) from exc
+        served = body.get("aliases")
+        entry = served.get(alias) if isinstance(served, Mapping) else None
+        if not isinstance(entry, Mapping):
+            raise AliasRefused(
+                f"endpoint {url} does not serve alias {alias}: is it serving {location} with aliases on"
+                f" (--alias-refresh above 0)? An alias set moments ago shows there within one refresh; {done}"
+            )
+        if int(entry.get("generation", 0)) > generation:
+            raise AliasRefused(
+                f"endpoint {url} serves alias {alias} at generation {entry.get('generation')}, ahead of"
+                f" {location}'s {generation}: it serves another prefix; {done}"
+            )
 
 
 def _get_json(url: str, timeout: float) -> Mapping[str, Any]:
