@@ -274,6 +274,7 @@ def _rollout(args: argparse.Namespace) -> int:
 
 
 def _rollout_start(args: argparse.Namespace) -> int:
+    from openmme.publish.progress import ProgressLine, format_ms
     from openmme.publish.rollout import Guardrails, start_rollout
 
     try:
@@ -303,6 +304,7 @@ def _rollout_start(args: argparse.Namespace) -> int:
         reason=args.reason,
         check=not args.skip_check,
         report=lambda line: print(f"{args.alias}: {line}", flush=True),
+        progress=ProgressLine(sys.stderr, amount=format_ms) if sys.stderr.isatty() else None,
     )
     print(f"{args.alias}: {outcome.result}: {outcome.reason}")
     return 0 if outcome.result == "promoted" else 1

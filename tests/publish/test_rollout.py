@@ -2,7 +2,7 @@
 figures: a noisy but healthy canary is promoted, a bad one rolled back, over seeded random trials), and, against the
 real SeaweedFS and a stand-in endpoint (``/ping`` and ``GET /aliases`` with no traffic), a rollout without traffic
 rolled back, one refused before any write because an endpoint does not answer, a rollout taken over by a promote by
-hand, what cannot start, and ``openmme rollout status``. The end-to-end
+hand, what cannot start, ``openmme rollout status``, and the bake's progress on a terminal only. The end-to-end
 rollouts under load (a failing canary rolled back within its bake, a good one promoted) are in
 tests/integration/test_aliases.py."""
 
@@ -11,7 +11,12 @@ from __future__ import annotations
 import bisect
 import http.server
 import json
+import os
+import pty
 import random
+import select
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -194,6 +199,7 @@ def test_a_rollout_without_canary_traffic_is_rolled_back(
     lines = captured.out.splitlines()
     assert lines[0] == "houston: step 1 of 1: v1=houston/v1/model.tar.gz 80%, v2=houston/v2/model.tar.gz 20%"
     assert lines[-1].startswith("houston: rolled-back: automatic rollback at step 1: not enough canary traffic to")
+    assert captured.err == ""  # not a terminal: no progress line
     document = get_alias(houston, "houston")
     assert [(v.target, v.weight) for v in document.variants] == [(V1, 100.0)] and document.rollout is None
     actions = [record.change.action for record in alias_history(houston, "houston") if record.change]
@@ -216,6 +222,36 @@ def test_an_endpoint_that_does_not_answer_or_serve_the_alias_refuses_the_rollout
     with pytest.raises(AliasRefused, match=r"at generation 7, ahead of s3://.*'s 1: it serves another prefix"):
         start_rollout(houston, "houston", V2, [quiet.url], check=False)
     assert [record.generation for record in alias_history(houston, "houston")] == [1]
+
+
+@pytest.mark.integration
+def test_the_bake_shows_its_progress_on_a_terminal(houston: str, quiet: QuietEndpoint) -> None:
+    command = [sys.executable, "-m", "openmme.cli", "rollout", "start", "houston", V2, "--prefix", houston,
+               "--endpoint", quiet.url, "--steps", "20", "--bake", "0.3", "--poll", "0.05", "--skip-check"]  # fmt: skip
+    primary, secondary = pty.openpty()
+    try:
+        process = subprocess.Popen(command, stderr=secondary, stdout=subprocess.PIPE, env=os.environ.copy())
+        os.close(secondary)
+        terminal = b""
+        while True:
+            ready, _, _ = select.select([primary], [], [], 60)
+            try:
+                chunk = os.read(primary, 4096) if ready else b""
+            except OSError:  # the child closed the terminal
+                chunk = b""
+            if not chunk:
+                break
+            terminal += chunk
+        assert process.stdout is not None
+        out = process.stdout.read().decode()
+        assert process.wait(60) == 1
+        process.stdout.close()
+    finally:
+        os.close(primary)
+
+    assert "\rhouston: step 1 of 1 baking [" in terminal.decode()
+    assert "/ 0.3 s" in terminal.decode()
+    assert out.splitlines()[-1].startswith("houston: rolled-back: automatic rollback at step 1: not enough canary")
 
 
 @pytest.mark.integration

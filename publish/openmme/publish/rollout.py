@@ -50,6 +50,7 @@ from openmme.publish.aliases import (
     get_alias,
     rollback_alias,
 )
+from openmme.publish.progress import Progress
 
 __all__ = [
     "Figures",
@@ -231,11 +232,13 @@ def start_rollout(
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
     report: Callable[[str], None] = lambda line: None,
+    progress: Progress | None = None,
 ) -> Outcome:
     """Roll ``target`` out as the canary of ``alias`` (whose live version takes all its traffic now), step by step,
     judged on ``endpoints``' figures; returns when promoted, rolled back, or taken over by hand. ``report`` is
-    told each step in one line. Raises AliasRefused (nothing written) for a rollout that cannot start, such as
-    one with an endpoint that does not answer or does not serve ``alias``."""
+    told each step in one line, ``progress`` each bake's milliseconds (a ``ProgressLine(amount=format_ms)``).
+    Raises AliasRefused (nothing written) for a rollout that cannot start, such as one with an endpoint that
+    does not answer or does not serve ``alias``."""
     guardrails = (guardrails or Guardrails()).check()
     if not endpoints:
         raise AliasRefused("a rollout needs the endpoints' URLs (every replica's) to read the versions' figures")
@@ -281,7 +284,15 @@ def start_rollout(
     report(f"step 1 of {len(guardrails.steps)}: {document.summary()}")
     step = 0
     while True:
-        verdict = _bake(prefix, alias, document, endpoints, guardrails, client, clock, sleep)
+        if progress is not None:
+            progress.start(
+                f"{alias}: step {step + 1} of {len(guardrails.steps)} baking", round(guardrails.bake_seconds * 1000)
+            )
+        try:
+            verdict = _bake(prefix, alias, document, endpoints, guardrails, client, clock, sleep, progress)
+        finally:
+            if progress is not None:
+                progress.finish()
         if isinstance(verdict, Outcome):
             return verdict
         if verdict is not None:
@@ -356,12 +367,13 @@ def _bake(
     client: Any,
     clock: Callable[[], float],
     sleep: Callable[[float], None],
+    progress: Progress | None = None,
 ) -> str | Outcome | None:
     """Run one step: a failure's reason, an Outcome when taken over, or None when it held for its bake."""
     rollout = document.rollout or {}
     live_target, canary_target = str(rollout["live_target"]), str(rollout["canary_target"])
     baseline, _ = read_figures(endpoints, alias)
-    started = clock()
+    started, shown_ms = clock(), 0
     while True:
         sleep(guardrails.poll_seconds)
         try:
@@ -379,6 +391,9 @@ def _bake(
         if failure is not None:
             return failure
         elapsed = clock() - started
+        if progress is not None:
+            progress.advance(round(elapsed * 1000) - shown_ms)
+            shown_ms = round(elapsed * 1000)
         if elapsed >= guardrails.bake_seconds and canary.requests >= guardrails.min_requests:
             return None
         if elapsed >= guardrails.bake_seconds * MAX_BAKES:
