@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -273,6 +274,7 @@ def _rollout(args: argparse.Namespace) -> int:
 
 
 def _rollout_start(args: argparse.Namespace) -> int:
+    from openmme.publish.progress import ProgressLine, format_ms
     from openmme.publish.rollout import Guardrails, start_rollout
 
     try:
@@ -290,6 +292,7 @@ def _rollout_start(args: argparse.Namespace) -> int:
         max_latency_ratio=args.max_latency_ratio,
         latency_slack_ms=args.latency_slack_ms,
         min_requests=args.min_requests,
+        confidence=args.confidence,
     )
     outcome = start_rollout(
         args.prefix,
@@ -301,6 +304,7 @@ def _rollout_start(args: argparse.Namespace) -> int:
         reason=args.reason,
         check=not args.skip_check,
         report=lambda line: print(f"{args.alias}: {line}", flush=True),
+        progress=ProgressLine(sys.stderr, amount=format_ms) if sys.stderr.isatty() else None,
     )
     print(f"{args.alias}: {outcome.result}: {outcome.reason}")
     return 0 if outcome.result == "promoted" else 1
@@ -407,6 +411,7 @@ def _pipeline_publish(args: argparse.Namespace) -> int:
     from openmme.publish import ModelCheckFailed
     from openmme.publish.check import content_type_for
     from openmme.publish.pipelines import PipelineRefused, publish_pipeline, steps_with_accepts
+    from openmme.publish.progress import ElapsedLine
 
     accepts: dict[int, str] = {}
     for text in args.accept_of:
@@ -420,18 +425,21 @@ def _pipeline_publish(args: argparse.Namespace) -> int:
             sample = args.sample.read_bytes()
         except OSError as exc:
             raise ModelCheckFailed(f"cannot read the sample {args.sample}: {exc}") from exc
-    report = publish_pipeline(
-        args.prefix,
-        args.name,
-        steps_with_accepts(args.steps, accepts),
-        sample=sample,
-        content_type=args.content_type or (content_type_for(args.sample) if args.sample else None),
-        accept=args.accept,
-        check_target=args.check_target,
-        serve_args=args.serve_arg,
-        check=not args.no_check,
-        force=args.force,
-    )
+    # The check starts an endpoint of its own and loads every step (tens of seconds): on a terminal, say so.
+    doing = "resolving its steps" if args.no_check else "checking it on an endpoint of its own"
+    with ElapsedLine(f"pipeline {args.name}: {doing}", sys.stderr) if sys.stderr.isatty() else nullcontext():
+        report = publish_pipeline(
+            args.prefix,
+            args.name,
+            steps_with_accepts(args.steps, accepts),
+            sample=sample,
+            content_type=args.content_type or (content_type_for(args.sample) if args.sample else None),
+            accept=args.accept,
+            check_target=args.check_target,
+            serve_args=args.serve_arg,
+            check=not args.no_check,
+            force=args.force,
+        )
     if report.outcome == "unchanged" and not report.steps:
         print(f"{report.uri} already holds this manifest; nothing was written\nTargetModel: {report.target_model}")
         return 0
@@ -633,10 +641,24 @@ def _rollout_parser(commands: Any) -> None:
         help="percentage points the canary's error rate may exceed the live one's (default: 1)",
     )
     start.add_argument(
-        "--max-latency-ratio", type=float, default=1.5, help="canary p99 over live p99 allowed (default: 1.5)"
+        "--max-latency-ratio",
+        type=float,
+        default=1.5,
+        help="a canary latency quantile (p50, p90) over the live one's allowed (default: 1.5)",
     )
-    start.add_argument("--latency-slack-ms", type=float, default=5.0, help="added to that limit (default: 5 ms)")
+    start.add_argument(
+        "--latency-slack-ms",
+        type=float,
+        default=5.0,
+        help="and ms above it allowed: a smaller difference never fails (default: 5 ms)",
+    )
     start.add_argument("--min-requests", type=int, default=20, help="canary requests to judge a step (default: 20)")
+    start.add_argument(
+        "--confidence",
+        type=float,
+        default=0.9999,
+        help="of each bound compared: a difference the figures show with less is chance (default: 0.9999)",
+    )
     start.add_argument("--skip-check", action="store_true", help="do not load the canary here first")
     status = action.add_parser("status", help="the rollout in progress, with the endpoints' figures if given")
     status.add_argument("--endpoint", action="append", default=[], metavar="URL", help="an endpoint; repeatable")

@@ -250,8 +250,10 @@ def test_a_failing_canary_is_rolled_back_by_itself_within_its_bake(world: World,
 
 
 def test_a_canary_that_holds_is_promoted(world: World, endpoint: Endpoint) -> None:
+    # The default judge: on a busy machine both versions' latencies are noisy, and it rolls back only a difference
+    # its confidence bounds show beyond its floors, so the outcome does not hang on how loaded the machine is.
     move(world, endpoint, V2)
-    guardrails = Guardrails(steps=(50.0,), bake_seconds=3.0, poll_seconds=0.5, min_requests=10, latency_slack_ms=50)
+    guardrails = Guardrails(steps=(50.0,), bake_seconds=3.0, poll_seconds=0.5, min_requests=10)
     with Load(endpoint.url):
         outcome = start_rollout(world.prefix, "houston", V1, [endpoint.url], guardrails, name="v1-again")
     assert outcome.result == "promoted", outcome

@@ -6,7 +6,9 @@ or a refusal before the check): step archives there need only exist, so they hol
 
 from __future__ import annotations
 
+import io
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -201,6 +203,31 @@ def test_publishing_again_is_idempotent_a_change_is_refused_unless_forced(
     assert json.loads(stored(s3_client, steps, "churn.pipeline.json")) == {
         "steps": ["featurizer/model.tar.gz", "labels.tar.gz", "booster.tar.gz"]
     }
+
+
+class _Terminal(io.StringIO):
+    """stderr as a terminal: what the CLI draws its progress on."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_publish_shows_its_progress_on_a_terminal_only(
+    steps: str, s3_client: Any, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    command = ["pipeline", "publish", "piped.pipeline.json", "featurizer/model.tar.gz", "booster.tar.gz",
+               "--model-prefix", steps, "--no-check"]  # fmt: skip
+    assert main(command) == 0
+    piped = capsys.readouterr()
+    assert piped.err == ""
+    assert piped.out.splitlines()[-2:] == [f"published {steps}piped.pipeline.json", "TargetModel: piped.pipeline.json"]
+
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    assert main([*command[:2], "shown.pipeline.json", *command[3:]]) == 0
+    assert terminal.getvalue().startswith("\rpipeline shown.pipeline.json: resolving its steps … 0 s\x1b[K")
+    assert terminal.getvalue().endswith("\n")
+    assert capsys.readouterr().out.splitlines()[-2] == f"published {steps}shown.pipeline.json"
 
 
 def test_alias_and_target_model_steps_resolve_and_show_prints_them(

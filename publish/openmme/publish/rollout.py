@@ -12,10 +12,14 @@ rolls back.
 
 The figures are read from each endpoint's ``GET /aliases`` (every replica: give each one's URL) and summed per
 version: requests, errors (answers 424, 500, 503, 507) and a latency histogram, counted from the step's start.
-A step fails when, with at least ``min_requests`` canary requests, the canary's error rate exceeds the live
-version's by more than ``max_error_rate_increase``, or the canary's 99th-percentile latency exceeds
-``max_latency_ratio`` times the live version's plus ``latency_slack_ms``. A step that ends its bake with too few
-canary requests to judge bakes on, up to three bakes, then rolls back: no traffic is no evidence.
+A step fails when, with at least ``min_requests`` canary requests, the figures show at ``confidence`` (per bound,
+per poll) that the canary's error rate exceeds the live version's by more than ``max_error_rate_increase``
+(Newcombe's bound on the difference, from each rate's Wilson interval), or that its median or p90 latency exceeds
+the live one's by more than ``max_latency_ratio`` times and by more than ``latency_slack_ms`` (each quantile's
+order-statistic bounds, read off the histograms): a busy machine's noise is no failure, and neither is a
+difference under those floors. A step that ends its bake with too few canary requests to judge bakes on, up to
+three bakes, then rolls back: no traffic is no evidence. Before the first write, every endpoint must answer
+``/ping`` and serve the alias (``GET /aliases``), or the rollout is refused, naming it.
 With ``--auth sigv4`` on the endpoints, set ``OPENMME_ROLLOUT_ACCESS_KEY_ID`` and
 ``OPENMME_ROLLOUT_SECRET_ACCESS_KEY`` to an unrestricted key: the reads are signed with it.
 """
@@ -26,13 +30,16 @@ import json
 import math
 import os
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from statistics import NormalDist
 from typing import Any
 
 from openmme.endpoint.alias_state import AliasDocument, Variant, variant_name_for
+from openmme.endpoint.names import S3Location
 from openmme.publish.aliases import (
     AliasConflict,
     AliasContext,
@@ -43,6 +50,7 @@ from openmme.publish.aliases import (
     get_alias,
     rollback_alias,
 )
+from openmme.publish.progress import Progress
 
 __all__ = [
     "Figures",
@@ -60,6 +68,11 @@ ACCESS_KEY_ENV = "OPENMME_ROLLOUT_ACCESS_KEY_ID"
 SECRET_KEY_ENV = "OPENMME_ROLLOUT_SECRET_ACCESS_KEY"
 # A step without enough canary traffic to judge bakes on for at most this many bakes, then rolls back.
 MAX_BAKES = 3
+# How long an endpoint has to answer /ping and GET /aliases before a rollout starts.
+CHECK_TIMEOUT_S = 5.0
+# The latency quantiles compared: the median and p90 are bounded well by a few dozen requests, where a p99 of a few
+# hundred is one or two of the slowest, as likely a busy machine's as the canary's.
+JUDGED_QUANTILES = (0.5, 0.9)
 
 
 @dataclass(frozen=True)
@@ -69,10 +82,11 @@ class Guardrails:
     steps: tuple[float, ...] = (10.0, 50.0)  # the canary's percent at each step; promoted after the last
     bake_seconds: float = 60.0  # how long each step runs before the next
     poll_seconds: float = 2.0  # how often the figures are read during a bake
-    max_error_rate_increase: float = 0.01  # canary error rate above the live one by more than this: roll back
-    max_latency_ratio: float = 1.5  # canary p99 above this many times the live p99 …
-    latency_slack_ms: float = 5.0  # … plus this: roll back
-    min_requests: int = 20  # canary requests a step needs before it is judged
+    max_error_rate_increase: float = 0.01  # canary error rate surely above the live one by more than this: roll back
+    max_latency_ratio: float = 1.5  # a canary latency quantile surely above this many times the live one's …
+    latency_slack_ms: float = 5.0  # … and this many ms above it: roll back (a smaller difference never does)
+    min_requests: int = 20  # canary requests a step needs before it is judged, and to hold
+    confidence: float = 0.9999  # of each bound the judge compares ("surely" above), at each poll
 
     def check(self) -> Guardrails:
         if not self.steps or any(not 0 < step < 100 for step in self.steps):
@@ -81,6 +95,12 @@ class Guardrails:
             raise AliasRefused("rollout steps must grow: e.g. 10,50")
         if self.bake_seconds <= 0 or self.poll_seconds <= 0 or self.min_requests < 1:
             raise AliasRefused("bake and poll are more than 0 seconds, min-requests at least 1")
+        if self.max_error_rate_increase < 0 or self.max_latency_ratio < 1 or self.latency_slack_ms < 0:
+            raise AliasRefused(
+                "max-error-rate-increase and latency-slack-ms are at least 0, max-latency-ratio at least 1"
+            )
+        if not 0.5 < self.confidence < 1:
+            raise AliasRefused("confidence is more than 0.5 and below 1 (e.g. 0.9999)")
         return self
 
 
@@ -95,6 +115,23 @@ class Figures:
     @property
     def error_rate(self) -> float:
         return self.errors / self.requests if self.requests else 0.0
+
+    def quantile_bounds(self, bounds: Sequence[float], q: float, z: float) -> tuple[float, float]:
+        """The bucket bounds (seconds) the latency's ``q`` quantile is above and at most, each at the one-sided
+        confidence of the normal quantile ``z``: a Wilson bound on the share of requests at or under each bucket
+        bound (the order statistics' interval of the quantile, read off the histogram). 0.0 and inf where the
+        figures cannot tell, as for a p90 of 3 requests."""
+        total = sum(self.buckets)
+        above, at_most, seen = 0.0, math.inf, 0
+        for bound, count in zip(bounds, self.buckets, strict=False):  # the last bucket, above every bound, has none
+            seen += count
+            share_low, share_high = _wilson(seen, total, z)
+            if share_high < q:
+                above = bound
+            if share_low >= q:
+                at_most = bound
+                break
+        return above, at_most
 
     def quantile(self, bounds: Sequence[float], q: float = 0.99) -> float | None:
         """The upper bound (seconds) of the bucket holding the ``q`` quantile; None without requests."""
@@ -135,23 +172,27 @@ Snapshot = dict[str, dict[str, Figures]]  # endpoint URL → version target → 
 
 
 def judge(live: Figures, canary: Figures, bounds: Sequence[float], guardrails: Guardrails) -> str | None:
-    """Why the canary fails against the live version over the same span (None: it holds, or too few requests)."""
+    """Why the canary fails against the live version over the same span (None: it holds, or the figures cannot
+    tell yet). A failure is a difference beyond the guardrails' floors that the figures show at the guardrails'
+    confidence however noisy they are; a difference they cannot tell from chance is no failure."""
     if canary.requests < guardrails.min_requests:
         return None
-    if canary.error_rate > live.error_rate + guardrails.max_error_rate_increase:
+    z = NormalDist().inv_cdf(guardrails.confidence)
+    error = _error_rate_increase(live, canary, z)
+    if error > guardrails.max_error_rate_increase:
         return (
             f"canary error rate {canary.error_rate:.1%} ({canary.errors} of {canary.requests}) against live"
-            f" {live.error_rate:.1%} ({live.errors} of {live.requests})"
+            f" {live.error_rate:.1%} ({live.errors} of {live.requests}): at least {error * 100:.1f} points more"
         )
-    if live.requests >= guardrails.min_requests:
-        canary_p99, live_p99 = canary.quantile(bounds), live.quantile(bounds)
-        if canary_p99 is not None and live_p99 is not None:
-            limit = live_p99 * guardrails.max_latency_ratio + guardrails.latency_slack_ms / 1000
-            if canary_p99 > limit:
-                return (
-                    f"canary p99 latency {canary_p99 * 1000:.1f} ms against live {live_p99 * 1000:.1f} ms (limit"
-                    f" {limit * 1000:.1f} ms)"
-                )
+    for q in JUDGED_QUANTILES:
+        canary_above, _ = canary.quantile_bounds(bounds, q, z)
+        _, live_below = live.quantile_bounds(bounds, q, z)
+        limit = max(live_below * guardrails.max_latency_ratio, live_below + guardrails.latency_slack_ms / 1000)
+        if canary_above > limit:
+            return (
+                f"canary p{q * 100:g} latency above {canary_above * 1000:.1f} ms against live at most"
+                f" {live_below * 1000:.1f} ms (limit {limit * 1000:.1f} ms)"
+            )
     return None
 
 
@@ -191,10 +232,13 @@ def start_rollout(
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
     report: Callable[[str], None] = lambda line: None,
+    progress: Progress | None = None,
 ) -> Outcome:
     """Roll ``target`` out as the canary of ``alias`` (whose live version takes all its traffic now), step by step,
     judged on ``endpoints``' figures; returns when promoted, rolled back, or taken over by hand. ``report`` is
-    told each step in one line. Raises AliasRefused (nothing written) for a rollout that cannot start."""
+    told each step in one line, ``progress`` each bake's milliseconds (a ``ProgressLine(amount=format_ms)``).
+    Raises AliasRefused (nothing written) for a rollout that cannot start, such as one with an endpoint that
+    does not answer or does not serve ``alias``."""
     guardrails = (guardrails or Guardrails()).check()
     if not endpoints:
         raise AliasRefused("a rollout needs the endpoints' URLs (every replica's) to read the versions' figures")
@@ -212,6 +256,7 @@ def start_rollout(
         canary = Variant(name or variant_name_for(alias, target), target, guardrails.steps[0])
         if canary.target == live.target:
             raise AliasRefused(f"{target} is already the live version of {alias}")
+        _require_endpoints(endpoints, alias, current.generation, context.location)
         routing = Routing(
             (Variant(live.name, live.target, 100 - canary.weight), canary), current.shadow, current.sticky, None
         )
@@ -239,7 +284,15 @@ def start_rollout(
     report(f"step 1 of {len(guardrails.steps)}: {document.summary()}")
     step = 0
     while True:
-        verdict = _bake(prefix, alias, document, endpoints, guardrails, client, clock, sleep)
+        if progress is not None:
+            progress.start(
+                f"{alias}: step {step + 1} of {len(guardrails.steps)} baking", round(guardrails.bake_seconds * 1000)
+            )
+        try:
+            verdict = _bake(prefix, alias, document, endpoints, guardrails, client, clock, sleep, progress)
+        finally:
+            if progress is not None:
+                progress.finish()
         if isinstance(verdict, Outcome):
             return verdict
         if verdict is not None:
@@ -314,12 +367,13 @@ def _bake(
     client: Any,
     clock: Callable[[], float],
     sleep: Callable[[float], None],
+    progress: Progress | None = None,
 ) -> str | Outcome | None:
     """Run one step: a failure's reason, an Outcome when taken over, or None when it held for its bake."""
     rollout = document.rollout or {}
     live_target, canary_target = str(rollout["live_target"]), str(rollout["canary_target"])
     baseline, _ = read_figures(endpoints, alias)
-    started = clock()
+    started, shown_ms = clock(), 0
     while True:
         sleep(guardrails.poll_seconds)
         try:
@@ -337,6 +391,9 @@ def _bake(
         if failure is not None:
             return failure
         elapsed = clock() - started
+        if progress is not None:
+            progress.advance(round(elapsed * 1000) - shown_ms)
+            shown_ms = round(elapsed * 1000)
         if elapsed >= guardrails.bake_seconds and canary.requests >= guardrails.min_requests:
             return None
         if elapsed >= guardrails.bake_seconds * MAX_BAKES:
@@ -419,6 +476,25 @@ def _live_version(document: AliasDocument) -> Variant:
     return serving[0]
 
 
+def _error_rate_increase(live: Figures, canary: Figures, z: float) -> float:
+    """How much the canary's error rate exceeds the live one's at least, at the one-sided confidence of ``z``:
+    Newcombe's hybrid score bound on a difference of two proportions, from each rate's Wilson interval."""
+    canary_low, _ = _wilson(canary.errors, canary.requests, z)
+    _, live_high = _wilson(live.errors, live.requests, z)
+    return canary.error_rate - live.error_rate - math.hypot(canary.error_rate - canary_low, live_high - live.error_rate)
+
+
+def _wilson(successes: int, trials: int, z: float) -> tuple[float, float]:
+    """The Wilson score interval of a proportion, each side at the one-sided confidence of ``z`` ((0, 1) without
+    trials): unlike the normal approximation it holds at 0 of 20 and 20 of 20."""
+    if trials <= 0:
+        return 0.0, 1.0
+    share, z2 = successes / trials, z * z
+    centre = (share + z2 / (2 * trials)) / (1 + z2 / trials)
+    half = z * math.sqrt(share * (1 - share) / trials + z2 / (4 * trials * trials)) / (1 + z2 / trials)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def _totals(snapshot: Snapshot) -> dict[str, Figures]:
     totals: dict[str, Figures] = {}
     for versions in snapshot.values():
@@ -437,6 +513,50 @@ def _since(snapshot: Snapshot, baseline: Snapshot) -> dict[str, Figures]:
             delta = figures.minus(before[target]) if target in before else figures
             totals[target] = totals[target].plus(delta) if target in totals else delta
     return totals
+
+
+def _require_endpoints(endpoints: Sequence[str], alias: str, generation: int, location: S3Location) -> None:
+    """Refuse the rollout, before anything is written, when an endpoint does not answer ``/ping`` or does not
+    serve ``alias`` (of ``location``, at ``generation`` or one it has not caught up with yet): its figures would
+    never come, and the rollout would shift traffic only to roll back for want of them a few bakes later."""
+    done = "nothing was written"
+    for url in endpoints:
+        base = url.rstrip("/")
+        try:
+            with urllib.request.urlopen(base + "/ping", timeout=CHECK_TIMEOUT_S) as response:
+                response.read()
+        except urllib.error.HTTPError as error:
+            raise AliasRefused(f"endpoint {url} answered /ping with {error.code}: it is not healthy; {done}") from error
+        except (OSError, ValueError) as exc:
+            raise AliasRefused(
+                f"endpoint {url} did not answer /ping ({getattr(exc, 'reason', exc)}): start it, or give each"
+                f" replica's URL with --endpoint; {done}"
+            ) from exc
+        try:
+            body = _get_json(base + "/aliases", CHECK_TIMEOUT_S)
+        except urllib.error.HTTPError as error:
+            hint = (
+                f"with --auth sigv4, set {ACCESS_KEY_ENV} and {SECRET_KEY_ENV} to an unrestricted key"
+                if error.code in (401, 403)
+                else "is it an openmme endpoint?"
+            )
+            raise AliasRefused(f"endpoint {url} answered GET /aliases with {error.code}: {hint}; {done}") from error
+        except (OSError, ValueError) as exc:
+            raise AliasRefused(
+                f"endpoint {url} did not answer GET /aliases ({getattr(exc, 'reason', exc)}); {done}"
+            ) from exc
+        served = body.get("aliases")
+        entry = served.get(alias) if isinstance(served, Mapping) else None
+        if not isinstance(entry, Mapping):
+            raise AliasRefused(
+                f"endpoint {url} does not serve alias {alias}: is it serving {location} with aliases on"
+                f" (--alias-refresh above 0)? An alias set moments ago shows there within one refresh; {done}"
+            )
+        if int(entry.get("generation", 0)) > generation:
+            raise AliasRefused(
+                f"endpoint {url} serves alias {alias} at generation {entry.get('generation')}, ahead of"
+                f" {location}'s {generation}: it serves another prefix; {done}"
+            )
 
 
 def _get_json(url: str, timeout: float) -> Mapping[str, Any]:
