@@ -1,4 +1,4 @@
-"""What each part of openmme drags in when imported, checked in a fresh interpreter: the leaves (names, errors)
+"""What each part of openmme drags in when imported, checked in a fresh interpreter: the leaves (names, errors, limits)
 and the publishing side never load aiohttp; the auth package's checks load neither aiohttp nor the model cache."""
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ def loaded_after(code: str) -> set[str]:
     [
         "import openmme.endpoint.errors",
         "import openmme.endpoint.names",
+        "import openmme.endpoint.limits",
         "import openmme.publish, openmme.publish.catalog, openmme.publish.check",
         # The models and publish commands, run far enough to import what they use (an invalid prefix stops them).
         "from openmme.cli import main\n"

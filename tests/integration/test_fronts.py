@@ -1,8 +1,9 @@
 """Several front processes (``--fronts 2``) with real processes: the owner and one edge share the port. A warm
 dense invocation reaching the edge is answered there, straight from the shard's worker, with the bytes the owner
-gives; everything else the edge forwards to the owner; what the edge answered is counted once, in the owner's
-metrics and cache. A shard worker killed and a model unloaded behind the edge's back lose no request. One
-endpoint for the module; every request on a new connection, so the kernel spreads them over both fronts."""
+gives; headers over AWS's bounds it refuses as the owner does; everything else it forwards to the owner; what the
+edge answered is counted once, in the owner's metrics and cache. A shard worker killed and a model unloaded behind
+the edge's back lose no request. One endpoint for the module; every request on a new connection, so the kernel
+spreads them over both fronts."""
 
 from __future__ import annotations
 
@@ -50,11 +51,13 @@ def served(s3: EmbeddedS3, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         launcher.close()  # exits 0, and no process is left: the edge and the shard's worker included
 
 
-def post(endpoint: Endpoint, target: str, body: str) -> tuple[int, dict[str, str], bytes]:
-    """One invocation on a connection of its own: status, headers, body."""
+def post(
+    endpoint: Endpoint, target: str, body: str, extra: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    """One invocation on a connection of its own (``extra``: more headers): status, headers, body."""
     connection = http.client.HTTPConnection(endpoint.url.removeprefix("http://"), timeout=60)
     try:
-        headers = {"Content-Type": "text/csv", "X-Amzn-SageMaker-Target-Model": target}
+        headers = {"Content-Type": "text/csv", "X-Amzn-SageMaker-Target-Model": target, **(extra or {})}
         connection.request("POST", f"/endpoints/{endpoint.name}/invocations", body=body, headers=headers)
         response = connection.getresponse()
         return response.status, {key.lower(): v for key, v in response.getheaders()}, response.read()
@@ -111,6 +114,34 @@ def test_what_the_edge_does_not_answer_itself_is_forwarded_and_answered_as_the_o
         assert connection.getresponse().status == 200
         connection.close()
     assert len({json.dumps(endpoint.models()[TARGET]["modelUrl"]) for _ in range(6)}) == 1
+
+
+def test_the_edge_refuses_headers_over_aws_bounds_as_the_owner_does(served: Served) -> None:
+    """A warm model, so that the edge would answer the request itself: it refuses it instead, in the same words."""
+    endpoint, body = served.endpoint, csv_body(ROWS)
+    over = {"X-Amzn-SageMaker-Inference-Id": "i" * 65, "X-Amzn-SageMaker-Custom-Attributes": "c" * 1025}
+    assert wait_until(lambda: post(endpoint, TARGET, body)[0] == 200 and fronts_of(endpoint, TARGET)["edge-1"] > 0)
+    answered: list[tuple[int, dict[str, str], bytes]] = []
+
+    def refused_by_both() -> bool:
+        answered.append(post(endpoint, TARGET, body, over))
+        lines = [json.loads(line) for line in endpoint.log().splitlines() if line.startswith('{"time"')]
+        fronts = {line.get("front", "owner") for line in lines if line.get("event") == "refused"}
+        return fronts == {"owner", "edge-1"}
+
+    assert wait_until(refused_by_both)
+    assert {(status, headers["x-amzn-errortype"]) for status, headers, _ in answered} == {(400, "ValidationError")}
+    assert {payload for _, _, payload in answered} == {
+        json.dumps(
+            {
+                "__type": "ValidationError",
+                "message": "2 validation errors detected: Value at 'customAttributes' failed to satisfy constraint: "
+                "Member must have length less than or equal to 1024; Value '" + "i" * 65 + "' at 'inferenceId' failed "
+                "to satisfy constraint: Member must have length less than or equal to 64",
+            }
+        ).encode()
+    }
+    assert "c" * 1025 not in endpoint.log()
 
 
 def test_a_worker_killed_or_a_model_unloaded_behind_the_edge_loses_no_request(served: Served) -> None:

@@ -21,6 +21,8 @@ or not. ``/ready`` is for a router or Kubernetes that should send traffic only o
 in (``--preload``, ``--preload-top``); with no pre-load it answers as ``/ping`` does.
 
 With ``--auth sigv4`` every route but ``/ping`` and ``/ready`` needs an AWS SigV4 signature (see the auth package).
+An invocation whose headers or EndpointName break the bounds AWS enforces (limits.py) is refused next, as AWS
+refuses it, before the data plane sees it.
 The front imports no ML framework: it moves bytes between the client and MMS.
 """
 
@@ -39,17 +41,22 @@ from openmme.endpoint.cache.keeping import Preload
 from openmme.endpoint.dataplane import Answer, DataPlane, Invocation
 from openmme.endpoint.errors import ServiceUnavailable, ValidationError
 from openmme.endpoint.http_errors import errors_middleware, render
+from openmme.endpoint.limits import INVOKE_ENDPOINT, INVOKE_ENDPOINT_ASYNC, Limits, message
+from openmme.endpoint.logs import access_log, log_json
 from openmme.endpoint.metrics import Metrics
 from openmme.endpoint.mms import MmsClient
 from openmme.endpoint.names import CUSTOM_ATTRIBUTES, INFERENCE_ID, TARGET_MODEL, TARGET_VARIANT
 from openmme.endpoint.settings import MAX_BODY_BYTES, Settings
 
-__all__ = ["FORWARDED", "build_app", "read_body"]
+__all__ = ["FORWARDED", "INVOKE_LIMITS", "build_app", "check_limits", "read_body"]
 
 log = logging.getLogger(__name__)
 
 # Headers a model may see; everything else stays at the front.
 FORWARDED = ("Content-Type", "Accept", CUSTOM_ATTRIBUTES, INFERENCE_ID)
+# What AWS bounds in a call's headers and EndpointName (limits.py).
+INVOKE_LIMITS = Limits(INVOKE_ENDPOINT)
+ASYNC_LIMITS = Limits(INVOKE_ENDPOINT_ASYNC)
 
 PLANE: web.AppKey[DataPlane] = web.AppKey("plane", DataPlane)
 MMS: web.AppKey[MmsClient] = web.AppKey("mms", MmsClient)
@@ -90,6 +97,7 @@ async def endpoint_invocations(request: web.Request) -> web.Response:
 async def endpoint_async_invocations(request: web.Request) -> web.Response:
     """SageMaker's InvokeEndpointAsync: the request is accepted and queued (on disk) and answered at once with
     where its result or failure will be written."""
+    check_limits(request, ASYNC_LIMITS)
     invocations = request.app.get(ASYNC)
     if invocations is None:
         raise ValidationError(
@@ -126,9 +134,31 @@ async def read_body(request: web.Request) -> bytes:
     return request[BODY]
 
 
+def check_limits(request: web.Request, limits: Limits = INVOKE_LIMITS, front: str | None = None) -> None:
+    """ValidationError, as AWS words it, for a header or EndpointName over AWS's bounds, before anything else
+    sees the request; the refusal is a line in the access log that names the members, not their values."""
+    failed = limits.failures(request.headers, request.match_info.get("endpoint"))
+    if not failed:
+        return
+    resource = request.match_info.route.resource
+    record: dict[str, object] = {
+        "event": "refused",
+        "method": request.method,
+        "route": resource.canonical if resource is not None else None,
+        "status": ValidationError.status,
+        "error": ValidationError.code,
+        "members": list(failed),
+    }
+    if front is not None:
+        record["front"] = front
+    log_json(access_log, record)
+    raise ValidationError(message(failed))
+
+
 async def _invoke(request: web.Request, target: str | None, endpoint: str | None = None) -> web.Response:
     """One invocation: the request into an ``Invocation``, the data plane's ``Answer`` back into a response (its
     errors are rendered by the errors middleware)."""
+    check_limits(request)
     headers = {key: request.headers[key] for key in FORWARDED if key in request.headers}
     variant = request.headers.get(TARGET_VARIANT)
     call = Invocation(target, headers, request.content_type, lambda: read_body(request), endpoint, variant)

@@ -2,10 +2,11 @@
 warm invocations of dense models answered here, straight from the shards' workers; everything else forwarded
 to the owner and its answer relayed.
 
-What an edge answers itself is answered as the owner would: the same body limit, the same headers to the model
-and the same answer and errors (dataplane.reply_answer), the same access-log line (with ``"front"``); with
-``--auth sigv4`` the same signature check (a forwarded request is checked here, then again by the owner). Its
-invocations are reported to the owner, which counts them in its metrics and its cache.
+What an edge answers itself is answered as the owner would: the same body limit and bounds on the headers
+(limits.py: an invocation over them is refused here, forwarded or not), the same headers to the model and the same
+answer and errors (dataplane.reply_answer), the same access-log line (with ``"front"``); with ``--auth sigv4`` the
+same signature check (a forwarded request is checked here, then again by the owner). Its invocations are reported
+to the owner, which counts them in its metrics and its cache.
 
     python -m openmme.endpoint.edge --control-fd N --index I --owner-pid PID   (started by the owner only)
 """
@@ -31,7 +32,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from openmme.endpoint.aliases import ALL_TRAFFIC
-from openmme.endpoint.app import FORWARDED, read_body
+from openmme.endpoint.app import FORWARDED, check_limits, read_body
 from openmme.endpoint.auth import load_keys, sigv4_middleware
 from openmme.endpoint.dataplane import FORM_TYPES, ms_since, reply_answer, with_default_accept
 from openmme.endpoint.edges import SYNC_INTERVAL_S, RouteInfo, encode_line
@@ -122,7 +123,9 @@ class Edge:
             return web.Response(status=response.status, body=payload, headers=relayed)
 
     async def invoke(self, request: web.Request, endpoint: str | None = None) -> web.Response:
-        """A warm dense invocation answered here; anything else forwarded."""
+        """A warm dense invocation answered here; anything else forwarded. Headers over AWS's bounds are refused
+        here, as the owner refuses them."""
+        check_limits(request, front=self.label)
         target = request.headers.get(TARGET_MODEL)
         route = self.routes.get(target) if target is not None else None
         if (
