@@ -274,7 +274,7 @@ def test_toolkit_errors_keep_their_status(tmp_path: pathlib.Path) -> None:
     )
     reply = worker_for(model_dir).invoke(b"[[1]]", {"Content-Type": "application/json"})
     assert_error(reply, 422, "too few rows")
-    assert reply.phrase == "Unprocessable Entity"
+    assert reply.phrase in {"Unprocessable Entity", "Unprocessable Content"}  # the name for 422 until 3.13, and from
 
 
 def test_other_user_errors_are_500_with_one_line_and_the_trace_in_the_log(
