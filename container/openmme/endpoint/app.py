@@ -59,7 +59,8 @@ INVOKE_LIMITS = Limits(INVOKE_ENDPOINT)
 ASYNC_LIMITS = Limits(INVOKE_ENDPOINT_ASYNC)
 
 PLANE: web.AppKey[DataPlane] = web.AppKey("plane", DataPlane)
-MMS: web.AppKey[MmsClient] = web.AppKey("mms", MmsClient)
+# None: MMS is not started (no Java runtime), and the front alone answers for the endpoint's health.
+MMS: web.AppKey[MmsClient | None] = web.AppKey("mms")
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings", Settings)
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
 PRELOAD: web.AppKey[Preload] = web.AppKey("preload", Preload)
@@ -68,8 +69,13 @@ BODY: web.RequestKey[bytes] = web.RequestKey("body", bytes)
 ASYNC: web.AppKey[AsyncInvocations] = web.AppKey("async", AsyncInvocations)
 
 
+async def _mms_answers(app: web.Application) -> bool:
+    mms = app[MMS]
+    return mms is None or await mms.ping()
+
+
 async def ping(request: web.Request) -> web.Response:
-    if await request.app[MMS].ping():
+    if await _mms_answers(request.app):
         return web.Response(text="")
     return render(ServiceUnavailable("the model server is not answering"))
 
@@ -78,7 +84,7 @@ async def ready(request: web.Request) -> web.Response:
     """Readiness: healthy (as /ping) and done pre-loading; the pre-load's figures either way."""
     preload = request.app.get(PRELOAD)
     status = preload.status() if preload is not None else {"total": 0, "pending": 0}
-    if not await request.app[MMS].ping():
+    if not await _mms_answers(request.app):
         return render(ServiceUnavailable("the model server is not answering"))
     if status["pending"]:
         message = f"pre-loading: {status['pending']} of {status['total']} models pending"
@@ -226,7 +232,7 @@ async def metrics(request: web.Request) -> web.Response:
 def build_app(
     settings: Settings,
     plane: DataPlane,
-    mms: MmsClient,
+    mms: MmsClient | None,
     metrics_: Metrics,
     keys: KeyStore | None = None,
     preload: Preload | None = None,

@@ -23,7 +23,7 @@ from openmme.endpoint.errors import ModelError
 from openmme.endpoint.isolated import IsolatedBackend
 from openmme.endpoint.mms import MmsClient, MmsProcess, MmsResponse, kill_processes, memory_of
 from openmme.endpoint.settings import Settings
-from openmme.handlers import DENSE, UnsupportedArchive, choose_handler, choose_hosting
+from openmme.handlers import DENSE, SCRIPT_HANDLER, UnsupportedArchive, choose_handler, choose_hosting
 
 __all__ = ["MmsHosting"]
 
@@ -57,6 +57,8 @@ class MmsHosting:
         except UnsupportedArchive as exc:
             raise ModelError(f"model {entry.target!r} cannot be served: {exc}", original_status=400) from exc
         if entry.hosting != DENSE:
+            if self.process.java is None:
+                raise ModelError(_needs_java(entry), original_status=500)
             await self.isolated.prepare(entry)  # a script model's requirements, built (environments.py)
 
     def _inspect(self, path: Path) -> tuple[str, str]:
@@ -133,3 +135,13 @@ class MmsHosting:
                 await asyncio.to_thread(self.dense.measure_shards)
         self.isolated.check(workers, sizes, since)
         self._models.recheck()
+
+
+def _needs_java(entry: Entry) -> str:
+    """Why ``entry``, which needs isolated hosting, cannot load on an endpoint without a Java runtime, and the fix."""
+    why = "a script model (code/inference.py)" if entry.handler == SCRIPT_HANDLER else "its openmme.json asks for it"
+    return (
+        f"model {entry.target!r} cannot be served here: it needs isolated hosting ({why}), which runs in"
+        " multi-model-server, and this endpoint has no Java runtime; serve it from the image with Java"
+        " (docker build -f container/Dockerfile --target full) or install a JRE (17 works)"
+    )

@@ -54,6 +54,7 @@ __all__ = [
     "MmsConfig",
     "MmsProcess",
     "MmsResponse",
+    "find_java",
     "java_command",
     "kill_processes",
     "memory_of",
@@ -101,6 +102,16 @@ class MmsConfig:
             "async_logging": "true",
         }
         return "".join(f"{key}={value}\n" for key, value in lines.items())
+
+
+def find_java() -> str | None:
+    """The Java runtime MMS's front runs on: ``$JAVA_HOME/bin/java``, else ``java`` on PATH; None when there is
+    none (an image without Java: the endpoint serves dense models only, and MMS is never started)."""
+    java_home = os.environ.get("JAVA_HOME")
+    if java_home:
+        java = Path(java_home) / "bin" / "java"
+        return str(java) if os.access(java, os.X_OK) else None
+    return shutil.which("java")
 
 
 def java_command(config: MmsConfig, config_file: Path, python: str = sys.executable) -> list[str]:
@@ -310,6 +321,7 @@ class MmsProcess:
             tmp_dir=self.tmp_dir,
         )
         self.process: subprocess.Popen[bytes] | None = None
+        self.java = find_java()  # None: no Java runtime here, so this instance is never started
         self.log_path = self.home / "mms.out"
         self._starting_thread: int | None = None
 

@@ -36,11 +36,12 @@ from openmme.endpoint.hosting import MmsHosting
 from openmme.endpoint.lock import CacheDirError, CacheDirLock
 from openmme.endpoint.logs import EventLog, configure_logging
 from openmme.endpoint.metrics import Metrics
-from openmme.endpoint.mms import MmsClient, MmsProcess
+from openmme.endpoint.mms import MmsClient, MmsProcess, find_java
 from openmme.endpoint.pipelines import Pipelines
 from openmme.endpoint.s3 import ModelSource, PrefixUnreachable, PrefixUnusable, S3Location, check_prefix, make_client
 from openmme.endpoint.settings import Settings
 from openmme.endpoint.tls import TlsConfigError, tls_context
+from openmme.handlers import ISOLATED
 from openmme.ports import listen_error
 
 __all__ = ["CannotListen", "MmsDidNotStart", "run", "serve"]
@@ -102,13 +103,14 @@ async def _check_model_prefix(settings: Settings) -> None:
             await asyncio.sleep(PREFIX_RETRY_INTERVAL_S)
 
 
-async def _housekeeping(hosting: MmsHosting, process: MmsProcess, cache: ModelCache) -> None:
+async def _housekeeping(hosting: MmsHosting, process: MmsProcess | None, cache: ModelCache) -> None:
     """Every couple of seconds: find dead or leftover MMS workers; every few rounds, measure memory too (so the
-    memory budget holds as models grow); unload idle models (--idle-ttl) and write the usage record now and then."""
+    memory budget holds as models grow); unload idle models (--idle-ttl) and write the usage record now and then.
+    ``process``: None when MMS is not started (no Java runtime)."""
     rounds = 0
     while True:
         await asyncio.sleep(HOUSEKEEPING_INTERVAL_S)
-        if not process.running():
+        if process is not None and not process.running():
             continue  # the supervisor is restarting MMS
         rounds += 1
         try:
@@ -189,10 +191,18 @@ async def _run_owned(
     source = ModelSource(S3Location.parse_prefix(settings.model_prefix)) if settings.model_prefix else None
     fronts_dir = Edges.socket_directory() if settings.front_count > 1 else None  # --fronts: the edges' sockets
 
-    process.start()
+    # Without a Java runtime (the default image) MMS is not started: dense models are served by the front's own
+    # shards, and a model that needs isolated hosting is refused when it loads (MmsHosting.prepare).
+    with_mms = process.java is not None
+    if with_mms:
+        process.start()
+    else:
+        log.warning("no Java runtime found: multi-model-server is not started; dense models only")
+        process.home.mkdir(parents=True, exist_ok=True)  # the shards' log (shards.out) is written there all the same
     try:
         async with MmsClient(process.config.inference_port, process.config.management_port) as mms:
-            await _wait_for_mms(process, mms, settings.mms_start_timeout)
+            if with_mms:
+                await _wait_for_mms(process, mms, settings.mms_start_timeout)
             metrics = Metrics(model_labels=settings.metrics_model_labels)
             hosting = MmsHosting(settings, mms, process, fronts_dir)
             recorded = await asyncio.to_thread(read_usage, settings.cache_dir)  # what --preload-top reads
@@ -216,7 +226,7 @@ async def _run_owned(
                 await aliases.start()  # before the front serves: the documents as S3 (or the last run) has them
             pipelines = Pipelines.from_settings(settings, source)  # checked already by serve()
             plane = DataPlane(cache, metrics, capture, aliases, pipelines)
-            app = build_app(settings, plane, mms, metrics, keys, preload)
+            app = build_app(settings, plane, mms if with_mms else None, metrics, keys, preload)
             asynchronous = None
             if settings.async_output_path:  # InvokeEndpointAsync on
                 app[ASYNC] = asynchronous = AsyncInvocations.from_settings(settings, plane, metrics)
@@ -255,10 +265,13 @@ async def _run_owned(
             if asynchronous is not None:  # what an earlier run accepted and did not finish runs now
                 await asynchronous.start()
             background = [
-                asyncio.create_task(_housekeeping(hosting, process, cache), name="housekeeping"),
+                asyncio.create_task(_housekeeping(hosting, process if with_mms else None, cache), name="housekeeping"),
                 asyncio.create_task(preload.run(), name="pre-load"),  # /ping answers meanwhile; /ready once done
-                asyncio.create_task(_supervise(cache, hosting, process, mms, settings), name="supervise MMS"),
             ]
+            if with_mms:
+                background.append(
+                    asyncio.create_task(_supervise(cache, hosting, process, mms, settings), name="supervise MMS")
+                )
             if aliases is not None:
                 background.append(asyncio.create_task(aliases.run(), name="refresh aliases"))
             if edges is not None:
@@ -296,6 +309,12 @@ def serve(settings: Settings) -> None:
         for warning in check_keeping(settings):
             log.warning("%s", warning)
         Pipelines.from_settings(settings, None)  # a --pipeline-file that cannot be served stops the start
+        if settings.hosting == ISOLATED and find_java() is None:
+            raise ValueError(
+                "--hosting isolated runs every model in multi-model-server, which needs a Java runtime, and none was"
+                " found (JAVA_HOME, PATH): use the image with Java (docker build --target full), install a JRE, or"
+                " serve with --hosting dense"
+            )
         if settings.front_count > 1 and settings.auth_refuse_replays:
             raise ValueError(
                 "--auth-refuse-replays needs one front process (--fronts 1): each front would remember only the"
