@@ -4,15 +4,15 @@
 #
 #   docker build -f seaweedfs.Dockerfile -t openmme-seaweedfs:local .
 #
-# Behind a TLS-intercepting proxy, give pip its CA as for container/Dockerfile: --secret id=extra-ca,src=ca.pem
+# Behind a TLS-intercepting proxy, give pip its CA as for container/Dockerfile: --build-arg EXTRA_CA="$(cat ca.pem)"
 FROM debian:bookworm-slim AS build
 ARG SEAWEEDFS_VERSION=4.48
 RUN apt-get update -q \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends python3-venv ca-certificates \
     && rm -rf /var/lib/apt/lists/*
-RUN --mount=type=secret,id=extra-ca,required=false \
-    if [ -s /run/secrets/extra-ca ]; then \
-        cat /etc/ssl/certs/ca-certificates.crt /run/secrets/extra-ca >/tmp/pip-ca.pem; \
+ARG EXTRA_CA=""
+RUN if [ -n "$EXTRA_CA" ]; then \
+        printf '%s\n' "$EXTRA_CA" | cat /etc/ssl/certs/ca-certificates.crt - >/tmp/pip-ca.pem; \
         export PIP_CERT=/tmp/pip-ca.pem; \
     fi \
     && python3 -m venv /tmp/venv \

@@ -26,8 +26,8 @@ import xgboost
 from openmme.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-# What the compose files run, and scripts/test-containers builds.
-IMAGES = ("openmme:local", "openmme-seaweedfs:local", "openmme-router:local")
+# What the tests run (the compose files, and the images on their own), and scripts/test-containers builds.
+IMAGES = ("openmme:local", "openmme:full", "openmme-seaweedfs:local", "openmme-router:local")
 S3_CREDENTIALS = {"aws_access_key_id": "openmme", "aws_secret_access_key": "openmme-local-secret"}
 
 

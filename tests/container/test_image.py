@@ -1,9 +1,10 @@
 """The image as SageMaker runs an MME container: ``docker run IMAGE serve`` on SAGEMAKER_BIND_TO_PORT, models
-loaded through the container API (POST /models, GET /models, POST /models/{name}/invoke) from outside it; and
-nothing of the build's extra CA in it."""
+loaded through the container API (POST /models, GET /models, POST /models/{name}/invoke) from outside it; isolated
+hosting refused by the default image and served by the full one; and nothing of the build's extra CA in it."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import urllib.error
 import urllib.request
@@ -21,6 +22,7 @@ from tests.support import csv_body, expected, served_json
 pytestmark = pytest.mark.container
 
 IMAGE = "openmme:local"
+FULL_IMAGE = "openmme:full"
 ROWS = make_rows(3, seed=8)
 
 
@@ -49,9 +51,9 @@ def models_dir(tmp_path: Path) -> Path:
     return tmp_path
 
 
-@pytest.fixture
-def served(models_dir: Path) -> Iterator[str]:
-    """The image run as SageMaker runs it; its URL on the host (127.0.0.1 only)."""
+@contextlib.contextmanager
+def run_as_sagemaker(image: str, models_dir: Path) -> Iterator[str]:
+    """``image`` run as SageMaker runs it; its URL on the host (127.0.0.1 only)."""
     port = free_port()
     container = docker(
         "run",
@@ -63,15 +65,21 @@ def served(models_dir: Path) -> Iterator[str]:
         f"127.0.0.1:{port}:9080",
         "-v",
         f"{models_dir}:/opt/ml/models:ro",
-        IMAGE,
+        image,
         "serve",
     ).strip()
     try:
         seconds = wait_for_ping(f"http://127.0.0.1:{port}")
-        print(f"docker run to /ping 200: {seconds:.1f} s")
+        print(f"{image}: docker run to /ping 200: {seconds:.1f} s")
         yield f"http://127.0.0.1:{port}"
     finally:
         docker("rm", "-f", container, check=False)
+
+
+@pytest.fixture
+def served(models_dir: Path) -> Iterator[str]:
+    with run_as_sagemaker(IMAGE, models_dir) as url:
+        yield url
 
 
 def test_the_container_api_loads_lists_and_invokes_from_outside(served: str) -> None:
@@ -93,6 +101,18 @@ def test_the_default_image_refuses_isolated_hosting_naming_the_full_image(served
     status, body = call(f"{served}/models", "POST", {"model_name": "alone", "url": "/opt/ml/models/alone/model"})
     assert status == 424, body
     assert "--target full" in json.loads(body)["message"]
+
+
+def test_the_full_image_serves_isolated_hosting(models_dir: Path) -> None:
+    with run_as_sagemaker(FULL_IMAGE, models_dir) as served:
+        status, body = call(f"{served}/models", "POST", {"model_name": "alone", "url": "/opt/ml/models/alone/model"})
+        assert status == 200, body
+        status, body = call(f"{served}/models/alone/invoke", "POST", csv_body(ROWS).encode(), "text/csv")
+        assert status == 200, body
+        houston = next(sample for sample in SAMPLES if sample.city == "houston")
+        assert served_json(body) == expected(train_booster(houston.objective, houston.seed), ROWS)
+        status, body = call(f"{served}/models")
+        assert json.loads(body)["models"][0]["hosting"] == "isolated"
 
 
 def test_the_image_holds_no_certificate_but_debians() -> None:
