@@ -67,7 +67,7 @@ class ModelStore:
 
     async def free_bytes(self) -> int:
         """Free bytes of the cache filesystem (``--cache-dir``'s, where downloads, extractions and models live)."""
-        return (await asyncio.to_thread(shutil.disk_usage, self.settings.cache_dir)).free
+        return await asyncio.to_thread(_free_bytes, self.settings.cache_dir)
 
     async def present(self, entry: Entry) -> bool:
         return await asyncio.to_thread(entry.path.is_dir)
@@ -113,6 +113,14 @@ def disk_full_message(target: str, why: str) -> str:
         f"no room on the endpoint's cache disk for model {target!r} ({why}): retry later; the endpoint's operator"
         " must free space on its --cache-dir"
     )
+
+
+def _free_bytes(directory: Path) -> int:
+    """Blocking: the free bytes of ``directory``'s filesystem; of its nearest existing parent's while it is not made
+    yet (the download makes it)."""
+    while not directory.exists() and directory.parent != directory:
+        directory = directory.parent
+    return shutil.disk_usage(directory).free
 
 
 def _link_directory(link: Path, directory: Path) -> None:
