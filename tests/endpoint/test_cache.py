@@ -1006,8 +1006,10 @@ def disk_rig(tmp_path: Path, sizes: Mapping[str, int], capacity: int) -> tuple[R
     return Rig(cache, cache.backend, source, events), store, metrics
 
 
-def refusals(metrics: Metrics) -> float | None:
-    return metrics.registry.get_sample_value("openmme_cache_disk_refusals_total")
+def refusals(metrics: Metrics) -> tuple[float | None, float | None]:
+    """Loads refused for space, and other load failures (a full disk is not the model's failure)."""
+    sample = metrics.registry.get_sample_value
+    return sample("openmme_cache_disk_refusals_total"), sample("openmme_model_load_failures_total")
 
 
 def test_idle_models_leave_the_disk_least_recently_used_first_to_make_real_room(tmp_path: Path) -> None:
@@ -1021,7 +1023,7 @@ def test_idle_models_leave_the_disk_least_recently_used_first_to_make_real_room(
         await request(rig, "c")
         assert rig.states() == {"b": "ready", "c": "ready"}
         assert ("removed:disk", "a") in rig.events.seen and rig.cache.evictions == Counter({"disk": 1})
-        assert refusals(metrics) == 0
+        assert refusals(metrics) == (0, 0)
         rig.check()
 
     run(scenario)
@@ -1040,12 +1042,12 @@ def test_a_model_the_disk_cannot_hold_is_refused_without_evicting_and_loads_once
             assert rig.states() == {"small": "ready"}  # huge not remembered, small kept
             assert rig.source.downloads["huge"] == 0 and not rig.cache.evictions
             rig.check()
-        assert refusals(metrics) == 2
+        assert refusals(metrics) == (2, 0)
         await request(rig, "small")
         store.capacity = 2_000_000  # the operator freed space
         await request(rig, "huge")
         assert rig.states() == {"small": "ready", "huge": "ready"} and rig.source.downloads["huge"] == 1
-        assert refusals(metrics) == 2
+        assert refusals(metrics) == (2, 0)
         rig.check()
 
     run(scenario)

@@ -195,12 +195,14 @@ class Metrics(CacheEvents):
             registry=registry,
         )
         self.load_failures = Counter(
-            "openmme_model_load_failures", "Downloads or loads that failed.", registry=registry
+            "openmme_model_load_failures",
+            "Downloads or loads that failed (but those refused for lack of cache disk: openmme_cache_disk_refusals).",
+            registry=registry,
         )
         self.disk_refusals = Counter(
             "openmme_cache_disk_refusals",
             "Model downloads refused, or stopped, for lack of room on the cache disk (answered 507"
-            " InsufficientStorage); counted among the load failures too.",
+            " InsufficientStorage): the operator's to fix, not counted among the load failures.",
             registry=registry,
         )
         self.disk_free = Gauge(
@@ -322,9 +324,7 @@ class Metrics(CacheEvents):
         self.model_loads.labels(self.model_label(entry.target)).inc()
 
     def load_failed(self, entry: Entry, error: BaseException) -> None:
-        self.load_failures.inc()
-        if isinstance(error, InsufficientStorage):
-            self.disk_refusals.inc()
+        (self.disk_refusals if isinstance(error, InsufficientStorage) else self.load_failures).inc()
 
     def unloaded(self, entry: Entry, reason: str | None) -> None:
         self.unload.observe(entry.timings.get("unload", 0.0))
