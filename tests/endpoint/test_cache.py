@@ -2,7 +2,8 @@
 multiplexer): single flight under concurrent misses, eviction order under each budget, a busy model never
 evicted, a failed load, a model lost mid-request, and the budgets after every step; and keeping models hot:
 pinned models never evicted (and the 507 when only a pinned model could make room), pre-loading's order, bound
-and room, idle TTL, the disabled model cache (endpoint-wide and per archive), and the usage record. No S3, no
+and room, idle TTL, the disabled model cache (endpoint-wide and per archive), and the usage record; a full cache
+disk (a fake filesystem's free space, a download or extraction failing with ENOSPC): 507, nothing kept. No S3, no
 JVM, no MMS: the real processes stay in tests/integration for what only they can show.
 
 Each scenario runs on its own event loop; after every step the whole state is asserted (states, what the backend
@@ -12,8 +13,12 @@ holds, what is on disk, counters), not one field.
 from __future__ import annotations
 
 import asyncio
+import errno
 import io
 import json
+import math
+import os
+import random
 import tarfile
 from collections import Counter
 from collections.abc import Callable, Coroutine, Mapping
@@ -26,6 +31,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import generate_latest
 
+from openmme.endpoint import extract
 from openmme.endpoint.cache import Budgets, CacheEvents, Entry, ModelLost, Models, Route, State
 from openmme.endpoint.cache.core import ModelCache
 from openmme.endpoint.cache.keeping import (
@@ -42,7 +48,13 @@ from openmme.endpoint.cache.keeping import (
 )
 from openmme.endpoint.cache.store import ModelStore
 from openmme.endpoint.dataplane import DataPlane, Invocation
-from openmme.endpoint.errors import InsufficientMemory, ModelError, ServiceUnavailable, ValidationError
+from openmme.endpoint.errors import (
+    InsufficientMemory,
+    InsufficientStorage,
+    ModelError,
+    ServiceUnavailable,
+    ValidationError,
+)
 from openmme.endpoint.metrics import Metrics
 from openmme.endpoint.names import S3Location
 from openmme.endpoint.settings import Settings
@@ -952,3 +964,170 @@ def test_metrics_show_pinned_models_preloading_and_the_new_eviction_reasons(tmp_
     assert (samples["openmme_pinned_models"], samples["openmme_pinned_memory_bytes"]) == (1, 7 * MB)
     assert samples['openmme_model_evictions_total{reason="cache_disabled"}'] == 1
     assert samples['openmme_model_evictions_total{reason="disk"}'] == 0  # its files went with the counted unload
+
+
+# ---- a full cache disk: the operator's problem, answered 507 InsufficientStorage -----------------------------------
+
+
+class IncompressibleSource(DirectorySource):
+    """Archives of random bytes (seeded by the name): an archive is about as large as its extracted model."""
+
+    def _archive(self, target: str) -> bytes:
+        payload = random.Random(target).randbytes(self.sizes.get(target, 1000))
+        out = io.BytesIO()
+        with tarfile.open(fileobj=out, mode="w:gz") as archive:
+            info = tarfile.TarInfo("model.bin")
+            info.size = len(payload)
+            archive.addfile(info, io.BytesIO(payload))
+        return out.getvalue()
+
+
+class SmallDisk(ModelStore):
+    """The store on a filesystem of ``capacity`` bytes: what is free is that, less the bytes really under the
+    cache directory (models, staging, archives)."""
+
+    def __init__(self, settings: Settings, source: DirectorySource, capacity: int) -> None:
+        super().__init__(settings, source)
+        self.capacity = capacity
+
+    async def free_bytes(self) -> int:
+        root = self.settings.cache_dir
+        used = sum(path.stat().st_size for path in root.rglob("*") if path.is_file()) if root.exists() else 0
+        return self.capacity - used
+
+
+def disk_rig(tmp_path: Path, sizes: Mapping[str, int], capacity: int) -> tuple[Rig, SmallDisk, Metrics]:
+    settings = Settings(cache_dir=tmp_path / "cache", wait_budget=10.0)
+    source = IncompressibleSource(sizes)
+    store = SmallDisk(settings, source, capacity)
+    events, metrics = Recorder(), Metrics()
+    cache = ModelCache(settings, NO_BUDGETS, FakeBackend(), store, events=(events, metrics))
+    assert isinstance(cache.backend, FakeBackend)
+    return Rig(cache, cache.backend, source, events), store, metrics
+
+
+def refusals(metrics: Metrics) -> tuple[float | None, float | None]:
+    """Loads refused for space, and other load failures (a full disk is not the model's failure)."""
+    sample = metrics.registry.get_sample_value
+    return sample("openmme_cache_disk_refusals_total"), sample("openmme_model_load_failures_total")
+
+
+def test_idle_models_leave_the_disk_least_recently_used_first_to_make_real_room(tmp_path: Path) -> None:
+    rig, _, metrics = disk_rig(tmp_path, {"a": 300_000, "b": 300_000, "c": 300_000}, capacity=1_000_000)
+
+    async def scenario() -> None:
+        await request(rig, "a")
+        await request(rig, "b")
+        assert rig.states() == {"a": "ready", "b": "ready"}
+        # 400 kB free; c's archive and extraction need about 600 kB: a, the least recently used, leaves.
+        await request(rig, "c")
+        assert rig.states() == {"b": "ready", "c": "ready"}
+        assert ("removed:disk", "a") in rig.events.seen and rig.cache.evictions == Counter({"disk": 1})
+        assert refusals(metrics) == (0, 0)
+        rig.check()
+
+    run(scenario)
+
+
+def test_a_model_the_disk_cannot_hold_is_refused_without_evicting_and_loads_once_there_is_room(
+    tmp_path: Path,
+) -> None:
+    rig, store, metrics = disk_rig(tmp_path, {"small": 300_000, "huge": 600_000}, capacity=1_000_000)
+
+    async def scenario() -> None:
+        await request(rig, "small")
+        for _ in range(2):  # about 1.2 MB needed: removing small would not make room, so it stays
+            with pytest.raises(InsufficientStorage, match=r"no room on the endpoint's cache disk for model 'huge'"):
+                await request(rig, "huge")
+            assert rig.states() == {"small": "ready"}  # huge not remembered, small kept
+            assert rig.source.downloads["huge"] == 0 and not rig.cache.evictions
+            rig.check()
+        assert refusals(metrics) == (2, 0)
+        await request(rig, "small")
+        store.capacity = 2_000_000  # the operator freed space
+        await request(rig, "huge")
+        assert rig.states() == {"small": "ready", "huge": "ready"} and rig.source.downloads["huge"] == 1
+        assert refusals(metrics) == (2, 0)
+        rig.check()
+
+    run(scenario)
+
+
+class FillingSource(IncompressibleSource):
+    """A source whose downloads fill the disk after ``room`` bytes, as ENOSPC (or EDQUOT) would, while ``full``."""
+
+    def __init__(self, sizes: Mapping[str, int], error: int, room: int) -> None:
+        super().__init__(sizes)
+        self.error, self.room, self.full = error, room, True
+
+    def download(self, target: str, destination: Path, max_bytes: int) -> int:
+        if not self.full:
+            return super().download(target, destination, max_bytes)
+        self.downloads[target] += 1
+        destination.write_bytes(self._archive(target)[: self.room])
+        raise OSError(self.error, os.strerror(self.error))
+
+
+@pytest.mark.parametrize("error", [errno.ENOSPC, errno.EDQUOT])
+def test_a_disk_that_fills_during_the_download_is_a_storage_error_and_nothing_is_kept(
+    tmp_path: Path, error: int
+) -> None:
+    rig = make_rig(tmp_path, NO_BUDGETS)
+    rig.source = source = FillingSource({"m": 50_000}, error, room=20_000)
+    rig.cache.store.source = source
+
+    async def scenario() -> None:
+        with pytest.raises(InsufficientStorage, match=rf"model 'm' \({os.strerror(error)}\): retry later"):
+            await request(rig, "m")
+        assert rig.states() == {} and ("load_failed", "m") in rig.events.seen
+        assert list(rig.cache.settings.staging_dir.iterdir()) == []  # the half-written archive is gone
+        rig.check()
+        source.full = False
+        await request(rig, "m")  # not remembered as failed
+        assert rig.states() == {"m": "ready"} and source.downloads["m"] == 2
+        rig.check()
+
+    run(scenario)
+
+
+def test_a_disk_that_fills_during_extraction_is_a_storage_error_not_a_model_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rig = make_rig(tmp_path, NO_BUDGETS, sizes={"m": 50_000})
+    real_fdopen = os.fdopen
+
+    def full_disk(descriptor: int, mode: str) -> Any:
+        real_fdopen(descriptor, mode).close()
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    async def scenario() -> None:
+        with monkeypatch.context() as patch:
+            patch.setattr(extract.os, "fdopen", full_disk)
+            with pytest.raises(InsufficientStorage, match=r"model 'm' \(No space left on device\): retry later"):
+                await request(rig, "m")
+        assert rig.states() == {}
+        assert list(rig.cache.settings.staging_dir.iterdir()) == []
+        rig.check()
+        await request(rig, "m")
+        assert rig.states() == {"m": "ready"}
+        rig.check()
+
+    run(scenario)
+
+
+def test_housekeeping_measures_the_cache_disk_for_the_free_space_gauge(tmp_path: Path) -> None:
+    rig, store, metrics = disk_rig(tmp_path, {"a": 300_000}, capacity=1_000_000)
+
+    def gauge() -> float | None:
+        return metrics.registry.get_sample_value("openmme_cache_disk_free_bytes")
+
+    async def scenario() -> None:
+        assert math.isnan(gauge() or 0.0)  # unknown until housekeeping's first round, not 0
+        await rig.cache.tend()
+        assert gauge() == 1_000_000
+        await request(rig, "a")
+        assert gauge() == 1_000_000  # a request does not measure it
+        await rig.cache.tend()
+        assert gauge() == await store.free_bytes() == 700_000
+
+    run(scenario)

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import errno
 import io
+import os
 import tarfile
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 
-from openmme.endpoint.extract import ArchiveRefused, ExtractLimits, extract_archive
+from openmme.endpoint import extract
+from openmme.endpoint.extract import ArchiveRefused, ExtractLimits, disk_full, extract_archive
 from tests.support import make_tar
 
 LIMITS = ExtractLimits(max_bytes=10_000, max_members=50)
@@ -157,3 +161,56 @@ def test_a_hard_link_inside_gets_its_target_data(tmp_path: Path) -> None:
     extract_archive(write(tmp_path, data), tmp_path / "model", LIMITS)
     assert (tmp_path / "model" / "copy").read_bytes() == b"{}"
     assert not (tmp_path / "model" / "copy").is_symlink()
+
+
+class _FillingOs:
+    """``os`` as extract.py sees it, but every file it writes fills the disk after ``room`` bytes: the real file
+    gets what fits, then the write fails with ``error`` (ENOSPC, EDQUOT), as the kernel's would."""
+
+    def __init__(self, error: int, room: int) -> None:
+        self.error = error
+        self.room = room
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(os, name)
+
+    def fdopen(self, descriptor: int, mode: str) -> _FillingWriter:
+        return _FillingWriter(os.fdopen(descriptor, mode), self.error, self.room)
+
+
+class _FillingWriter:
+    def __init__(self, sink: BinaryIO, error: int, room: int) -> None:
+        self.sink, self.error, self.room = sink, error, room
+
+    def __enter__(self) -> _FillingWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.sink.close()
+
+    def write(self, chunk: bytes) -> int:
+        fits = chunk[: max(self.room, 0)]
+        self.room -= len(fits)
+        self.sink.write(fits)
+        if len(fits) < len(chunk):
+            raise OSError(self.error, os.strerror(self.error))
+        return len(chunk)
+
+
+@pytest.mark.parametrize("error", [errno.ENOSPC, errno.EDQUOT])
+def test_a_full_disk_is_not_the_archive_s_fault(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: int) -> None:
+    archive = write(tmp_path, make_tar([(member("model.bin"), b"x" * 5000)]))
+    monkeypatch.setattr(extract, "os", _FillingOs(error, room=1000))
+    with pytest.raises(OSError) as raised:
+        extract_archive(archive, tmp_path / "out", LIMITS)
+    assert not isinstance(raised.value, ArchiveRefused)
+    assert raised.value.errno == error and disk_full(raised.value)
+    assert (tmp_path / "out" / "model.bin").stat().st_size == 1000  # half-written: the caller removes it
+
+
+def test_other_os_errors_still_refuse_the_archive(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert not disk_full(OSError(errno.EIO, "I/O error")) and not disk_full(ValueError("no space"))
+    archive = write(tmp_path, make_tar([(member("model.bin"), b"x" * 5000)]))
+    monkeypatch.setattr(extract, "os", _FillingOs(errno.EIO, room=1000))
+    with pytest.raises(ArchiveRefused, match=r"not a readable tar\.gz archive: \[Errno 5\]"):
+        extract_archive(archive, tmp_path / "out", LIMITS)

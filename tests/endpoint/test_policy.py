@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from openmme.endpoint.policy import FrequencySketch, Slot, admits, disk_victims, memory_victims
+from openmme.endpoint.policy import FrequencySketch, Slot, admits, disk_victims, memory_victims, room_victims
 
 
 @st.composite
@@ -99,6 +99,36 @@ def test_examples_by_hand() -> None:
     gone = Slot("gone", loaded=False, evictable=True, disk=5)
     assert disk_victims([a, gone, b], incoming=5, disk_budget=15) == ["gone"]
     assert disk_victims([a, gone, b], incoming=10, disk_budget=15) == ["gone", "a"]
+
+
+@given(caches(), st.integers(-10, 700))
+@settings(max_examples=400, deadline=None)
+def test_room_victims_free_the_shortfall_or_none_go(slots: list[Slot], shortfall: int) -> None:
+    victims = room_victims(slots, shortfall)
+    by_key = {slot.key: slot for slot in slots}
+    candidates = sum(slot.disk for slot in slots if slot.evictable and slot.disk > 0)
+    if shortfall <= 0:
+        assert victims == []
+    elif candidates < shortfall:
+        assert victims is None  # removing every idle model would not make room: none is removed for nothing
+    else:
+        assert victims is not None
+        assert all(by_key[key].evictable and by_key[key].disk > 0 for key in victims)
+        assert len(set(victims)) == len(victims)
+        loaded_flags = [by_key[key].loaded for key in victims]
+        assert loaded_flags == sorted(loaded_flags)  # every unloaded victim before any loaded one
+        freed = sum(by_key[key].disk for key in victims)
+        assert freed >= shortfall > freed - by_key[victims[-1]].disk  # enough, and no more victims than needed
+
+
+def test_room_victims_by_hand() -> None:
+    a, b = (Slot(key, loaded=True, evictable=True, disk=5) for key in "ab")
+    gone = Slot("gone", loaded=False, evictable=True, disk=5)
+    busy = Slot("busy", loaded=False, evictable=False, disk=50)
+    assert room_victims([a, busy, gone, b], 5) == ["gone"]
+    assert room_victims([a, busy, gone, b], 6) == ["gone", "a"]
+    assert room_victims([a, busy, gone, b], 16) is None
+    assert room_victims([a], 0) == []
 
 
 model_keys = st.text(min_size=1, max_size=12)

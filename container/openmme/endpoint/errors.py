@@ -19,6 +19,14 @@ into such a response (``status``, ``code`` in the header, ``body()``); bodies ne
     ├── ModelNotReady             429  the model is still loading after the wait budget; retry
     ├── ServiceUnavailable        503  overload, or MMS is not up
     └── InsufficientMemory        507  no memory to load a model (SageMaker unloads others and retries)
+        └── InsufficientStorage   507  no room on the cache disk for a model: the operator's to fix; retry later
+
+507 is what SageMaker's multi-model contract has a container answer when it cannot hold a model "due to
+insufficient memory or any other resource"; it is also HTTP's own "Insufficient Storage". The disk's refusal is
+a subclass so that everything that waits out a 507 (asynchronous invocations, batch transform) waits it out too,
+with its own code so that a caller and the request log tell a full disk from a full memory. botocore's model of
+InvokeEndpoint declares neither: botocore raises a plain ``ClientError`` whose ``Error.Code`` is the code, and
+its retry modes resend 500, 502, 503, 504 and 429, never 507 (a full disk does not empty within a retry's delay).
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ __all__ = [
     "Forbidden",
     "IncompleteSignature",
     "InsufficientMemory",
+    "InsufficientStorage",
     "InvalidSignature",
     "MissingAuthenticationToken",
     "ModelError",
@@ -125,3 +134,9 @@ class ServiceUnavailable(EndpointError):
 class InsufficientMemory(EndpointError):
     status = 507
     code = "InsufficientMemory"
+
+
+class InsufficientStorage(InsufficientMemory):
+    """The cache disk has no room for a model: not the model's fault nor the caller's; retried later, it may fit."""
+
+    code = "InsufficientStorage"

@@ -10,10 +10,14 @@ member headers, so the sum is known before extraction). The members are then wri
 a file, keeps no owner and no setuid/setgid/sticky or group/other write bit, copies a hard link's data, and checks
 after the last member that every symlink resolves inside the destination. Where the interpreter has
 ``tarfile.data_filter``, it also vets every member as a second line of defence.
+
+A full disk (``ENOSPC``, ``EDQUOT``) is not the archive's fault: that OSError passes through unchanged
+(``disk_full`` tells it apart), for the caller to answer as a storage error, never as a refused archive.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import posixpath
 import stat
@@ -21,7 +25,7 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["ArchiveRefused", "ExtractLimits", "extract_archive"]
+__all__ = ["ArchiveRefused", "ExtractLimits", "disk_full", "extract_archive"]
 
 
 class ArchiveRefused(ValueError):
@@ -31,6 +35,15 @@ class ArchiveRefused(ValueError):
 # Below this many extracted bytes the ratio is not checked: small models (a JSON booster) compress well and
 # cannot hurt anyone.
 RATIO_FLOOR_BYTES = 16 * 1024 * 1024
+
+
+# The disk (or the user's quota on it) is full: the operator's to fix, whatever was being written.
+_DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` says the disk written to is full (no space, or over quota)."""
+    return isinstance(exc, OSError) and exc.errno in _DISK_FULL_ERRNOS
 
 
 @dataclass(frozen=True)
@@ -69,8 +82,8 @@ def _check_member(member: tarfile.TarInfo) -> None:
 def extract_archive(archive: Path, destination: Path, limits: ExtractLimits) -> int:
     """Extract ``archive`` (tar, optionally gzip/bz2/xz) into the empty or new ``destination``.
 
-    Returns the extracted size in bytes. Raises ArchiveRefused, having written nothing outside
-    ``destination``; the caller removes ``destination`` on failure.
+    Returns the extracted size in bytes. Raises ArchiveRefused, or the OSError of a full disk (``disk_full``),
+    having written nothing outside ``destination``; the caller removes ``destination`` on failure.
     """
     try:
         packed = max(archive.stat().st_size, 1)
@@ -98,6 +111,8 @@ def extract_archive(archive: Path, destination: Path, limits: ExtractLimits) -> 
     except _FILTER_ERRORS as exc:
         raise ArchiveRefused(f"archive refused: {exc}") from exc
     except (tarfile.TarError, EOFError, OSError, ValueError, KeyError, RecursionError) as exc:
+        if disk_full(exc):
+            raise  # the cache disk is full, not the archive broken: the caller's storage error
         # KeyError: a hard link to a member the archive lacks; RecursionError: links that loop.
         raise ArchiveRefused(f"not a readable tar.gz archive: {exc}") from exc
     return total

@@ -2,7 +2,8 @@
 
 SageMaker's endpoint-level MME metrics under openmme names (ModelCacheHit → hits and misses,
 ModelDownloadingTime, ModelLoadingTime, ModelLoadingWaitTime, ModelUnloadingTime, LoadedModelCount), plus
-what SageMaker does not show: extraction time, cache memory and disk, evictions by reason, invocations by
+what SageMaker does not show: extraction time, cache memory and disk (the cache filesystem's free space, measured
+by housekeeping, and loads refused for lack of it), evictions by reason, invocations by
 status, pinned models and pre-loading, data capture's records written and dropped and its buffer, the async
 invocation queue (depth, oldest age, outcomes).
 
@@ -24,6 +25,7 @@ from prometheus_client.registry import Collector
 from openmme.endpoint.cache.entry import LOADED, Entry, State
 from openmme.endpoint.cache.events import CacheEvents, CacheView, ShardFigures
 from openmme.endpoint.cache.keeping import PRELOAD_STATES, Preload
+from openmme.endpoint.errors import InsufficientStorage
 
 __all__ = [
     "ASYNC_OUTCOMES",
@@ -193,8 +195,23 @@ class Metrics(CacheEvents):
             registry=registry,
         )
         self.load_failures = Counter(
-            "openmme_model_load_failures", "Downloads or loads that failed.", registry=registry
+            "openmme_model_load_failures",
+            "Downloads or loads that failed (but those refused for lack of cache disk: openmme_cache_disk_refusals).",
+            registry=registry,
         )
+        self.disk_refusals = Counter(
+            "openmme_cache_disk_refusals",
+            "Model downloads refused, or stopped, for lack of room on the cache disk (answered 507"
+            " InsufficientStorage): the operator's to fix, not counted among the load failures.",
+            registry=registry,
+        )
+        self.disk_free = Gauge(
+            "openmme_cache_disk_free_bytes",
+            "Free bytes of the cache filesystem (--cache-dir's), measured by housekeeping every few seconds; NaN until"
+            " its first round.",
+            registry=registry,
+        )
+        self.disk_free.set(float("nan"))  # unknown, not empty: an alert on it stays quiet until measured
         self.evictions = Counter(
             "openmme_model_evictions", "Models evicted, by the budget that needed room.", ["reason"], registry=registry
         )
@@ -307,7 +324,7 @@ class Metrics(CacheEvents):
         self.model_loads.labels(self.model_label(entry.target)).inc()
 
     def load_failed(self, entry: Entry, error: BaseException) -> None:
-        self.load_failures.inc()
+        (self.disk_refusals if isinstance(error, InsufficientStorage) else self.load_failures).inc()
 
     def unloaded(self, entry: Entry, reason: str | None) -> None:
         self.unload.observe(entry.timings.get("unload", 0.0))
@@ -317,6 +334,9 @@ class Metrics(CacheEvents):
     def removed(self, entry: Entry, reason: str = "disk") -> None:
         if reason == "disk":  # otherwise its unload was counted already
             self.evictions.labels("disk").inc()
+
+    def disk_measured(self, free_bytes: int) -> None:
+        self.disk_free.set(free_bytes)
 
 
 def metric_names(lines: Iterable[str]) -> set[str]:

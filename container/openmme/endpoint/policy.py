@@ -18,7 +18,7 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["FrequencySketch", "Slot", "admits", "disk_victims", "memory_victims"]
+__all__ = ["FrequencySketch", "Slot", "admits", "disk_victims", "memory_victims", "room_victims"]
 
 
 @dataclass(frozen=True)
@@ -71,6 +71,23 @@ def disk_victims(slots: Sequence[Slot], incoming: int, disk_budget: int) -> list
             victims.append(slot.key)
             used -= slot.disk
     return victims
+
+
+def room_victims(slots: Sequence[Slot], shortfall: int) -> list[str] | None:
+    """Models to delete from disk so that ``shortfall`` more bytes are free on the cache filesystem itself, in
+    ``disk_victims``' order; None when deleting every model that may go would still not free enough (then none
+    should go: unlike the budget, the filesystem cannot be overrun)."""
+    if shortfall <= 0:
+        return []
+    ordered = [slot for slot in slots if not slot.loaded] + [slot for slot in slots if slot.loaded]
+    victims: list[str] = []
+    for slot in ordered:
+        if slot.evictable and slot.disk > 0:
+            victims.append(slot.key)
+            shortfall -= slot.disk
+            if shortfall <= 0:
+                return victims
+    return None
 
 
 # Odd 64-bit multipliers, one per row of the sketch: multiplicative hashing spreads one checksum over the rows.

@@ -11,15 +11,19 @@ and unload, and hears from it when a host lost a model. The cache is keyed by im
 a TargetModel means is resolved before it (the data plane's job).
 
 Eviction is least-recently-used under three budgets: the count of loaded models, the memory they hold (as the
-backend measures it, after its own overhead), and the bytes of extracted models on disk. A model with requests
-in flight (or waiting for it) is never evicted, and a new model is admitted before the old ones leave only when
-nothing idle can make room. With ``--admission tinylfu`` a frequency sketch of every request sits in front of
-that eviction (policy.py): a model being loaded that was asked for no more often lately than its victims is
-loaded to answer without unloading them, at the least-recently-used end, and is the first to leave once its
+backend measures it, after its own overhead), and the bytes of extracted models on disk. The disk budget is a plan;
+the cache filesystem's real free space is checked too before a download (other files share it): idle models leave
+the disk, least recently used first, when that makes room, and otherwise the model is refused with
+InsufficientStorage (507), evicting nothing, as is a download or extraction that fills the disk anyway. A model
+with requests in flight (or waiting for it) is never evicted, and a new model is admitted before the old ones leave
+only when nothing idle can make room. With ``--admission tinylfu`` a frequency sketch of every request sits in
+front of that eviction (policy.py): a model being loaded that was asked for no more often lately than its victims
+is loaded to answer without unloading them, at the least-recently-used end, and is the first to leave once its
 request ends.
 
 What the operator keeps hot (keeping.py): a pinned model (``--pin``) counts against the budgets but is never
-chosen to leave, and a load that would need a pinned model's room fails with InsufficientMemory (507) instead.
+chosen to leave, and a load that would need a pinned model's room fails with InsufficientMemory (507) instead
+(InsufficientStorage, also 507, for the disk's room).
 Pre-loading (``warm``) loads a model before its first request without pushing out any other (a pinned one
 excepted). Models unused for ``--idle-ttl`` seconds are unloaded by ``tend`` (housekeeping's round), and a
 model whose cache is disabled (``--model-cache disabled``, or its archive's ``openmme.json``: SageMaker's
@@ -47,10 +51,10 @@ from openmme.endpoint.cache.backend import Backend
 from openmme.endpoint.cache.entry import HELD, LOADED, Budgets, Entry, State, mms_model_name
 from openmme.endpoint.cache.events import CacheEvents
 from openmme.endpoint.cache.keeping import Pins, Usage, write_usage
-from openmme.endpoint.cache.store import ModelStore
-from openmme.endpoint.errors import Conflict, InsufficientMemory, ModelError, ModelNotReady
+from openmme.endpoint.cache.store import ModelStore, disk_full_message
+from openmme.endpoint.errors import Conflict, InsufficientMemory, InsufficientStorage, ModelError, ModelNotReady
 from openmme.endpoint.logs import log_task_failure
-from openmme.endpoint.policy import FrequencySketch, Slot, admits, disk_victims, memory_victims
+from openmme.endpoint.policy import FrequencySketch, Slot, admits, disk_victims, memory_victims, room_victims
 from openmme.endpoint.settings import Settings
 from openmme.handlers import UnsupportedArchive, choose_default_accept, choose_model_cache
 
@@ -227,12 +231,13 @@ class ModelCache:
             size = await self.store.size(entry.target)
             self._refuse_beside_pinned(entry, disk=size)
             await self._make_disk_room(size, keep=entry)
+            await self._make_free_room(size, keep=entry)
             entry.disk_bytes = await self.store.fetch(entry)
             no_room = self._beside_pinned(entry, disk=entry.disk_bytes)  # extracted, it takes more than its archive
             if no_room:
                 await self.store.remove(entry)
                 entry.disk_bytes = 0
-                raise InsufficientMemory(no_room)
+                raise InsufficientStorage(no_room)
             entry.downloads += 1
             self.counters["downloads"] += 1
             entry.state = State.ON_DISK
@@ -348,7 +353,27 @@ class ModelCache:
         """Remove idle models from disk, unloaded ones first, until ``incoming`` more bytes fit."""
         slots = self._slots(keep, evictable={State.ON_DISK, State.READY})
         # ``keep`` is not among the slots: its own bytes on disk count as incoming.
-        for key in disk_victims(slots, incoming + keep.disk_bytes, self.budgets.disk_bytes):
+        await self._remove_victims(disk_victims(slots, incoming + keep.disk_bytes, self.budgets.disk_bytes))
+
+    async def _make_free_room(self, archive_bytes: int, keep: Entry) -> None:
+        """Make the cache filesystem itself hold ``keep``'s download of ``archive_bytes`` and its extraction (about
+        as many bytes again, at least: both are on disk until the rename), removing idle models from disk when
+        that frees enough; InsufficientStorage, and no model removed, when it cannot."""
+        needed = 2 * archive_bytes
+        free = await self.store.free_bytes()
+        if free >= needed:
+            return
+        victims = room_victims(self._slots(keep, evictable={State.ON_DISK, State.READY}), needed - free)
+        if victims is not None:
+            await self._remove_victims(victims)
+            free = await self.store.free_bytes()
+        if free < needed:
+            why = f"its download and extraction need about {needed} bytes, {free} are free"
+            raise InsufficientStorage(disk_full_message(keep.target, why))
+
+    async def _remove_victims(self, keys: Iterable[str]) -> None:
+        """Delete the files of the models ``keys`` (unloading the ready ones first), counted as disk evictions."""
+        for key in keys:
             victim = self.entries.get(key)
             if victim is None:
                 continue
@@ -398,7 +423,7 @@ class ModelCache:
     def _refuse_beside_pinned(self, keep: Entry, disk: int | None = None) -> None:
         no_room = self._beside_pinned(keep, disk)
         if no_room:
-            raise InsufficientMemory(no_room)
+            raise InsufficientMemory(no_room) if disk is None else InsufficientStorage(no_room)
 
     def _start_unload(self, entry: Entry, reason: str | None) -> asyncio.Task[None]:
         entry.state = State.UNLOADING
@@ -478,8 +503,16 @@ class ModelCache:
                 self._transition(entry, self._remove_from_disk(entry, "idle"), "delete")
 
     async def tend(self) -> None:
-        """Housekeeping's round: idle models unloaded; the usage record written now and then, if it changed."""
+        """Housekeeping's round: idle models unloaded; the cache filesystem's free space measured (for the metric,
+        not for a request: a download measures it afresh); the usage record written now and then, if it changed."""
         self.unload_idle()
+        try:
+            free = await self.store.free_bytes()
+        except OSError as exc:
+            log.debug("could not measure the free space of %s: %s", self.settings.cache_dir, exc)
+        else:
+            for events in self.events:
+                events.disk_measured(free)
         if self.usage.changed and time.monotonic() - self._usage_saved >= USAGE_SAVE_INTERVAL_S:
             await self.save_usage()
 

@@ -32,6 +32,9 @@ class CacheEvents:
         """``entry``'s files were deleted from disk: for the disk budget (``disk``), or with its unload (``idle``,
         ``cache_disabled``)."""
 
+    def disk_measured(self, free_bytes: int) -> None:
+        """Housekeeping measured the cache filesystem: ``free_bytes`` are free on it."""
+
 
 class CacheView(Protocol):
     """The figures an observer reads at scrape time (the cache has them; nothing here imports it)."""

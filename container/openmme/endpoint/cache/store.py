@@ -2,12 +2,15 @@
 
 Blocking work (the S3 download, tar, rmtree) runs in threads here; the cache decides *when* (budgets, single
 flight). A model lands in the store with one rename of a fully extracted staging directory, so a failed or
-refused archive leaves nothing behind.
+refused archive leaves nothing behind. A disk that fills up on the way (the download, the extraction, the rename)
+is the endpoint's storage error (InsufficientStorage, 507), never the archive's: nothing half-written stays, and
+the next request tries again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import time
 import uuid
@@ -15,12 +18,12 @@ from pathlib import Path
 from typing import Protocol
 
 from openmme.endpoint.cache.entry import Entry
-from openmme.endpoint.errors import ModelError, ValidationError
-from openmme.endpoint.extract import ArchiveRefused, ExtractLimits, extract_archive
+from openmme.endpoint.errors import InsufficientStorage, ModelError, ValidationError
+from openmme.endpoint.extract import ArchiveRefused, ExtractLimits, disk_full, extract_archive
 from openmme.endpoint.names import S3Location
 from openmme.endpoint.settings import Settings
 
-__all__ = ["ModelStore", "Source"]
+__all__ = ["ModelStore", "Source", "disk_full_message"]
 
 
 class Source(Protocol):
@@ -55,7 +58,16 @@ class ModelStore:
     async def fetch(self, entry: Entry) -> int:
         """Download and extract ``entry``'s archive into its place in the store; the bytes it takes there."""
         staging = self.settings.staging_dir / f"{entry.name}-{uuid.uuid4().hex[:8]}"
-        return await asyncio.to_thread(self._download_and_extract, entry, staging)
+        try:
+            return await asyncio.to_thread(self._download_and_extract, entry, staging)
+        except OSError as exc:
+            if not disk_full(exc):
+                raise
+            raise InsufficientStorage(disk_full_message(entry.target, os.strerror(exc.errno or 0))) from exc
+
+    async def free_bytes(self) -> int:
+        """Free bytes of the cache filesystem (``--cache-dir``'s, where downloads, extractions and models live)."""
+        return await asyncio.to_thread(_free_bytes, self.settings.cache_dir)
 
     async def present(self, entry: Entry) -> bool:
         return await asyncio.to_thread(entry.path.is_dir)
@@ -93,6 +105,22 @@ class ModelStore:
         finally:
             archive.unlink(missing_ok=True)
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def disk_full_message(target: str, why: str) -> str:
+    """The one line a caller gets when the cache disk cannot hold ``target``: whose problem it is, and to retry."""
+    return (
+        f"no room on the endpoint's cache disk for model {target!r} ({why}): retry later; the endpoint's operator"
+        " must free space on its --cache-dir"
+    )
+
+
+def _free_bytes(directory: Path) -> int:
+    """Blocking: the free bytes of ``directory``'s filesystem; of its nearest existing parent's while it is not made
+    yet (the download makes it)."""
+    while not directory.exists() and directory.parent != directory:
+        directory = directory.parent
+    return shutil.disk_usage(directory).free
 
 
 def _link_directory(link: Path, directory: Path) -> None:
