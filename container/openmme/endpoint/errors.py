@@ -13,11 +13,11 @@ into such a response (``status``, ``code`` in the header, ``body()``); bodies ne
     │   ├── IncompleteSignature          IncompleteSignatureException: malformed, or leaves out what must be signed
     │   ├── UnrecognizedClient           UnrecognizedClientException: unknown access key id
     │   └── AccessDenied                 AccessDeniedException: the key may not invoke that TargetModel (or route)
-    ├── ModelError                424  the model's handler failed, or its archive cannot be loaded; also a form body
-    │                                  (OriginalStatusCode 415), refused at the front because MMS would eat it
+    ├── ModelError                424  the model's handler failed, or its archive or code cannot be loaded; also a
+    │                                  form body (OriginalStatusCode 415), refused at the front because MMS would eat it
     ├── Conflict                  409  POST /models for a model that is loaded already
     ├── ModelNotReady             429  the model is still loading after the wait budget; retry
-    ├── ServiceUnavailable        503  overload, or MMS is not up
+    ├── ServiceUnavailable        503  overload, MMS is not up, or a load the host failed (its worker died); retry
     └── InsufficientMemory        507  no memory to load a model (SageMaker unloads others and retries)
 """
 
