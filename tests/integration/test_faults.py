@@ -326,3 +326,110 @@ def test_a_model_whose_extracted_files_were_deleted_is_fetched_again_on_its_next
     assert endpoint.predictions("first.tar.gz", ROWS) == expected(booster, ROWS)
     assert endpoint.models()["first.tar.gz"]["downloads"] == 2
     assert (models_dir / mms_model_name("first.tar.gz")).is_dir()
+
+
+# A script model whose first load is slow (long enough to kill its worker in model_fn) and whose next loads are
+# quick: the marker it leaves in its own directory says a load began before.
+SLOW_FIRST_LOAD = """
+import os
+import time
+
+
+def model_fn(model_dir):
+    marker = os.path.join(model_dir, "loaded-before")
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        time.sleep(60)
+    return "ready"
+
+
+def input_fn(body, content_type):
+    return body.decode() if isinstance(body, bytes) else body
+
+
+def predict_fn(text, model):
+    return model + " " + text
+
+
+def output_fn(prediction, accept):
+    return prediction, "text/plain"
+"""
+
+BROKEN_MODEL_FN = """
+def model_fn(model_dir):
+    raise RuntimeError("no weights in this archive")
+"""
+
+
+def test_a_worker_killed_while_a_script_model_loads_is_retryable_and_model_fn_raising_is_the_models_error(
+    start_endpoint: EndpointFactory, prefix: str, publish: Any, tmp_path: Path
+) -> None:
+    for target, script in (("slow-load.tar.gz", SLOW_FIRST_LOAD), ("broken.tar.gz", BROKEN_MODEL_FN)):
+        (tmp_path / target / "code").mkdir(parents=True)
+        (tmp_path / target / "code" / "inference.py").write_text(script)
+        publish(prefix, target, archive=pack_directory(tmp_path / target))
+    endpoint = start_endpoint(prefix)  # script models are isolated whatever --hosting says
+    client = endpoint.runtime(retries=1)
+    name = mms_model_name("slow-load.tar.gz")
+    marker = endpoint.cache_dir / "models" / name / "loaded-before"
+    raised: list[Exception] = []
+
+    def first_call() -> None:
+        try:
+            endpoint.invoke("slow-load.tar.gz", "x", "text/plain", client=client)
+        except Exception as exc:
+            raised.append(exc)
+
+    caller = threading.Thread(target=first_call)
+    caller.start()
+    try:
+        assert wait_until(marker.exists, timeout=60)  # its model_fn runs: the worker is loading the model
+        for pid in endpoint.worker_pids()[name]:
+            os.kill(pid, signal.SIGKILL)  # as the OOM killer would
+    finally:
+        caller.join(timeout=90)
+    # The host's failure: a 503 the SDK retries, not the model's ModelError.
+    assert len(raised) == 1 and isinstance(raised[0], client.exceptions.ServiceUnavailable), raised
+    assert raised[0].response["ResponseMetadata"]["HTTPStatusCode"] == 503
+    assert "died" in raised[0].response["Error"]["Message"]
+    # Nothing remembered of it: the next request loads the model and is served.
+    answer = endpoint.invoke("slow-load.tar.gz", "x", "text/plain", client=client)["Body"].read()
+    assert answer == b"ready x"
+
+    # model_fn raising is the model's failure, each time, with its reason.
+    for _attempt in range(2):
+        with pytest.raises(client.exceptions.ModelError) as caught:
+            endpoint.invoke("broken.tar.gz", "x", "text/plain", client=client)
+        assert caught.value.response["ResponseMetadata"]["HTTPStatusCode"] == 424
+        assert "RuntimeError: no weights in this archive" in caught.value.response["Error"]["Message"]
+
+
+def test_a_shard_worker_killed_while_it_loads_a_model_is_replaced_and_the_load_served(
+    start_endpoint: EndpointFactory, prefix: str, publish: Any, boosters: dict[str, xgboost.Booster]
+) -> None:
+    booster = boosters["binary:logistic"]
+    publish(prefix, "dense-load.tar.gz", booster)
+    endpoint = start_endpoint(prefix, "--hosting", "dense", "--shards", "1")
+    shard = f"{SHARD_PREFIX}0"
+    (worker,) = endpoint.worker_pids()[shard]
+    # A booster loads in milliseconds: the worker is stopped first, so that the load is surely in it when it dies.
+    os.kill(worker, signal.SIGSTOP)
+    answers: list[Any] = []
+
+    def first_call() -> None:
+        try:
+            answers.append(endpoint.predictions("dense-load.tar.gz", ROWS))
+        except Exception as exc:
+            answers.append(exc)
+
+    caller = threading.Thread(target=first_call)
+    caller.start()
+    try:
+        assert wait_until(lambda: endpoint.models().get("dense-load.tar.gz", {}).get("state") == "loading", timeout=30)
+    finally:
+        os.kill(worker, signal.SIGKILL)
+        caller.join(timeout=90)
+    # The shard's worker is started again and the load sent to it: the request is served.
+    assert answers == [expected(booster, ROWS)]
+    assert worker not in endpoint.worker_pids()[shard]
+    assert endpoint.predictions("dense-load.tar.gz", ROWS) == expected(booster, ROWS)

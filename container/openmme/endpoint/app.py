@@ -47,6 +47,7 @@ from openmme.endpoint.metrics import Metrics
 from openmme.endpoint.mms import MmsClient
 from openmme.endpoint.names import CUSTOM_ATTRIBUTES, INFERENCE_ID, TARGET_MODEL, TARGET_VARIANT
 from openmme.endpoint.settings import MAX_BODY_BYTES, Settings
+from openmme.endpoint.slowclients import BODY_TIMEOUT, read_within
 
 __all__ = ["FORWARDED", "INVOKE_LIMITS", "build_app", "check_limits", "read_body"]
 
@@ -129,6 +130,11 @@ async def read_body(request: web.Request) -> bytes:
     too_large = ValidationError(f"the request body exceeds the {MAX_BODY_BYTES}-byte limit of invoke_endpoint")
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
         raise too_large
+    request[BODY] = await read_within(request, _read_at_most(request, too_large))
+    return request[BODY]
+
+
+async def _read_at_most(request: web.Request, too_large: ValidationError) -> bytes:
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.content.iter_chunked(256 * 1024):
@@ -136,8 +142,7 @@ async def read_body(request: web.Request) -> bytes:
         if size > MAX_BODY_BYTES:
             raise too_large
         chunks.append(chunk)
-    request[BODY] = b"".join(chunks)
-    return request[BODY]
+    return b"".join(chunks)
 
 
 def check_limits(request: web.Request, limits: Limits = INVOKE_LIMITS, front: str | None = None) -> None:
@@ -245,6 +250,7 @@ def build_app(
     # The body limit is enforced by read_body with SageMaker's error; aiohttp's own limit sits above it.
     app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY_BYTES + 1024 * 1024)
     app[PLANE], app[MMS], app[SETTINGS], app[METRICS] = plane, mms, settings, metrics_
+    app[BODY_TIMEOUT] = settings.body_timeout
     if preload is not None:
         app[PRELOAD] = preload
     app.router.add_get("/ping", ping)

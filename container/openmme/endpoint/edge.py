@@ -42,6 +42,7 @@ from openmme.endpoint.logs import access_log, configure_logging, log_json
 from openmme.endpoint.names import INFERENCE_ID, TARGET_MODEL, TARGET_VARIANT
 from openmme.endpoint.settings import MAX_BODY_BYTES, Settings
 from openmme.endpoint.shardworker import ShardChannel, WorkerGone
+from openmme.endpoint.slowclients import BODY_TIMEOUT, Runner, read_within
 from openmme.endpoint.tls import tls_context
 from openmme.handlers import MODEL_HEADER
 from openmme.handlers._lifetime import die_with_parent
@@ -115,7 +116,7 @@ class Edge:
         """``request`` sent whole to the owner, its answer relayed."""
         assert self.session is not None
         if body is None:
-            body = await request.read()
+            body = await read_within(request, request.read())
         headers = {key: value for key, value in request.headers.items() if key.lower() not in _HOP_HEADERS}
         async with self.session.request(request.method, request.path_qs, headers=headers, data=body) as response:
             payload = await response.read()
@@ -198,6 +199,7 @@ def build_edge_app(edge: Edge, keys: Any) -> web.Application:
     if edge.settings.auth:
         middlewares.append(sigv4_middleware(edge.settings, keys, read_body))
     app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY_BYTES + 1024 * 1024)
+    app[BODY_TIMEOUT] = edge.settings.body_timeout
 
     async def invocations(request: web.Request) -> web.Response:
         return await edge.invoke(request)
@@ -228,7 +230,9 @@ async def serve(control: socket.socket, index: int) -> None:
         auto_decompress=False,
     )
     keys = load_keys(settings, os.environ)
-    runner = web.AppRunner(build_edge_app(edge, keys), access_log=None, shutdown_timeout=30.0)
+    runner = Runner(
+        build_edge_app(edge, keys), header_timeout=settings.header_timeout, access_log=None, shutdown_timeout=30.0
+    )
     await runner.setup()
     site = web.TCPSite(
         runner, settings.host, settings.port, reuse_address=True, reuse_port=True, ssl_context=tls_context(settings)

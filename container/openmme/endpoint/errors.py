@@ -13,11 +13,12 @@ into such a response (``status``, ``code`` in the header, ``body()``); bodies ne
     │   ├── IncompleteSignature          IncompleteSignatureException: malformed, or leaves out what must be signed
     │   ├── UnrecognizedClient           UnrecognizedClientException: unknown access key id
     │   └── AccessDenied                 AccessDeniedException: the key may not invoke that TargetModel (or route)
-    ├── ModelError                424  the model's handler failed, or its archive cannot be loaded; also a form body
-    │                                  (OriginalStatusCode 415), refused at the front because MMS would eat it
+    ├── ModelError                424  the model's handler failed, or its archive or code cannot be loaded; also a
+    │                                  form body (OriginalStatusCode 415), refused at the front because MMS would eat it
+    ├── RequestTimeout            408  the request's body did not arrive within --body-timeout; retry
     ├── Conflict                  409  POST /models for a model that is loaded already
     ├── ModelNotReady             429  the model is still loading after the wait budget; retry
-    ├── ServiceUnavailable        503  overload, or MMS is not up
+    ├── ServiceUnavailable        503  overload, MMS is not up, or a load the host failed (its worker died); retry
     └── InsufficientMemory        507  no memory to load a model (SageMaker unloads others and retries)
         └── InsufficientStorage   507  no room on the cache disk for a model: the operator's to fix; retry later
 
@@ -43,6 +44,7 @@ __all__ = [
     "MissingAuthenticationToken",
     "ModelError",
     "ModelNotReady",
+    "RequestTimeout",
     "ServiceUnavailable",
     "UnrecognizedClient",
     "ValidationError",
@@ -114,6 +116,13 @@ class AccessDenied(Forbidden):
     """Authenticated, but the key's allow patterns do not cover the request."""
 
     code = "AccessDeniedException"
+
+
+class RequestTimeout(EndpointError):
+    """The client sent its body too slowly; botocore retries the code (a transient error in its standard mode)."""
+
+    status = 408
+    code = "RequestTimeout"
 
 
 class Conflict(EndpointError):

@@ -7,6 +7,10 @@ it retries a dead socket with growing back-off, minutes apart).
 A script model's ``code/requirements.txt`` is built into an environment of its own while the model prepares
 (environments.py), in the load the cache's requests wait on: a long build answers 429 like any slow load, and a
 failed one is the model's ``ModelError``. The model's worker finds it by the same key and puts it on its path.
+
+A failed registration is the model's ``ModelError`` only when its handler reported why (what model_fn or the
+archive raised, in ``load_errors_dir``); a worker that died without a report was killed (the OOM killer, an
+operator): the host's ``ServiceUnavailable``, which the next load does not repeat.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import psutil
 from openmme.endpoint.cache.backend import Models, Route
 from openmme.endpoint.cache.entry import HELD, Entry, State
 from openmme.endpoint.environments import BuildFailed, Environments, RequirementsRefused, check_requirements
-from openmme.endpoint.errors import InsufficientMemory, ModelError
+from openmme.endpoint.errors import InsufficientMemory, ModelError, ServiceUnavailable
 from openmme.endpoint.mms import MmsClient, MmsProcess, MmsResponse, memory_of, tracked_prediction
 from openmme.endpoint.settings import Settings
 from openmme.handlers import DENSE, SCRIPT_HANDLER
@@ -99,10 +103,20 @@ class IsolatedBackend:
             log.warning("MMS already had %s registered", entry.target)
         elif response.status != 200:
             await asyncio.to_thread(self.process.kill_workers, entry.name)
-            reason = _read_text(error_file) or response.message
+            reason = _read_text(error_file)
             if response.status == 507:
-                raise InsufficientMemory(f"not enough memory to load model {entry.target!r}: {reason}")
-            raise ModelError(f"model {entry.target!r} failed to load: {reason}", original_status=500)
+                raise InsufficientMemory(
+                    f"not enough memory to load model {entry.target!r}: {reason or response.message}"
+                )
+            if reason:  # the handler caught what the archive or model_fn raised: the model's failure
+                raise ModelError(f"model {entry.target!r} failed to load: {reason}", original_status=500)
+            # MMS answers "Failed to start workers" to both; only the handler's report tells them apart. With none,
+            # the worker died before its handler could answer (a signal: the OOM killer, an operator): the host's
+            # failure, which the next load does not repeat.
+            log.warning(
+                "the worker loading %s died without a report from its handler (MMS: %s)", entry.target, response.message
+            )
+            raise ServiceUnavailable(f"the worker loading model {entry.target!r} died (killed, out of memory?); retry")
 
     async def measure(self, entry: Entry) -> int:
         return await asyncio.to_thread(lambda: memory_of(self.process.worker_processes().get(entry.name, [])))

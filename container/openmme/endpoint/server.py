@@ -40,6 +40,7 @@ from openmme.endpoint.mms import MmsClient, MmsProcess, find_java
 from openmme.endpoint.pipelines import Pipelines
 from openmme.endpoint.s3 import ModelSource, PrefixUnreachable, PrefixUnusable, S3Location, check_prefix, make_client
 from openmme.endpoint.settings import Settings
+from openmme.endpoint.slowclients import Runner
 from openmme.endpoint.tls import TlsConfigError, tls_context
 from openmme.handlers import ISOLATED
 from openmme.ports import listen_error
@@ -230,7 +231,7 @@ async def _run_owned(
             asynchronous = None
             if settings.async_output_path:  # InvokeEndpointAsync on
                 app[ASYNC] = asynchronous = AsyncInvocations.from_settings(settings, plane, metrics)
-            runner = web.AppRunner(app, access_log=None, shutdown_timeout=30.0)
+            runner = Runner(app, header_timeout=settings.header_timeout, access_log=None, shutdown_timeout=30.0)
             await runner.setup()
             site = web.TCPSite(
                 runner,

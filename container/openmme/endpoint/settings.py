@@ -401,6 +401,20 @@ class Settings:
     mms_management_port: int = _opt(0, "MMS management port on 127.0.0.1 (0: pick a free one below 32767)", int, "PORT")
     mms_start_timeout: float = _opt(120.0, "seconds MMS may take to start", float, "SECONDS")
     response_timeout: float = _opt(60.0, "seconds a prediction may take inside MMS", float, "SECONDS")
+    header_timeout: float = _opt(
+        10.0,
+        "seconds a client has to send a request's headers, from its connection (or, on a kept-alive connection, the"
+        " headers' first byte); slower connections are closed, so that slow clients hold only their own",
+        _parse_interval,
+        "SECONDS",
+    )
+    body_timeout: float = _opt(
+        60.0,
+        "seconds a client has to send a request's body once its headers are in (SageMaker's invocation time-out);"
+        " slower bodies are answered RequestTimeout (408)",
+        _parse_interval,
+        "SECONDS",
+    )
     metrics_model_labels: int = _opt(
         50, 'models that get their own label in per-model metrics; later ones count as model="other"', int
     )
