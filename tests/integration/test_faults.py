@@ -36,7 +36,7 @@ ROWS = make_rows(2, seed=31)
 def mms_java(endpoint: Endpoint) -> psutil.Process:
     return next(
         child
-        for child in psutil.Process(endpoint.process.pid).children()
+        for child in endpoint.front().children()
         if any(arg.startswith("-Dmodel_server_home=") for arg in child.cmdline())
     )
 
