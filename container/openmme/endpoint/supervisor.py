@@ -48,11 +48,12 @@ def run_supervised(front: Callable[[], int]) -> int:
     if not become_subreaper():
         return front()
     supervisor = os.getpid()
-    # Blocked before the fork, so that no SIGCHLD of a quick front is lost; the front unblocks it.
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
+    # Blocked before the fork, so that no SIGCHLD of a quick front is lost, and a SIGTERM that comes before the
+    # supervisor forwards it waits until it does; the front unblocks them.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD, *FORWARDED})
     pid = os.fork()
     if pid == 0:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD, *FORWARDED})
         die_with_parent(lambda parent: parent == supervisor)
         with contextlib.suppress(OSError):
             os.setpgid(0, 0)
@@ -63,6 +64,7 @@ def run_supervised(front: Callable[[], int]) -> int:
 def _supervise(front: int) -> int:
     for signum in FORWARDED:
         signal.signal(signum, lambda signum, frame: _forward(front, signum))
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
     status = None
     while status is None:
         signal.sigtimedwait({signal.SIGCHLD}, CHECK_INTERVAL_S)
