@@ -203,6 +203,13 @@ class Endpoint:
         logs = self.cache_dir / "mms" / "logs" / "access_log.log"
         return logs.read_text(errors="replace") if logs.exists() else ""
 
+    def front(self) -> psutil.Process:
+        """The front: ``openmme serve`` (``process``) is its supervisor, which runs it as its child, a fork of its own
+        (see openmme.endpoint.supervisor); a process the supervisor adopted has another command line."""
+        supervisor = psutil.Process(self.process.pid)
+        (front,) = [child for child in supervisor.children() if child.cmdline() == supervisor.cmdline()]
+        return front
+
     def model_pids(self) -> dict[str, list[int]]:
         """Worker processes of isolated models (``worker_pids`` without the dense shards')."""
         return {name: pids for name, pids in self.worker_pids().items() if not name.startswith(SHARD_PREFIX)}

@@ -5,6 +5,7 @@ smoke runs."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import http.server
 import importlib.util
@@ -309,3 +310,44 @@ def run_bench_smoke(script: str, output: Path, results_dir: Path | None = None, 
         command += ["--results-dir", str(results_dir)]
     completed = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+
+
+# A process a model's code leaves behind, made as hard to end as a process without privileges can make itself: run
+# as `python -c ESCAPEE PID_FILE` (from a model's code: with subprocess.run, which returns once it is in place).
+# It forks, calls setsid(), forks again (its parent exits: it is an orphan), ignores SIGTERM, clears its
+# parent-death signal and sleeps; its PID goes to PID_FILE.
+ESCAPEE = """
+import ctypes, os, signal, sys, time
+pid_file = sys.argv[1]
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        ctypes.CDLL(None).prctl(1, 0, 0, 0, 0)  # PR_SET_PDEATHSIG: none
+        with open(pid_file + ".tmp", "w") as staged:
+            staged.write(str(os.getpid()))
+        os.replace(pid_file + ".tmp", pid_file)
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)
+        while True:
+            time.sleep(3600)
+    os._exit(0)
+os.wait()
+while not os.path.exists(pid_file):
+    time.sleep(0.01)
+"""
+
+
+def escapee(pid_file: Path, timeout: float = 60) -> psutil.Process:
+    """The process ESCAPEE left running, once its PID is in ``pid_file``: a ``psutil.Process``, whose
+    ``is_running`` (and ``alive``) compares its start time too, so a reused PID is not taken for it."""
+    assert wait_until(pid_file.exists, timeout=timeout), f"no escapee wrote {pid_file}"
+    return psutil.Process(int(pid_file.read_text()))
+
+
+def kill_escapee(process: psutil.Process | None) -> None:
+    """Clean-up after a test: kill the escapee if it still runs (by its PID, checked to still be it)."""
+    if process is not None and alive(process):
+        with contextlib.suppress(psutil.Error):
+            process.kill()

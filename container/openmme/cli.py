@@ -39,6 +39,13 @@ __all__ = ["main"]
 
 
 def _serve(argv: Sequence[str]) -> int:
+    from openmme.endpoint.supervisor import run_supervised
+
+    # Forked before anything is imported or started: the supervisor stays small, and the front starts as it did.
+    return run_supervised(lambda: _serve_front(argv))
+
+
+def _serve_front(argv: Sequence[str]) -> int:
     from openmme.endpoint.server import serve
     from openmme.endpoint.settings import Settings
 

@@ -313,8 +313,6 @@ def test_worker_processes_left_behind_by_mms_are_stopped(
     import subprocess
     import sys
 
-    import psutil
-
     booster = boosters["binary:logistic"]
     publish(prefix, "live.tar.gz", booster)
     endpoint = start_endpoint(prefix, "--hosting", hosting)
@@ -322,7 +320,7 @@ def test_worker_processes_left_behind_by_mms_are_stopped(
     workers = endpoint.worker_pids()
     java = next(
         child
-        for child in psutil.Process(endpoint.process.pid).children()
+        for child in endpoint.front().children()
         if any(arg.startswith("-Djava.io.tmpdir=") for arg in child.cmdline())
     )
     tmp_dir = next(arg for arg in java.cmdline() if arg.startswith("-Djava.io.tmpdir=")).split("=", 1)[1]

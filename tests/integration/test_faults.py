@@ -36,7 +36,7 @@ ROWS = make_rows(2, seed=31)
 def mms_java(endpoint: Endpoint) -> psutil.Process:
     return next(
         child
-        for child in psutil.Process(endpoint.process.pid).children()
+        for child in endpoint.front().children()
         if any(arg.startswith("-Dmodel_server_home=") for arg in child.cmdline())
     )
 
@@ -287,7 +287,9 @@ def test_a_front_killed_with_sigkill_leaves_no_process_behind_and_a_new_one_star
         assert {java.pid, *workers} <= {process.pid for process in everything}
         mms_tmp = Path(next(arg for arg in java.cmdline() if arg.startswith("-Djava.io.tmpdir=")).split("=", 1)[1])
 
-        victim.process.kill()  # as the OOM killer, or a supervisor that kills the front's PID only
+        # As a supervisor that kills the one PID it started: `openmme serve`, the front's own supervisor, whose
+        # front dies with it (the front killed alone, as the OOM killer does: test_tenant_processes.py).
+        victim.process.kill()
         victim.process.wait()
 
         assert wait_until(lambda: not any(alive(process) for process in everything), timeout=5), [

@@ -58,7 +58,7 @@ def test_a_second_front_on_a_cache_dir_in_use_is_refused_in_one_line_and_touches
     assert second.returncode != 0
     assert second.stderr == (
         f"openmme serve: the cache directory {endpoint.cache_dir} is in use by another openmme serve "
-        f"(PID {endpoint.process.pid}); give each endpoint its own --cache-dir\n"
+        f"(PID {endpoint.front().pid}); give each endpoint its own --cache-dir\n"
     )
     assert tree(endpoint.cache_dir) == before  # not a file deleted, added or rewritten
     # The first endpoint serves on from its cache, as if nothing had happened.

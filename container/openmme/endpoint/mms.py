@@ -13,7 +13,8 @@ Nothing MMS starts outlives the front, however the front ends (a SIGKILL include
 front when the thread that started it exits (``PR_SET_PDEATHSIG``), and the Java front starts its Python
 workers through a launcher that does the same for them (see ``openmme.handlers._lifetime``). What an earlier
 front of the same cache directory left running anyway (a machine without that kernel request, a front of an
-older version) is stopped by the next one: ``reap_leftovers``.
+older version) is stopped by the next one: ``reap_leftovers``. What a model's own code starts in a worker ends
+with the worker, and with the front, too: see ``openmme.endpoint.supervisor``.
 """
 
 from __future__ import annotations

@@ -11,7 +11,10 @@ What differs from ``mms/model_service_worker.py`` is only the plumbing around it
 one end of a socket pair (``--fd``) instead of a socket path to listen on, so there is no fork per connection;
 its stdout and stderr go where the front points them (no log FIFOs); sockets are read through a buffer (MMS
 reads every field with its own ``recv``); and the process dies with the front (``PR_SET_PDEATHSIG``) or when the
-front closes its end.
+front closes its end. Unlike an isolated model's worker it is not a subreaper (``openmme.handlers._lifetime``): it
+would have to reap what it adopts in a process that runs model code (a pickled booster's, with
+``--allow-pickle``), whose own child processes' exit statuses must not be taken from it; a booster needs no helper
+process, so one that leaves the shard goes to ``openmme serve``'s supervisor and is killed at once.
 
 With ``--listen PATH`` the worker also accepts connections on a unix socket at PATH, from the endpoint's other
 front processes (its *edges*), which send predictions to the shard without a hop through the front that started
