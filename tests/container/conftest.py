@@ -27,7 +27,13 @@ from openmme.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 # What the tests run (the compose files, and the images on their own), and scripts/test-containers builds.
-IMAGES = ("openmme:local", "openmme:full", "openmme-seaweedfs:local", "openmme-router:local")
+IMAGES = (
+    "openmme:local",
+    "openmme:dense",
+    "openmme-seaweedfs:local",
+    "openmme-router:local",
+    "openmme-prometheus:local",
+)
 S3_CREDENTIALS = {"aws_access_key_id": "openmme", "aws_secret_access_key": "openmme-local-secret"}
 
 
@@ -102,10 +108,12 @@ class Stack:
     file: Path
     project: str = field(default_factory=lambda: f"openmme-test-{uuid.uuid4().hex[:8]}")
     ports: dict[str, int] = field(default_factory=dict)
+    profiles: tuple[str, ...] = ()  # given to every command: `down` leaves a profile's containers without it
 
     def compose(self, *args: str, timeout: float = 600, check: bool = True) -> str:
         env = {**os.environ, **{name: str(port) for name, port in self.ports.items()}}
-        command = ["docker", "compose", "-p", self.project, "-f", str(self.file), *args]
+        options = [option for profile in self.profiles for option in ("--profile", profile)]
+        command = ["docker", "compose", "-p", self.project, "-f", str(self.file), *options, *args]
         result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
         if check and result.returncode != 0:
             raise AssertionError(f"{' '.join(command)} failed ({result.returncode}):\n{result.stderr[-4000:]}")

@@ -1,6 +1,7 @@
 """The image as SageMaker runs an MME container: ``docker run IMAGE serve`` on SAGEMAKER_BIND_TO_PORT, models
 loaded through the container API (POST /models, GET /models, POST /models/{name}/invoke) from outside it; isolated
-hosting refused by the default image and served by the full one; and nothing of the build's extra CA in it."""
+hosting and a user's code/inference.py served by the default image (multi-model-server on its linked Java runtime)
+and refused by the Java-less ``dense`` one; and nothing of the build's extra CA in it."""
 
 from __future__ import annotations
 
@@ -22,8 +23,19 @@ from tests.support import csv_body, expected, served_json
 pytestmark = pytest.mark.container
 
 IMAGE = "openmme:local"
-FULL_IMAGE = "openmme:full"
+DENSE_IMAGE = "openmme:dense"
 ROWS = make_rows(3, seed=8)
+# A user's inference.py as the SageMaker containers run it: the toolkit's hooks, no booster.
+SCRIPT = """
+def model_fn(model_dir):
+    return "scaled"
+
+
+def transform_fn(model, body, content_type, accept):
+    text = body.decode() if isinstance(body, (bytes, bytearray)) else body
+    rows = [line.split(",") for line in text.strip().splitlines()]
+    return ",".join(str(sum(float(value) for value in row)) for row in rows), "text/csv"
+"""
 
 
 def call(url: str, method: str = "GET", body: Any = None, content_type: str = "application/json") -> tuple[int, Any]:
@@ -47,6 +59,9 @@ def models_dir(tmp_path: Path) -> Path:
     alone.mkdir(parents=True)
     (alone / "xgboost-model").write_bytes((tmp_path / "houston" / "model" / "xgboost-model").read_bytes())
     (alone / "openmme.json").write_text('{"hosting": "isolated"}')
+    script = tmp_path / "script" / "model"
+    (script / "code").mkdir(parents=True)
+    (script / "code" / "inference.py").write_text(SCRIPT)
     tmp_path.chmod(0o755)
     return tmp_path
 
@@ -97,22 +112,32 @@ def test_the_container_api_loads_lists_and_invokes_from_outside(served: str) -> 
         assert served_json(body) == expected(train_booster(sample.objective, sample.seed), ROWS)
 
 
-def test_the_default_image_refuses_isolated_hosting_naming_the_full_image(served: str) -> None:
+def test_the_default_image_serves_isolated_hosting_and_a_users_script(served: str) -> None:
     status, body = call(f"{served}/models", "POST", {"model_name": "alone", "url": "/opt/ml/models/alone/model"})
-    assert status == 424, body
-    assert "--target full" in json.loads(body)["message"]
+    assert status == 200, body
+    status, body = call(f"{served}/models/alone/invoke", "POST", csv_body(ROWS).encode(), "text/csv")
+    assert status == 200, body
+    houston = next(sample for sample in SAMPLES if sample.city == "houston")
+    assert served_json(body) == expected(train_booster(houston.objective, houston.seed), ROWS)
+    status, body = call(f"{served}/models", "POST", {"model_name": "script", "url": "/opt/ml/models/script/model"})
+    assert status == 200, body
+    status, body = call(f"{served}/models/script/invoke", "POST", csv_body(ROWS).encode(), "text/csv")
+    assert status == 200, body
+    assert [float(value) for value in body.decode().split(",")] == pytest.approx([sum(row) for row in ROWS])
+    status, body = call(f"{served}/models")
+    hostings = {model["modelName"]: model["hosting"] for model in json.loads(body)["models"]}
+    assert hostings == {"alone": "isolated", "script": "isolated"}
 
 
-def test_the_full_image_serves_isolated_hosting(models_dir: Path) -> None:
-    with run_as_sagemaker(FULL_IMAGE, models_dir) as served:
+def test_the_dense_image_refuses_isolated_hosting_naming_the_default_image(models_dir: Path) -> None:
+    with run_as_sagemaker(DENSE_IMAGE, models_dir) as served:
         status, body = call(f"{served}/models", "POST", {"model_name": "alone", "url": "/opt/ml/models/alone/model"})
+        assert status == 424, body
+        assert "not --target dense" in json.loads(body)["message"]
+        status, body = call(
+            f"{served}/models", "POST", {"model_name": "houston", "url": "/opt/ml/models/houston/model"}
+        )
         assert status == 200, body
-        status, body = call(f"{served}/models/alone/invoke", "POST", csv_body(ROWS).encode(), "text/csv")
-        assert status == 200, body
-        houston = next(sample for sample in SAMPLES if sample.city == "houston")
-        assert served_json(body) == expected(train_booster(houston.objective, houston.seed), ROWS)
-        status, body = call(f"{served}/models")
-        assert json.loads(body)["models"][0]["hosting"] == "isolated"
 
 
 def test_the_image_holds_no_certificate_but_debians() -> None:

@@ -55,7 +55,7 @@ def test_without_java_dense_models_serve_and_isolated_ones_are_refused_naming_th
             endpoint.predictions(target, ROWS, client=client)
         message = caught.value.response["Error"]["Message"]
         assert caught.value.response["OriginalStatusCode"] == 500
-        assert why in message and "no Java runtime" in message and "--target full" in message
+        assert why in message and "no Java runtime" in message and "not --target dense" in message
     assert "starting MMS" not in endpoint.log()
     assert endpoint.predictions("dense.tar.gz", ROWS) == expected(booster, ROWS)  # still serving
 
@@ -63,4 +63,4 @@ def test_without_java_dense_models_serve_and_isolated_ones_are_refused_naming_th
 def test_hosting_isolated_without_java_does_not_start(tmp_path: Path) -> None:
     result = run_serve("--cache-dir", str(tmp_path / "cache"), "--hosting", "isolated", environ=NO_JAVA)
     assert result.returncode != 0
-    assert "needs a Java runtime" in result.stderr and "--target full" in result.stderr
+    assert "needs a Java runtime" in result.stderr and "not --target dense" in result.stderr

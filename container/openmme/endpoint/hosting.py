@@ -142,6 +142,6 @@ def _needs_java(entry: Entry) -> str:
     why = "a script model (code/inference.py)" if entry.handler == SCRIPT_HANDLER else "its openmme.json asks for it"
     return (
         f"model {entry.target!r} cannot be served here: it needs isolated hosting ({why}), which runs in"
-        " multi-model-server, and this endpoint has no Java runtime; serve it from the image with Java"
-        " (docker build -f container/Dockerfile --target full) or install a JRE (17 works)"
+        " multi-model-server, and this endpoint has no Java runtime; serve it from the default image, which has"
+        " one (docker build -f container/Dockerfile, not --target dense), or install a JRE (17 works)"
     )

@@ -313,7 +313,7 @@ def serve(settings: Settings) -> None:
         if settings.hosting == ISOLATED and find_java() is None:
             raise ValueError(
                 "--hosting isolated runs every model in multi-model-server, which needs a Java runtime, and none was"
-                " found (JAVA_HOME, PATH): use the image with Java (docker build --target full), install a JRE, or"
+                " found (JAVA_HOME, PATH): use the default image (not --target dense), install a JRE, or"
                 " serve with --hosting dense"
             )
         if settings.front_count > 1 and settings.auth_refuse_replays:
