@@ -12,6 +12,8 @@ import importlib.util
 import io
 import json
 import os
+import pty
+import select
 import shutil
 import subprocess
 import sys
@@ -351,3 +353,28 @@ def kill_escapee(process: psutil.Process | None) -> None:
     if process is not None and alive(process):
         with contextlib.suppress(psutil.Error):
             process.kill()
+
+
+def run_on_a_terminal(command: list[str]) -> tuple[subprocess.Popen[bytes], bytes, str]:
+    """``command`` run with its stderr on a pseudo-terminal (as a person's shell gives it) and its stdout on a pipe:
+    the process, once it closed the terminal, what it wrote there, and its stdout. The caller waits for it."""
+    primary, secondary = pty.openpty()
+    try:
+        process = subprocess.Popen(command, stderr=secondary, stdout=subprocess.PIPE, env=os.environ.copy())
+        os.close(secondary)
+        terminal = b""
+        while True:
+            ready, _, _ = select.select([primary], [], [], 60)
+            try:
+                chunk = os.read(primary, 4096) if ready else b""
+            except OSError:  # the child closed the terminal
+                chunk = b""
+            if not chunk:
+                break
+            terminal += chunk
+        assert process.stdout is not None
+        out = process.stdout.read().decode()
+        process.stdout.close()
+    finally:
+        os.close(primary)
+    return process, terminal, out

@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import pickle
-import pty
-import select
 import subprocess
 import sys
 import tarfile
@@ -26,7 +23,7 @@ from openmme.publish import ArtifactExists, ModelCheckFailed, publish_archive, p
 from openmme.publish.samples import make_rows, sample_archive
 from tests.conftest import BUCKET, EndpointFactory
 from tests.publish.conftest import keys_under, read_object, unfinished_uploads
-from tests.support import make_tar
+from tests.support import make_tar, run_on_a_terminal
 
 pytestmark = pytest.mark.integration
 
@@ -354,26 +351,8 @@ def test_skip_check_publishes_what_this_machine_cannot_load(tmp_path: Path, pref
 def test_the_progress_bar_shows_on_a_terminal_only(tmp_path: Path, prefix: str, boosters: Any) -> None:
     model = booster_file(boosters["binary:logistic"], tmp_path / "model.ubj")
     command = [sys.executable, "-m", "openmme.cli", "publish", "path", str(model), "--prefix", prefix]
-    primary, secondary = pty.openpty()
-    try:
-        process = subprocess.Popen([*command, "--name", "tty"], stderr=secondary, stdout=subprocess.PIPE,
-                                   env=os.environ.copy())  # fmt: skip
-        os.close(secondary)
-        terminal = b""
-        while True:
-            ready, _, _ = select.select([primary], [], [], 60)
-            try:
-                chunk = os.read(primary, 4096) if ready else b""
-            except OSError:  # the child closed the terminal
-                chunk = b""
-            if not chunk:
-                break
-            terminal += chunk
-        assert process.wait(60) == 0
-        assert process.stdout is not None
-        process.stdout.close()
-    finally:
-        os.close(primary)
+    process, terminal, _ = run_on_a_terminal([*command, "--name", "tty"])
+    assert process.wait(60) == 0
     piped = subprocess.run([*command, "--name", "pipe"], capture_output=True, text=True, timeout=120)
 
     assert f"uploading {prefix}tty/model.tar.gz [########################] 100%" in terminal.decode()

@@ -11,11 +11,7 @@ from __future__ import annotations
 import bisect
 import http.server
 import json
-import os
-import pty
 import random
-import select
-import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -40,6 +36,7 @@ from openmme.publish.rollout import (
 )
 from openmme.publish.samples import train_booster
 from tests.conftest import Published
+from tests.support import run_on_a_terminal
 
 V1, V2 = "houston/v1/model.tar.gz", "houston/v2/model.tar.gz"
 BOUNDS = list(STATS_BUCKETS)
@@ -228,26 +225,8 @@ def test_an_endpoint_that_does_not_answer_or_serve_the_alias_refuses_the_rollout
 def test_the_bake_shows_its_progress_on_a_terminal(houston: str, quiet: QuietEndpoint) -> None:
     command = [sys.executable, "-m", "openmme.cli", "rollout", "start", "houston", V2, "--prefix", houston,
                "--endpoint", quiet.url, "--steps", "20", "--bake", "0.3", "--poll", "0.05", "--skip-check"]  # fmt: skip
-    primary, secondary = pty.openpty()
-    try:
-        process = subprocess.Popen(command, stderr=secondary, stdout=subprocess.PIPE, env=os.environ.copy())
-        os.close(secondary)
-        terminal = b""
-        while True:
-            ready, _, _ = select.select([primary], [], [], 60)
-            try:
-                chunk = os.read(primary, 4096) if ready else b""
-            except OSError:  # the child closed the terminal
-                chunk = b""
-            if not chunk:
-                break
-            terminal += chunk
-        assert process.stdout is not None
-        out = process.stdout.read().decode()
-        assert process.wait(60) == 1
-        process.stdout.close()
-    finally:
-        os.close(primary)
+    process, terminal, out = run_on_a_terminal(command)
+    assert process.wait(60) == 1
 
     assert "\rhouston: step 1 of 1 baking [" in terminal.decode()
     assert "/ 0.3 s" in terminal.decode()
