@@ -57,6 +57,7 @@ def test_the_soak_section_is_replaced_in_place_and_kept_by_bench_run() -> None:
         "seconds": 600.0,
         "requests": 600000,
         "sent": 590000,
+        "sent_per_second": 983.3,
         "not_sent_in_flight_bound": 10000,
         "statuses": {"200": 580000, "503": 10000},
         "wrong_answers": 0,
@@ -86,6 +87,7 @@ def test_the_soak_section_is_replaced_in_place_and_kept_by_bench_run() -> None:
     }
     section = soak.markdown(result, "python bench/soak.py --minutes 10")
     assert "`python bench/soak.py --minutes 10 --markdown BENCHMARKS.md`" in section
+    assert "| 600000 / 590000 / 10000 (983 sent/s) |" in section
     assert "| 90-113 s | s3_down | down_seconds 23.0 | 200: 9000, 503: 1000 |" in section
     document = "# Benchmarks\n\n" + soak.START + "\nold\n" + soak.END + "\n\n## Container images\n"
     updated = sections.replace_section(document, section, soak.START, soak.END)
