@@ -118,19 +118,34 @@ class Sample:
     rss_bytes: int
     fds: int
     processes: int
-    shard_workers: int
+    rss_by_kind: dict[str, int]  # supervisor (openmme serve), front, java, shard_worker, ... (harness.process_kind)
 
 
 def sample_tree(pid: int, started: float) -> Sample:
-    rss = fds = shards = 0
+    rss = fds = 0
+    by_kind: Counter[str] = Counter()
     processes = tree_processes(pid)
     for process in processes:
         # A process can exit between the listing and the read (a killed worker): it holds nothing then.
         with contextlib.suppress(psutil.Error):
-            rss += process.memory_info().rss
+            held = process.memory_info().rss
+            kind = "supervisor" if process.pid == pid else process_kind(process.cmdline())
+            rss += held
+            by_kind[kind] += held
             fds += process.num_fds()
-            shards += process_kind(process.cmdline()) == "shard_worker"
-    return Sample(time.monotonic() - started, rss, fds, len(processes), shards)
+    return Sample(time.monotonic() - started, rss, fds, len(processes), dict(by_kind))
+
+
+def listen_overflows() -> int | None:
+    """The machine's count of connections dropped for a full listen queue (TcpExt ListenOverflows): all of the
+    machine's sockets, not only the endpoint's; None where /proc/net/netstat cannot be read."""
+    try:
+        lines = [
+            line.split() for line in Path("/proc/net/netstat").read_text().splitlines() if line.startswith("TcpExt:")
+        ]
+        return int(dict(zip(lines[0], lines[1], strict=True))["ListenOverflows"])
+    except (OSError, IndexError, KeyError, ValueError):
+        return None
 
 
 def shard_workers(pid: int) -> list[psutil.Process]:
@@ -325,7 +340,9 @@ async def drive(
         outcomes.latency.append(time.monotonic() - sent)
         unexpected = outcomes.unexpected
         if status not in RETRYABLE and status != 200 and unexpected is not None and len(unexpected) < 20:
-            outcomes.unexpected.append({"status": status, "model": target(model), "body": text[:300]})
+            outcomes.unexpected.append(
+                {"sent_at_s": round(sent - started, 1), "status": status, "model": target(model), "body": text[:300]}
+            )
 
     for index, model in enumerate(trace):
         delay = started + index / rate - time.monotonic()
@@ -455,7 +472,9 @@ def run(plan: Plan, workdir: Path, load_fraction: float, seed: int = 7) -> dict[
                             at += plan.fault_every
 
                     background = [asyncio.create_task(sampler()), asyncio.create_task(injector())]
+                    overflows = listen_overflows()
                     outcomes = await drive(session, front + "/invocations", trace, rate, body, want, plan, started)
+                    overflows_after = listen_overflows()
                     # Every fault is due before the last request is: the injector ends with the one under way.
                     stop.set()
                     await asyncio.gather(*background)
@@ -468,6 +487,7 @@ def run(plan: Plan, workdir: Path, load_fraction: float, seed: int = 7) -> dict[
                     "outcomes": outcomes,
                     "samples": samples,
                     "faults": injected,
+                    "overflows": None if overflows is None or overflows_after is None else overflows_after - overflows,
                 }
 
             soaked = asyncio.run(soak())
@@ -527,6 +547,13 @@ def run(plan: Plan, workdir: Path, load_fraction: float, seed: int = 7) -> dict[
                 "peak": max(sample.rss_bytes for sample in samples) / 2**20,
             },
             "rss_slope_mib_per_min": rss_slope,
+            # Which processes the growth is in (a killed shard worker's replacement starts small and grows back).
+            "rss_slope_by_kind_mib_per_min": {
+                kind: slope_per_minute(
+                    samples, warm_up, lambda sample, kind=kind: sample.rss_by_kind.get(kind, 0) / 2**20
+                )
+                for kind in sorted({kind for sample in samples for kind in sample.rss_by_kind})
+            },
             "fd_slope_per_min": fd_slope,
             "fds": {"first": samples[0].fds, "last": samples[-1].fds, "peak": max(sample.fds for sample in samples)},
             "samples": len(samples),
@@ -538,6 +565,9 @@ def run(plan: Plan, workdir: Path, load_fraction: float, seed: int = 7) -> dict[
             "left_after_stop": left,
         },
         "endpoint_exit_code": endpoint.returncode,
+        # Connections refused for a full listen queue while the traffic ran, on the whole machine (its other work
+        # included): what a "connection reset" the client saw may come from.
+        "machine_listen_overflows_during": soaked["overflows"],
     }
 
 
@@ -614,6 +644,8 @@ def markdown(result: dict[str, Any], command: str) -> str:
         f"| requests: due / sent / not sent (in-flight bound reached) | {result['requests']} / {result['sent']} / "
         f"{result['not_sent_in_flight_bound']} ({result['sent_per_second']:.0f} sent/s) |",
         "| answers by status | " + ", ".join(f"{code}: {n}" for code, n in result["statuses"].items()) + " |",
+        "| connections the machine dropped for a full listen queue meanwhile (all its sockets) | "
+        f"{result.get('machine_listen_overflows_during')} |",
         f"| wrong answers (each 200 checked against the booster in-process) | {result['wrong_answers']} |",
         f"| latency p50 / p99 | {result['p50_ms']:.0f} / {result['p99_ms']:.0f} ms |",
         f"| loads, evictions | {result['counters'].get('misses', 0)} misses, "
@@ -621,7 +653,11 @@ def markdown(result: dict[str, Any], command: str) -> str:
         f"| endpoint tree RSS: slope after {memory['warm_up_seconds']:.0f} s (goal < 1 MiB/min) | "
         + (f"{rss:+.2f} MiB/min" if rss is not None else "n/a")
         + f" (first {memory['tree_rss_mib']['first']:.0f}, last {memory['tree_rss_mib']['last']:.0f}, peak "
-        f"{memory['tree_rss_mib']['peak']:.0f} MiB; {memory['samples']} samples) |",
+        f"{memory['tree_rss_mib']['peak']:.0f} MiB; {memory['samples']} samples); by process: "
+        + ", ".join(
+            f"{kind} {slope:+.2f}" for kind, slope in memory.get("rss_slope_by_kind_mib_per_min", {}).items() if slope
+        )
+        + " |",
         "| open file descriptors of the tree: slope | "
         + (f"{fd:+.2f}/min" if fd is not None else "n/a")
         + f" (first {memory['fds']['first']}, last {memory['fds']['last']}, peak {memory['fds']['peak']}) |",
