@@ -1,8 +1,8 @@
 """Sections of BENCHMARKS.md that a benchmark other than bench/run.py owns, between its own two markers.
 
-bench/scale_out.py, hosting.py, revisions.py, capture.py, transform.py, aliases.py and pipelines.py each replace
-their section in place (or append it); bench/run.py rewrites the file from scratch and keeps every such section, at
-the end, as it was.
+bench/scale_out.py, hosting.py, revisions.py, capture.py, transform.py, aliases.py, pipelines.py and soak.py
+(``--markdown``) each replace their section in place (or append it), and the container images' section is written
+by hand; bench/run.py rewrites the file from scratch and keeps every such section, at the end, as it was.
 """
 
 from __future__ import annotations
@@ -28,6 +28,9 @@ MARKERS = (
     ("<!-- transform:start -->", "<!-- transform:end -->"),
     ("<!-- aliases:start -->", "<!-- aliases:end -->"),
     ("<!-- pipelines:start -->", "<!-- pipelines:end -->"),
+    ("<!-- soak:start -->", "<!-- soak:end -->"),
+    # Written by hand (docker builds are measured outside any benchmark script): last in the file.
+    ("<!-- container-images:start -->", "<!-- container-images:end -->"),
 )
 
 

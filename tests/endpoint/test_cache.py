@@ -424,6 +424,52 @@ def test_disk_budget_removes_unloaded_models_first(tmp_path: Path) -> None:
     run(scenario)
 
 
+def test_a_model_whose_files_are_being_deleted_is_not_picked_again_nor_loaded_from_them(tmp_path: Path) -> None:
+    # Found by bench/soak.py: concurrent downloads each picked the same victim and deleted it again (counted as
+    # many evictions), and a request for the victim meanwhile loaded it from files being deleted: a ModelError
+    # (424, "model directory does not exist"), or a loaded model the cache then called remote.
+    sizes = {"a": 300_000, "b": 300_000, "c": 300_000, "d": 300_000}
+    rig = make_rig(tmp_path, Budgets(1, 0, 700_000), sizes=sizes)
+    store = rig.cache.store
+    deleting = asyncio.Event()
+    held: list[str] = []
+    remove = store.remove
+
+    async def held_remove(entry: Entry) -> None:
+        held.append(entry.target)
+        await deleting.wait()  # the deletion thread, slow: the files are still there meanwhile
+        await remove(entry)
+
+    async def until(condition: Callable[[], bool], seconds: float = 5.0) -> None:
+        for _ in range(int(seconds * 100)):  # the cache's blocking steps run in threads: time for them, bounded
+            if condition():
+                return
+            await asyncio.sleep(0.01)
+
+    async def scenario() -> None:
+        await request(rig, "a")
+        await request(rig, "b")
+        assert rig.states() == {"a": "on_disk", "b": "ready"}
+        store.remove = held_remove  # type: ignore[method-assign]
+        first = asyncio.create_task(call(rig, "c"))  # needs a's room on disk: a's deletion starts, and is held
+        await until(lambda: held == ["a"])
+        second = asyncio.create_task(call(rig, "d"))  # needs room too: b's, not a's again
+        await until(lambda: len(held) == 2)
+        again = asyncio.create_task(call(rig, "a"))  # waits for a's deletion, then downloads it again
+        # What it did before: loaded a from the files being deleted. Now it does not, and this waits out its bound.
+        await until(lambda: rig.backend.loads["a"] == 2, seconds=1.0)
+        deleting.set()
+        await asyncio.gather(first, second, again)
+        await settle()
+        assert rig.events.seen.count(("removed:disk", "a")) == 1
+        assert rig.cache.evictions["disk"] == sum(event.startswith("removed:disk") for event, _ in rig.events.seen)
+        assert rig.source.downloads["a"] == 2
+        assert ("load_failed", "a") not in rig.events.seen
+        rig.check()
+
+    run(scenario)
+
+
 def test_a_busy_model_is_never_evicted_and_leaves_once_idle(tmp_path: Path) -> None:
     rig = make_rig(tmp_path, Budgets(1, 0, 0))
 

@@ -302,6 +302,15 @@ class ModelCache:
     async def _remove_from_disk(self, entry: Entry, reason: str = "disk") -> None:
         """Delete ``entry``'s files: for the disk budget (``disk``, counted as an eviction), or after the unload
         that was counted (``idle``, ``cache_disabled``)."""
+        removal = asyncio.ensure_future(self._delete_files(entry, reason))
+        if entry.transition is None or entry.transition.done():
+            # The deletion is the model's transition while the files go (a thread deletes them): a request for it
+            # waits and then downloads it again, instead of loading files half deleted, and no other eviction
+            # picks it meanwhile (which would delete it again, perhaps after that download).
+            entry.transition = removal
+        await removal
+
+    async def _delete_files(self, entry: Entry, reason: str) -> None:
         await self.store.remove(entry)
         entry.disk_bytes = 0
         entry.state = State.REMOTE
@@ -330,13 +339,20 @@ class ModelCache:
             Slot(
                 key=entry.target,
                 loaded=entry.state in LOADED,
-                evictable=entry.state in evictable and entry.in_flight == 0 and entry.managed and not entry.pinned,
+                evictable=entry.state in evictable and self._idle(entry) and entry.managed and not entry.pinned,
                 memory=entry.memory_bytes,
                 disk=entry.disk_bytes,
             )
             for entry in self.entries.values()
             if entry is not keep
         ]
+
+    @staticmethod
+    def _idle(entry: Entry) -> bool:
+        """No request in it, and, on disk, no transition under way: its files being deleted, or just fetched for
+        a load."""
+        busy = entry.state is State.ON_DISK and entry.transition is not None and not entry.transition.done()
+        return entry.in_flight == 0 and not busy
 
     async def _make_memory_room(self, keep: Entry, loading: bool = False) -> None:
         """Unload idle models, least recently used first, until ``keep`` fits the count and memory budgets. Under
@@ -379,8 +395,8 @@ class ModelCache:
                 continue
             if victim.state is State.READY and victim.in_flight == 0:
                 await self._start_unload(victim, None)
-            # The victim may have been asked for again while it unloaded.
-            if victim.state is State.ON_DISK and victim.in_flight == 0:
+            # The victim may have been asked for again while it unloaded, or picked by another eviction meanwhile.
+            if victim.state is State.ON_DISK and self._idle(victim):
                 await self._remove_from_disk(victim)
 
     def _admitted(self, keep: Entry, victims: list[tuple[str, str]]) -> bool:
