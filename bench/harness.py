@@ -245,21 +245,24 @@ def tree_pss_bytes(pid: int, workers_only: bool = False) -> int:
 # ---- server CPU by process kind ------------------------------------------------------------------------------
 
 # What the processes of an endpoint's tree are, told apart by their command lines (see ``process_kind``).
-KINDS = ("front", "java", "mms_worker", "shard_worker", "other")
+KINDS = ("supervisor", "front", "java", "mms_worker", "shard_worker", "other")
 
 
 def process_kind(cmdline: Sequence[str], root: bool = False) -> str:
     """The kind of a process of an endpoint's tree: ``java`` (MMS's JVM), ``shard_worker`` (a dense shard's worker,
     fed by the front directly), ``mms_worker`` (an MMS Python worker: its listener and the process it forks to
-    serve the JVM, both started with ``--sock-name``), ``front`` (``openmme serve``: the tree's root, or a process
-    with its command line), else ``other``."""
+    serve the JVM, both started with ``--sock-name``), ``supervisor`` (``openmme serve`` at the tree's root: the
+    parent that outlives the front, endpoint/supervisor.py), ``front`` (the supervisor's child of the same command
+    line, an edge front, or the root of a tree started some other way), else ``other``."""
     if "com.amazonaws.ml.mms.ModelServer" in cmdline:
         return "java"
     if "openmme.handlers._shard_worker" in cmdline:
         return "shard_worker"
     if "--sock-name" in cmdline:
         return "mms_worker"
-    if root or ("openmme.cli" in cmdline and "serve" in cmdline) or "openmme.endpoint.edge" in cmdline:
+    if "openmme.cli" in cmdline and "serve" in cmdline:
+        return "supervisor" if root else "front"
+    if root or "openmme.endpoint.edge" in cmdline:
         return "front"
     return "other"
 

@@ -46,6 +46,7 @@ def draw_all(results: dict[str, Any], out_dir: Path, published_dir: Path, link_p
 
 WARM_TARGETS = (("mms_direct", "MMS direct"), ("dense", "openmme dense"), ("isolated", "openmme isolated"))
 CPU_KINDS = (
+    ("supervisor", "supervisor"),
     ("front", "front"),
     ("java", "Java"),
     ("mms_worker", "MMS workers"),

@@ -175,6 +175,7 @@ def _plot(results: dict[str, Any], name: str, alt: str) -> list[str]:
 
 LABELS = {"mms_direct": "MMS direct", "dense": "openmme dense", "isolated": "openmme isolated"}
 KIND_LABELS = {
+    "supervisor": "supervisor",
     "front": "front",
     "java": "Java",
     "mms_worker": "MMS workers",

@@ -43,11 +43,16 @@ if TYPE_CHECKING:
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def tool(name: str) -> str | None:
+    """The command ``name``: on PATH, else in /usr/local/bin, where scripts/install puts what no package gives."""
+    return shutil.which(name) or shutil.which(name, path="/usr/local/bin")
+
+
 def needs_tool(name: str) -> pytest.MarkDecorator:
     """Off CI a machine without the command ``name`` skips the tests marked with this; CI installs it
     (scripts/install), so there a missing ``name`` fails them instead."""
     return pytest.mark.skipif(
-        shutil.which(name) is None and not os.environ.get("CI"),
+        tool(name) is None and not os.environ.get("CI"),
         reason=f"{name} is not installed (scripts/install adds it)",
     )
 

@@ -18,7 +18,7 @@ from openmme.endpoint.alias_figures import AliasFigures
 from openmme.endpoint.cache.entry import Budgets, Entry
 from openmme.endpoint.cache.keeping import Preload
 from openmme.endpoint.metrics import OTHER_MODELS, Metrics
-from tests.support import ROOT, needs_tool
+from tests.support import ROOT, needs_tool, tool
 
 DEPLOY = ROOT / "deploy"
 RULES = DEPLOY / "alerts.yml"
@@ -44,7 +44,7 @@ def alerting_rules() -> list[dict[str, Any]]:
 
 
 def promtool(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["promtool", *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    return subprocess.run([tool("promtool") or "promtool", *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
 
 
 @needs_promtool

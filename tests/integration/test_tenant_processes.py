@@ -111,7 +111,8 @@ def test_the_processes_of_a_script_model_whose_worker_is_killed_are_gone(
     left = spawned(endpoint, "spawner.tar.gz", pid_file, escapees)
 
     for pid in endpoint.worker_pids()[mms_model_name("spawner.tar.gz")]:  # the listener and its serving process
-        psutil.Process(pid).kill()
+        with contextlib.suppress(psutil.NoSuchProcess):  # the serving process may end with its listener first
+            psutil.Process(pid).kill()
     assert wait_until(lambda: not alive(left), timeout=30)
     # (The endpoint loads the model again, and its new escapee ends with the endpoint's stop: start_endpoint's
     # clean-up checks that no process of the endpoint's is left.)

@@ -40,7 +40,7 @@ from openmme.endpoint.errors import EndpointError
 from openmme.endpoint.http_errors import errors_middleware
 from openmme.endpoint.logs import access_log, configure_logging, log_json
 from openmme.endpoint.names import INFERENCE_ID, TARGET_MODEL, TARGET_VARIANT
-from openmme.endpoint.settings import MAX_BODY_BYTES, Settings
+from openmme.endpoint.settings import LISTEN_BACKLOG, MAX_BODY_BYTES, Settings
 from openmme.endpoint.shardworker import ShardChannel, WorkerGone
 from openmme.endpoint.slowclients import BODY_TIMEOUT, Runner, read_within
 from openmme.endpoint.tls import tls_context
@@ -235,7 +235,13 @@ async def serve(control: socket.socket, index: int) -> None:
     )
     await runner.setup()
     site = web.TCPSite(
-        runner, settings.host, settings.port, reuse_address=True, reuse_port=True, ssl_context=tls_context(settings)
+        runner,
+        settings.host,
+        settings.port,
+        reuse_address=True,
+        reuse_port=True,
+        ssl_context=tls_context(settings),
+        backlog=LISTEN_BACKLOG,
     )
     await site.start()
     stop = asyncio.Event()

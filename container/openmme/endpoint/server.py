@@ -39,7 +39,7 @@ from openmme.endpoint.metrics import Metrics
 from openmme.endpoint.mms import MmsClient, MmsProcess, find_java
 from openmme.endpoint.pipelines import Pipelines
 from openmme.endpoint.s3 import ModelSource, PrefixUnreachable, PrefixUnusable, S3Location, check_prefix, make_client
-from openmme.endpoint.settings import Settings
+from openmme.endpoint.settings import LISTEN_BACKLOG, Settings
 from openmme.endpoint.slowclients import Runner
 from openmme.endpoint.tls import TlsConfigError, tls_context
 from openmme.handlers import ISOLATED
@@ -240,6 +240,7 @@ async def _run_owned(
                 reuse_address=True,
                 reuse_port=fronts_dir is not None,  # shared with the edge fronts
                 ssl_context=tls,
+                backlog=LISTEN_BACKLOG,
             )
             try:
                 await site.start()

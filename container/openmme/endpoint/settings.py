@@ -16,10 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
-__all__ = ["ENV_PREFIX", "MAX_BODY_BYTES", "OneLineErrors", "Settings", "parse_bytes", "usable_cores"]
+__all__ = ["ENV_PREFIX", "LISTEN_BACKLOG", "MAX_BODY_BYTES", "OneLineErrors", "Settings", "parse_bytes", "usable_cores"]
 
 ENV_PREFIX = "OPENMME_"
 MAX_BODY_BYTES = 6 * 1024 * 1024  # SageMaker's invoke_endpoint payload limit: 6 MiB.
+# How many connections the kernel queues for a front before it accepts them (capped by net.core.somaxconn).
+# aiohttp's default, 128, overflowed when a client opened hundreds of connections at once: the soak's open loop
+# had 39 of 519,000 requests reset before the front saw them (bench/soak.py, BENCHMARKS.md).
+LISTEN_BACKLOG = 1024
 
 _UNITS = {
     "": 1,
