@@ -115,13 +115,11 @@ def find_java() -> str | None:
     return shutil.which("java")
 
 
-def java_command(config: MmsConfig, config_file: Path, python: str = sys.executable) -> list[str]:
-    """The command line of MMS's Java front (pure)."""
+def java_command(config: MmsConfig, config_file: Path, python: str = sys.executable, java: str = "java") -> list[str]:
+    """The command line of MMS's Java front (pure); ``java``: the runtime ``find_java`` found."""
     import mms
 
     mms_home = Path(mms.__file__).resolve().parent.parent
-    java_home = os.environ.get("JAVA_HOME")
-    java = str(Path(java_home) / "bin" / "java") if java_home else "java"
     return [
         java,
         f"-Dmodel_server_home={mms_home}",
@@ -357,7 +355,9 @@ class MmsProcess:
         self.settings.models_dir.mkdir(parents=True, exist_ok=True)
         config_file = self.home / "config.properties"
         config_file.write_text(self.config.properties())
-        command = java_command(self.config, config_file, python=self._worker_python())
+        if self.java is None:
+            raise RuntimeError("MMS cannot start: no Java runtime was found (JAVA_HOME, PATH)")
+        command = java_command(self.config, config_file, python=self._worker_python(), java=self.java)
         log.info(
             "starting MMS on 127.0.0.1:%d (inference) and :%d (management)",
             self.config.inference_port,
