@@ -56,37 +56,39 @@ def memory_victims(
     return victims
 
 
+def _disk_order(slots: Sequence[Slot]) -> list[Slot]:
+    """The models that may leave the disk, in the order they leave: unloaded ones first (they cost only a download
+    to bring back), then loaded ones, least recently used first within each."""
+    ordered = [slot for slot in slots if not slot.loaded] + [slot for slot in slots if slot.loaded]
+    return [slot for slot in ordered if slot.evictable and slot.disk > 0]
+
+
 def disk_victims(slots: Sequence[Slot], incoming: int, disk_budget: int) -> list[str]:
-    """Models to delete from disk so that ``incoming`` more bytes fit: unloaded ones first (they cost only a
-    download to bring back), then loaded ones, least recently used first within each."""
+    """Models to delete from disk so that ``incoming`` more bytes fit the budget, in ``_disk_order``."""
     if not disk_budget:
         return []
     used = sum(slot.disk for slot in slots)
-    ordered = [slot for slot in slots if not slot.loaded] + [slot for slot in slots if slot.loaded]
     victims: list[str] = []
-    for slot in ordered:
+    for slot in _disk_order(slots):
         if used + incoming <= disk_budget:
             break
-        if slot.evictable and slot.disk > 0:
-            victims.append(slot.key)
-            used -= slot.disk
+        victims.append(slot.key)
+        used -= slot.disk
     return victims
 
 
 def room_victims(slots: Sequence[Slot], shortfall: int) -> list[str] | None:
     """Models to delete from disk so that ``shortfall`` more bytes are free on the cache filesystem itself, in
-    ``disk_victims``' order; None when deleting every model that may go would still not free enough (then none
-    should go: unlike the budget, the filesystem cannot be overrun)."""
+    ``_disk_order``; None when deleting every model that may go would still not free enough (then none should go:
+    unlike the budget, the filesystem cannot be overrun)."""
     if shortfall <= 0:
         return []
-    ordered = [slot for slot in slots if not slot.loaded] + [slot for slot in slots if slot.loaded]
     victims: list[str] = []
-    for slot in ordered:
-        if slot.evictable and slot.disk > 0:
-            victims.append(slot.key)
-            shortfall -= slot.disk
-            if shortfall <= 0:
-                return victims
+    for slot in _disk_order(slots):
+        victims.append(slot.key)
+        shortfall -= slot.disk
+        if shortfall <= 0:
+            return victims
     return None
 
 
