@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from openmme.endpoint.errors import ValidationError
@@ -28,6 +28,7 @@ __all__ = [
     "async_target_model",
     "closest_target_model",
     "is_target_model",
+    "listed_target_models",
     "s3_error_code",
     "validate_target_model",
 ]
@@ -102,6 +103,18 @@ def is_target_model(relative: str) -> bool:
     except ValidationError:
         return False
     return True
+
+
+def listed_target_models(
+    pages: Iterable[Mapping[str, Any]], key_prefix: str
+) -> Iterator[tuple[str, Mapping[str, Any]]]:
+    """The TargetModels in ListObjectsV2 ``pages`` of ``key_prefix``: each listed key relative to the prefix that
+    ``is_target_model``, with its listing item (size, last modified …)."""
+    for page in pages:
+        for item in page.get("Contents", []):
+            relative = str(item["Key"])[len(key_prefix) :]
+            if is_target_model(relative):
+                yield relative, item
 
 
 # The most names of a prefix a "did you mean" looks at (its first ones in key order): one ListObjectsV2 page, so a

@@ -24,7 +24,7 @@ from openmme.endpoint.names import (
     SUGGESTION_CANDIDATES,
     S3Location,
     closest_target_model,
-    is_target_model,
+    listed_target_models,
     s3_error_code,
 )
 
@@ -173,11 +173,7 @@ class ModelSource:
                     Prefix=self.prefix.key,
                     PaginationConfig={"MaxItems": SUGGESTION_CANDIDATES},
                 )
-                for page in pages:
-                    for item in page.get("Contents", []):
-                        relative = str(item["Key"])[len(self.prefix.key) :]
-                        if is_target_model(relative):
-                            names.append(relative)
+                names = [relative for relative, _ in listed_target_models(pages, self.prefix.key)]
             except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
                 log.info("no 'did you mean' for models missing from %s: listing it failed (%s)", self.prefix, exc)
             self._names = (time.monotonic(), names)

@@ -14,7 +14,7 @@ from typing import Any
 
 import botocore.exceptions
 
-from openmme.endpoint.names import SUGGESTION_CANDIDATES, closest_target_model, is_target_model
+from openmme.endpoint.names import SUGGESTION_CANDIDATES, closest_target_model, listed_target_models
 from openmme.publish._errors import ModelNotFound
 from openmme.publish._s3 import (
     check_target_model,
@@ -46,11 +46,8 @@ def list_models(prefix: str, *, client: Any | None = None) -> Iterator[Published
     location = parse_prefix(prefix)
     pages = client.get_paginator("list_objects_v2").paginate(Bucket=location.bucket, Prefix=location.key)
     try:
-        for page in pages:
-            for item in page.get("Contents", []):
-                relative = str(item["Key"])[len(location.key) :]
-                if is_target_model(relative):
-                    yield PublishedModel(relative, int(item["Size"]), item["LastModified"])
+        for relative, item in listed_target_models(pages, location.key):
+            yield PublishedModel(relative, int(item["Size"]), item["LastModified"])
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
         raise translate(exc, f"listing {location}") from exc
 
