@@ -55,6 +55,7 @@ import psutil
 import xgboost
 
 from harness import delete, describe_machine, list_all_models, process_kind, tree_processes
+from many_models import zipf_trace
 from openmme.demo import wait_for_ping
 from openmme.ports import free_port
 from openmme.publish.samples import make_rows, sample_archive, train_booster
@@ -99,12 +100,6 @@ class Plan:
         return cls(200, 16, minutes * 60, 0.5, 10.0, 16, 1024, 60.0, 10.0, 10.0, 120.0, 5.0, 120.0, None, 256)
 
 
-def zipf_trace(models: int, count: int, exponent: float, seed: int) -> list[int]:
-    """Model indices drawn with probability proportional to 1 / rank ** exponent."""
-    weights = 1.0 / np.arange(1, models + 1) ** exponent
-    return [int(v) for v in np.random.default_rng(seed).choice(models, size=count, p=weights / weights.sum())]
-
-
 def target(model: int) -> str:
     return f"m{model:04d}.tar.gz"
 
@@ -118,7 +113,7 @@ class Sample:
     rss_bytes: int
     fds: int
     processes: int
-    rss_by_kind: dict[str, int]  # supervisor (openmme serve), front, java, shard_worker, ... (harness.process_kind)
+    rss_by_kind: dict[str, int]  # supervisor, front, java, shard_worker, ... (harness.process_kind)
 
 
 def sample_tree(pid: int, started: float) -> Sample:
@@ -129,7 +124,7 @@ def sample_tree(pid: int, started: float) -> Sample:
         # A process can exit between the listing and the read (a killed worker): it holds nothing then.
         with contextlib.suppress(psutil.Error):
             held = process.memory_info().rss
-            kind = "supervisor" if process.pid == pid else process_kind(process.cmdline())
+            kind = process_kind(process.cmdline(), root=process.pid == pid)
             rss += held
             by_kind[kind] += held
             fds += process.num_fds()
